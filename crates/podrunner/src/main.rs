@@ -1,0 +1,71 @@
+//! `podrunner`: a GitLab Runner whose Kubernetes executor runs every CI job in its own pod.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A GitLab Runner that runs every CI job in its own Kubernetes pod, built for EKS on Fargate.
+#[derive(Debug, Parser)]
+#[command(name = "podrunner", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with the configuration (gitlab-runner's config.toml, or Helm values).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration and summarize each runner; exit 0 valid, 1 invalid, 2 usage.
+    Check(commands::config_check::CheckArgs),
+}
+
+/// Where the configuration comes from; shared by every subcommand that reads it.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigSource {
+    /// gitlab-runner's config.toml [default: /etc/gitlab-runner/config.toml as root,
+    /// else ~/.gitlab-runner/config.toml].
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "CONFIG_FILE",
+        value_name = "PATH",
+        conflicts_with = "values"
+    )]
+    pub config: Option<PathBuf>,
+    /// Helm values of the GitLab Runner chart; `runners.config` holds the runner's TOML.
+    #[arg(long = "values", value_name = "PATH")]
+    pub values: Option<PathBuf>,
+    /// `.Release.Namespace` when rendering `runners.config` from Helm values; also the job
+    /// namespace when neither the TOML nor `runners.jobNamespace` names one.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        default_value = "default",
+        requires = "values"
+    )]
+    pub release_namespace: String,
+    /// `.Release.Name` when rendering `runners.config` from Helm values.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "podrunner",
+        requires = "values"
+    )]
+    pub release_name: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Check(args)) => commands::config_check::run(&args),
+    }
+}
