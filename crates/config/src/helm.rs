@@ -160,8 +160,10 @@ pub fn load_helm_values(
     let mut runner = runners.pop().unwrap_or_else(RunnerConfig::default);
 
     let mut global_errors = Vec::new();
-    let mut config = Config::default();
-    config.concurrent = concurrent.unwrap_or(CHART_DEFAULT_CONCURRENT);
+    let mut config = Config {
+        concurrent: concurrent.unwrap_or(CHART_DEFAULT_CONCURRENT),
+        ..Config::default()
+    };
     if config.concurrent < 1 {
         global_errors.push(reader.error(
             &["concurrent"],

@@ -124,14 +124,34 @@ fn toml_error(
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
-    let message = message
-        .replace("invalid type: integer", "expected")
-        .replace("invalid type: string", "expected");
+    let message = friendly_type_error(&message).unwrap_or(message);
     Diagnostic::error(
         location,
         path.map(|(p, _)| p).filter(|p| !p.is_root()),
         message,
     )
+}
+
+/// Rewrites serde's `invalid type: X, expected Y` into `expected Y, found X` in words.
+fn friendly_type_error(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (found, expected) = rest.rsplit_once(", expected ")?;
+    let expected = match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" => {
+            "a whole number".to_owned()
+        }
+        "f32" | "f64" => "a number".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        "a map" => "a table".to_owned(),
+        e if e.starts_with("struct ") => "a table".to_owned(),
+        e => e.to_owned(),
+    };
+    let found = match found {
+        "map" => "a table".to_owned(),
+        "sequence" => "a list".to_owned(),
+        f => f.replace('`', "").to_owned(),
+    };
+    Some(format!("expected {expected}, found {found}"))
 }
 
 fn convert_error_path(path: &serde_path_to_error::Path) -> KeyPath {

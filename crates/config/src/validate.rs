@@ -29,9 +29,11 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn location(&self, path: &KeyPath) -> Option<Location> {
-        self.spans
-            .nearest(path)
-            .map(|s| self.source.location(s.value.start))
+        // Something missing from the whole file is reported at its start.
+        Some(self.spans.nearest(path).map_or_else(
+            || self.source.location(0),
+            |s| self.source.location(s.value.start),
+        ))
     }
 
     fn error(&mut self, path: &KeyPath, message: impl Into<String>) {
@@ -158,7 +160,7 @@ fn check_runner(c: &mut Checker<'_>, config: &Config, path: &KeyPath, runner: &R
             );
         }
     }
-    for (name, _) in &runner.feature_flags {
+    for name in runner.feature_flags.keys() {
         if feature_flags::default_of(name).is_none() {
             let near = feature_flags::KNOWN
                 .iter()
