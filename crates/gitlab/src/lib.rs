@@ -2,4 +2,15 @@
 //! retry rules, and the trace pipeline (masking, timestamps, sections, output limit,
 //! checksum) with its uploader.
 
+pub mod api;
+pub mod client;
 pub mod log;
+pub mod payload;
+pub mod retry;
+mod secret;
+pub mod system_id;
+
+pub use api::{FailureReason, Features, JobState, RemoteJobStatus, RunnerInfo, TraceOutput, UpdateJobRequest};
+pub use client::{ClientError, ClientOptions, GitlabClient, JobRequestOutcome, JobSignals, PatchOutcome, UpdateOutcome};
+pub use payload::{JobPayload, JobResponse};
+pub use secret::Secret;
