@@ -11,7 +11,9 @@ const INPUT_BYTES: usize = 16 << 20;
 const CHUNK: usize = 64 << 10;
 
 fn masked_values() -> Vec<String> {
-    (0..100).map(|i| format!("secret-{i:03}-{}", "x".repeat(12 + i % 20))).collect()
+    (0..100)
+        .map(|i| format!("secret-{i:03}-{}", "x".repeat(12 + i % 20)))
+        .collect()
 }
 
 /// Typical CI output: compiler lines, URLs, paths, with a masked value now and then.
@@ -28,7 +30,9 @@ fn log_text(values: &[String]) -> Vec<u8> {
     while text.len() < INPUT_BYTES {
         text.extend_from_slice(lines[i % lines.len()].as_bytes());
         if i % 50 == 0 {
-            text.extend_from_slice(format!("using token {}\n", values[i % values.len()]).as_bytes());
+            text.extend_from_slice(
+                format!("using token {}\n", values[i % values.len()]).as_bytes(),
+            );
         }
         i += 1;
     }
@@ -57,7 +61,11 @@ fn bench(c: &mut Criterion) {
     });
 
     for timestamps in [false, true] {
-        let name = if timestamps { "full_pipeline_with_timestamps" } else { "full_pipeline" };
+        let name = if timestamps {
+            "full_pipeline_with_timestamps"
+        } else {
+            "full_pipeline"
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let trace = Trace::new(&LogSettings {

@@ -238,12 +238,18 @@ impl FailureReason {
     /// The reason to send: as-is when GitLab lists it (or it is always supported), else
     /// gitlab-runner's compatibility mapping, else `unknown_failure`.
     pub fn for_gitlab(&self, supported: &[String]) -> &'static str {
-        let always = [FailureReason::ScriptFailure, FailureReason::RunnerSystemFailure, FailureReason::JobExecutionTimeout];
+        let always = [
+            FailureReason::ScriptFailure,
+            FailureReason::RunnerSystemFailure,
+            FailureReason::JobExecutionTimeout,
+        ];
         if always.contains(self) || supported.iter().any(|s| s == self.as_str()) {
             return self.as_str();
         }
         let compatible = match self {
-            FailureReason::ImagePullFailure | FailureReason::RunnerExternalDependencyFailure => Some(FailureReason::RunnerSystemFailure),
+            FailureReason::ImagePullFailure | FailureReason::RunnerExternalDependencyFailure => {
+                Some(FailureReason::RunnerSystemFailure)
+            }
             FailureReason::RunnerConfigurationError => Some(FailureReason::ScriptFailure),
             _ => None,
         };
@@ -326,13 +332,34 @@ mod tests {
     #[test]
     fn failure_reasons_are_mapped_for_gitlab() {
         let supported = vec!["script_failure".to_owned(), "image_pull_failure".to_owned()];
-        assert_eq!(FailureReason::ImagePullFailure.for_gitlab(&supported), "image_pull_failure");
-        assert_eq!(FailureReason::ImagePullFailure.for_gitlab(&[]), "runner_system_failure");
-        assert_eq!(FailureReason::RunnerConfigurationError.for_gitlab(&[]), "script_failure");
-        assert_eq!(FailureReason::RunnerExternalDependencyFailure.for_gitlab(&[]), "runner_system_failure");
-        assert_eq!(FailureReason::JobCanceled.for_gitlab(&[]), "unknown_failure");
-        assert_eq!(FailureReason::RunnerInterrupted.for_gitlab(&["runner_interrupted".into()]), "runner_interrupted");
-        assert_eq!(FailureReason::JobExecutionTimeout.for_gitlab(&[]), "job_execution_timeout");
+        assert_eq!(
+            FailureReason::ImagePullFailure.for_gitlab(&supported),
+            "image_pull_failure"
+        );
+        assert_eq!(
+            FailureReason::ImagePullFailure.for_gitlab(&[]),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            FailureReason::RunnerConfigurationError.for_gitlab(&[]),
+            "script_failure"
+        );
+        assert_eq!(
+            FailureReason::RunnerExternalDependencyFailure.for_gitlab(&[]),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            FailureReason::JobCanceled.for_gitlab(&[]),
+            "unknown_failure"
+        );
+        assert_eq!(
+            FailureReason::RunnerInterrupted.for_gitlab(&["runner_interrupted".into()]),
+            "runner_interrupted"
+        );
+        assert_eq!(
+            FailureReason::JobExecutionTimeout.for_gitlab(&[]),
+            "job_execution_timeout"
+        );
     }
 
     #[test]

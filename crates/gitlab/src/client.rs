@@ -9,7 +9,9 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 
-use crate::api::{RegisterRequest, RemoteJobStatus, RunnerCredentials, RunnerInfo, UpdateJobRequest};
+use crate::api::{
+    RegisterRequest, RemoteJobStatus, RunnerCredentials, RunnerInfo, UpdateJobRequest,
+};
 use crate::payload::{JobPayload, PayloadError};
 use crate::retry::{Backoff, MAX_ATTEMPTS, is_retryable, server_wait};
 use crate::secret::Secret;
@@ -94,13 +96,20 @@ pub struct GitlabClient {
 
 /// The API base for a configured URL: trailing `/` and `/ci` removed, then `/api/v4/`.
 pub fn api_base(url: &str) -> Result<reqwest::Url, ClientError> {
-    let bad = || ClientError::BadUrl { url: url.to_owned() };
+    let bad = || ClientError::BadUrl {
+        url: url.to_owned(),
+    };
     let original = reqwest::Url::parse(url.trim()).map_err(|_| bad())?;
-    if !matches!(original.scheme(), "http" | "https") || original.host_str().is_none_or(str::is_empty) {
+    if !matches!(original.scheme(), "http" | "https")
+        || original.host_str().is_none_or(str::is_empty)
+    {
         return Err(bad());
     }
     let trimmed = url.trim().trim_end_matches('/');
-    let trimmed = trimmed.strip_suffix("/ci").unwrap_or(trimmed).trim_end_matches('/');
+    let trimmed = trimmed
+        .strip_suffix("/ci")
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
     let parsed = reqwest::Url::parse(&format!("{trimmed}/api/v4/")).map_err(|_| bad())?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(bad());
@@ -114,7 +123,10 @@ fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientErr
     // System roots when the image has them; an empty image has none, which is fine.
     let native = rustls_native_certs::load_native_certs();
     let _ = roots.add_parsable_certificates(native.certs);
-    let tls_error = |path: &Path, reason: String| ClientError::Tls { path: path.to_owned(), reason };
+    let tls_error = |path: &Path, reason: String| ClientError::Tls {
+        path: path.to_owned(),
+        reason,
+    };
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     if let Some(path) = &options.tls_ca_file {
@@ -126,13 +138,18 @@ fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientErr
             return Err(tls_error(path, "holds no PEM certificate".to_owned()));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| tls_error(path, e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(path, e.to_string()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls { path: PathBuf::new(), reason: e.to_string() })?
+        .map_err(|e| ClientError::Tls {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?
         .with_root_certificates(roots);
     match (&options.tls_cert_file, &options.tls_key_file) {
         (Some(cert_path), Some(key_path)) => {
@@ -140,8 +157,11 @@ fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientErr
                 .map_err(|e| tls_error(cert_path, e.to_string()))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| tls_error(cert_path, e.to_string()))?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| tls_error(key_path, e.to_string()))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| tls_error(cert_path, e.to_string()))
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| tls_error(key_path, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_error(cert_path, e.to_string()))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
@@ -227,18 +247,26 @@ pub struct JobSignals {
 
 impl JobSignals {
     fn from_headers(headers: &HeaderMap) -> Self {
-        let job_status = headers.get("Job-Status").and_then(|v| v.to_str().ok()).map(RemoteJobStatus::parse);
+        let job_status = headers
+            .get("Job-Status")
+            .and_then(|v| v.to_str().ok())
+            .map(RemoteJobStatus::parse);
         let update_interval = headers
             .get("X-GitLab-Trace-Update-Interval")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|s| *s > 0)
             .map(|s| Duration::from_secs(s as u64).min(MAX_UPDATE_INTERVAL));
-        JobSignals { job_status, update_interval }
+        JobSignals {
+            job_status,
+            update_interval,
+        }
     }
 
     fn aborts(&self) -> bool {
-        self.job_status.as_ref().is_some_and(RemoteJobStatus::is_abort)
+        self.job_status
+            .as_ref()
+            .is_some_and(RemoteJobStatus::is_abort)
     }
 }
 
@@ -322,7 +350,11 @@ impl GitlabClient {
             std::env::consts::OS,
             crate::api::go_arch(std::env::consts::ARCH)
         );
-        Ok(GitlabClient { http, api, user_agent })
+        Ok(GitlabClient {
+            http,
+            api,
+            user_agent,
+        })
     }
 
     /// The API base URL (`…/api/v4/`).
@@ -331,7 +363,10 @@ impl GitlabClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let url = self.api.join(path).expect("API paths are relative and valid");
+        let url = self
+            .api
+            .join(path)
+            .expect("API paths are relative and valid");
         self.http
             .request(method, url)
             .header(reqwest::header::USER_AGENT, &self.user_agent)
@@ -347,7 +382,8 @@ impl GitlabClient {
             if !is_retryable(response.status().as_u16()) || attempt >= MAX_ATTEMPTS {
                 return Ok(response);
             }
-            let wait = server_wait(response.headers(), SystemTime::now()).unwrap_or_else(|| Backoff::REQUESTS.delay(attempt - 1));
+            let wait = server_wait(response.headers(), SystemTime::now())
+                .unwrap_or_else(|| Backoff::REQUESTS.delay(attempt - 1));
             tokio::time::sleep(wait.min(Backoff::REQUESTS.max)).await;
         }
     }
@@ -357,34 +393,70 @@ impl GitlabClient {
         if status == 403 {
             return ClientError::Forbidden;
         }
-        let message = response.json::<serde_json::Value>().await.ok().and_then(|body| error_message(&body));
+        let message = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|body| error_message(&body));
         ClientError::Status { status, message }
     }
 
     /// `POST runners`: registers with a legacy registration token.
-    pub async fn register(&self, request: &RegisterRequest) -> Result<RunnerCredentials, ClientError> {
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+    ) -> Result<RunnerCredentials, ClientError> {
         let response = self
-            .send(|| self.request(Method::POST, "runners").header("RUNNER-TOKEN", request.token.expose()).header("Accept", "application/json").json(request))
+            .send(|| {
+                self.request(Method::POST, "runners")
+                    .header("RUNNER-TOKEN", request.token.expose())
+                    .header("Accept", "application/json")
+                    .json(request)
+            })
             .await?;
         if response.status() == StatusCode::CREATED {
-            return response.json().await.map_err(|e| ClientError::Body(e.to_string()));
+            return response
+                .json()
+                .await
+                .map_err(|e| ClientError::Body(e.to_string()));
         }
         Err(Self::error_for(response).await)
     }
 
     /// `POST runners/verify`: checks an authentication token and announces this manager.
     /// Old GitLab answers `200` with a plain body; then the token given is kept as it is.
-    pub async fn verify(&self, token: &Secret, system_id: &str, info: &RunnerInfo) -> Result<RunnerCredentials, ClientError> {
-        let body = TokenBody { token: token.expose(), system_id: Some(system_id), info: Some(info) };
+    pub async fn verify(
+        &self,
+        token: &Secret,
+        system_id: &str,
+        info: &RunnerInfo,
+    ) -> Result<RunnerCredentials, ClientError> {
+        let body = TokenBody {
+            token: token.expose(),
+            system_id: Some(system_id),
+            info: Some(info),
+        };
         let response = self
-            .send(|| self.request(Method::POST, "runners/verify").header("RUNNER-TOKEN", token.expose()).header("Accept", "application/json").json(&body))
+            .send(|| {
+                self.request(Method::POST, "runners/verify")
+                    .header("RUNNER-TOKEN", token.expose())
+                    .header("Accept", "application/json")
+                    .json(&body)
+            })
             .await?;
         if response.status() != StatusCode::OK {
             return Err(Self::error_for(response).await);
         }
-        let is_json = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
         let mut credentials = if is_json {
-            response.json::<RunnerCredentials>().await.map_err(|e| ClientError::Body(e.to_string()))?
+            response
+                .json::<RunnerCredentials>()
+                .await
+                .map_err(|e| ClientError::Body(e.to_string()))?
         } else {
             RunnerCredentials::default()
         };
@@ -399,11 +471,31 @@ impl GitlabClient {
     pub async fn unregister(&self, token: &Secret, system_id: &str) -> Result<(), ClientError> {
         let authentication_token = token.expose().starts_with("glrt-");
         let (path, body) = if authentication_token {
-            ("runners/managers", TokenBody { token: token.expose(), system_id: Some(system_id), info: None })
+            (
+                "runners/managers",
+                TokenBody {
+                    token: token.expose(),
+                    system_id: Some(system_id),
+                    info: None,
+                },
+            )
         } else {
-            ("runners", TokenBody { token: token.expose(), system_id: None, info: None })
+            (
+                "runners",
+                TokenBody {
+                    token: token.expose(),
+                    system_id: None,
+                    info: None,
+                },
+            )
         };
-        let response = self.send(|| self.request(Method::DELETE, path).header("RUNNER-TOKEN", token.expose()).json(&body)).await?;
+        let response = self
+            .send(|| {
+                self.request(Method::DELETE, path)
+                    .header("RUNNER-TOKEN", token.expose())
+                    .json(&body)
+            })
+            .await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(());
         }
@@ -412,31 +504,81 @@ impl GitlabClient {
 
     /// `POST runners/reset_authentication_token`.
     pub async fn reset_token(&self, token: &Secret) -> Result<RunnerCredentials, ClientError> {
-        let body = TokenBody { token: token.expose(), system_id: None, info: None };
-        let response = self.send(|| self.request(Method::POST, "runners/reset_authentication_token").header("Accept", "application/json").json(&body)).await?;
+        let body = TokenBody {
+            token: token.expose(),
+            system_id: None,
+            info: None,
+        };
+        let response = self
+            .send(|| {
+                self.request(Method::POST, "runners/reset_authentication_token")
+                    .header("Accept", "application/json")
+                    .json(&body)
+            })
+            .await?;
         if response.status() == StatusCode::CREATED {
-            return response.json().await.map_err(|e| ClientError::Body(e.to_string()));
+            return response
+                .json()
+                .await
+                .map_err(|e| ClientError::Body(e.to_string()));
         }
         Err(Self::error_for(response).await)
     }
 
     /// `POST jobs/request`. The call may be held by GitLab for about 50 s (long polling).
-    pub async fn request_job(&self, token: &Secret, system_id: &str, info: &RunnerInfo, last_update: Option<&str>) -> JobRequestResult {
-        let body = JobRequestBody { info, token: token.expose(), system_id, last_update };
-        let response = match self.send(|| self.request(Method::POST, "jobs/request").header("RUNNER-TOKEN", token.expose()).header("Accept", "application/json").json(&body)).await {
-            Ok(response) => response,
-            Err(error) => return JobRequestResult { outcome: JobRequestOutcome::Failed(error.to_string()), last_update: None },
+    pub async fn request_job(
+        &self,
+        token: &Secret,
+        system_id: &str,
+        info: &RunnerInfo,
+        last_update: Option<&str>,
+    ) -> JobRequestResult {
+        let body = JobRequestBody {
+            info,
+            token: token.expose(),
+            system_id,
+            last_update,
         };
-        let last_update = response.headers().get("X-GitLab-Last-Update").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned);
+        let response = match self
+            .send(|| {
+                self.request(Method::POST, "jobs/request")
+                    .header("RUNNER-TOKEN", token.expose())
+                    .header("Accept", "application/json")
+                    .json(&body)
+            })
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                return JobRequestResult {
+                    outcome: JobRequestOutcome::Failed(error.to_string()),
+                    last_update: None,
+                };
+            }
+        };
+        let last_update = response
+            .headers()
+            .get("X-GitLab-Last-Update")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         let outcome = match response.status().as_u16() {
             201 => {
-                let is_json = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+                let is_json = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/json"));
                 match response.bytes().await {
                     Ok(bytes) if is_json => match JobPayload::from_slice(&bytes) {
                         Ok(payload) => JobRequestOutcome::Job(Box::new(payload)),
-                        Err(PayloadError::Invalid(e)) => JobRequestOutcome::Failed(format!("the job GitLab sent cannot be read: {e}")),
+                        Err(PayloadError::Invalid(e)) => JobRequestOutcome::Failed(format!(
+                            "the job GitLab sent cannot be read: {e}"
+                        )),
                     },
-                    Ok(_) => JobRequestOutcome::Failed("GitLab answered 201 without a JSON job".to_owned()),
+                    Ok(_) => JobRequestOutcome::Failed(
+                        "GitLab answered 201 without a JSON job".to_owned(),
+                    ),
                     Err(e) => JobRequestOutcome::Failed(e.to_string()),
                 }
             }
@@ -446,15 +588,34 @@ impl GitlabClient {
             503 => JobRequestOutcome::Unavailable,
             _ => JobRequestOutcome::Failed(Self::error_for(response).await.to_string()),
         };
-        JobRequestResult { outcome, last_update }
+        JobRequestResult {
+            outcome,
+            last_update,
+        }
     }
 
     /// `PUT jobs/:id`: the ack, a heartbeat, or the final state.
-    pub async fn update_job(&self, job_id: i64, request: &UpdateJobRequest) -> (UpdateOutcome, JobSignals) {
+    pub async fn update_job(
+        &self,
+        job_id: i64,
+        request: &UpdateJobRequest,
+    ) -> (UpdateOutcome, JobSignals) {
         let path = format!("jobs/{job_id}");
-        let response = match self.send(|| self.request(Method::PUT, &path).header("JOB-TOKEN", request.token.expose()).json(request)).await {
+        let response = match self
+            .send(|| {
+                self.request(Method::PUT, &path)
+                    .header("JOB-TOKEN", request.token.expose())
+                    .json(request)
+            })
+            .await
+        {
             Ok(response) => response,
-            Err(error) => return (UpdateOutcome::Failed(error.to_string()), JobSignals::default()),
+            Err(error) => {
+                return (
+                    UpdateOutcome::Failed(error.to_string()),
+                    JobSignals::default(),
+                );
+            }
         };
         let signals = JobSignals::from_headers(response.headers());
         let status = response.status().as_u16();
@@ -473,7 +634,14 @@ impl GitlabClient {
     }
 
     /// `PATCH jobs/:id/trace`: bytes from `offset`.
-    pub async fn patch_trace(&self, job_id: i64, job_token: &Secret, offset: u64, bytes: &[u8], debug_trace: bool) -> (PatchOutcome, JobSignals) {
+    pub async fn patch_trace(
+        &self,
+        job_id: i64,
+        job_token: &Secret,
+        offset: u64,
+        bytes: &[u8],
+        debug_trace: bool,
+    ) -> (PatchOutcome, JobSignals) {
         if bytes.is_empty() {
             return (PatchOutcome::Accepted { offset }, JobSignals::default());
         }
@@ -491,7 +659,12 @@ impl GitlabClient {
             .await
         {
             Ok(response) => response,
-            Err(error) => return (PatchOutcome::Failed(error.to_string()), JobSignals::default()),
+            Err(error) => {
+                return (
+                    PatchOutcome::Failed(error.to_string()),
+                    JobSignals::default(),
+                );
+            }
         };
         let signals = JobSignals::from_headers(response.headers());
         let status = response.status().as_u16();
@@ -501,9 +674,16 @@ impl GitlabClient {
             match status {
                 202 => PatchOutcome::Accepted { offset: end + 1 },
                 404 => PatchOutcome::NotFound,
-                416 => match response.headers().get(reqwest::header::RANGE).and_then(|v| v.to_str().ok()).and_then(range_end) {
+                416 => match response
+                    .headers()
+                    .get(reqwest::header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(range_end)
+                {
                     Some(offset) => PatchOutcome::RangeMismatch { offset },
-                    None => PatchOutcome::Failed("GitLab answered 416 without a usable Range header".to_owned()),
+                    None => PatchOutcome::Failed(
+                        "GitLab answered 416 without a usable Range header".to_owned(),
+                    ),
                 },
                 _ => PatchOutcome::Failed(Self::error_for(response).await.to_string()),
             }
@@ -513,9 +693,19 @@ impl GitlabClient {
 
     /// `POST jobs/:id/artifacts`: streams `file` as multipart; follows `307` to another
     /// host; retries `503` up to 6 tries and other failures up to 3.
-    pub async fn upload_artifact(&self, job_id: i64, job_token: &Secret, file: &Path, upload: &ArtifactUpload) -> UploadOutcome {
+    pub async fn upload_artifact(
+        &self,
+        job_id: i64,
+        job_token: &Secret,
+        file: &Path,
+        upload: &ArtifactUpload,
+    ) -> UploadOutcome {
         let mut query: Vec<(&str, &str)> = Vec::new();
-        for (key, value) in [("artifact_format", &upload.format), ("artifact_type", &upload.artifact_type), ("expire_in", &upload.expire_in)] {
+        for (key, value) in [
+            ("artifact_format", &upload.format),
+            ("artifact_type", &upload.artifact_type),
+            ("expire_in", &upload.expire_in),
+        ] {
             if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
                 query.push((key, value));
             }
@@ -523,7 +713,9 @@ impl GitlabClient {
         let mut base = self.api.clone();
         let (mut tries_503, mut tries_other) = (0, 0);
         loop {
-            let mut url = base.join(&format!("jobs/{job_id}/artifacts")).expect("relative path");
+            let mut url = base
+                .join(&format!("jobs/{job_id}/artifacts"))
+                .expect("relative path");
             if !query.is_empty() {
                 url.query_pairs_mut().extend_pairs(&query);
             }
@@ -548,7 +740,11 @@ impl GitlabClient {
                     403 => return UploadOutcome::Forbidden,
                     413 => return UploadOutcome::TooLarge,
                     307 => {
-                        let location = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| base.join(l).ok());
+                        let location = response
+                            .headers()
+                            .get(reqwest::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|l| base.join(l).ok());
                         match location {
                             Some(target) => {
                                 // Same API path, on the redirect's scheme and host.
@@ -563,7 +759,9 @@ impl GitlabClient {
                     503 => {
                         tries_503 += 1;
                         if tries_503 >= 6 {
-                            return UploadOutcome::Failed("GitLab answered 503 Service Unavailable".to_owned());
+                            return UploadOutcome::Failed(
+                                "GitLab answered 503 Service Unavailable".to_owned(),
+                            );
                         }
                         "503".to_owned()
                     }
@@ -583,14 +781,26 @@ impl GitlabClient {
 
     /// `GET jobs/:id/artifacts` with the dependency's token, following the `302` to object
     /// storage (without the token), into `destination`. Retries twice, a second apart.
-    pub async fn download_artifact(&self, job_id: i64, dependency_token: &Secret, direct_download: bool, destination: &Path) -> DownloadOutcome {
+    pub async fn download_artifact(
+        &self,
+        job_id: i64,
+        dependency_token: &Secret,
+        direct_download: bool,
+        destination: &Path,
+    ) -> DownloadOutcome {
         let path = format!("jobs/{job_id}/artifacts?direct_download={direct_download}");
         let mut last_failure = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let response = match self.send(|| self.request(Method::GET, &path).header("JOB-TOKEN", dependency_token.expose())).await {
+            let response = match self
+                .send(|| {
+                    self.request(Method::GET, &path)
+                        .header("JOB-TOKEN", dependency_token.expose())
+                })
+                .await
+            {
                 Ok(response) => response,
                 Err(e) => {
                     last_failure = e.to_string();
@@ -598,11 +808,22 @@ impl GitlabClient {
                 }
             };
             let response = if matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
-                let Some(target) = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| response.url().join(l).ok()) else {
+                let Some(target) = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| response.url().join(l).ok())
+                else {
                     last_failure = "a redirect without a Location".to_owned();
                     continue;
                 };
-                match self.http.get(target).header(reqwest::header::USER_AGENT, &self.user_agent).send().await {
+                match self
+                    .http
+                    .get(target)
+                    .header(reqwest::header::USER_AGENT, &self.user_agent)
+                    .send()
+                    .await
+                {
                     Ok(response) => response,
                     Err(e) => {
                         last_failure = e.to_string();
@@ -613,7 +834,11 @@ impl GitlabClient {
                 response
             };
             match response.status().as_u16() {
-                200 => return write_body(response, destination).await.unwrap_or_else(DownloadOutcome::Failed),
+                200 => {
+                    return write_body(response, destination)
+                        .await
+                        .unwrap_or_else(DownloadOutcome::Failed);
+                }
                 401 | 403 => return DownloadOutcome::Forbidden,
                 404 => return DownloadOutcome::NotFound,
                 status => last_failure = format!("GitLab answered {status}"),
@@ -625,19 +850,29 @@ impl GitlabClient {
 
 async fn write_body(mut response: Response, destination: &Path) -> Result<DownloadOutcome, String> {
     use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::File::create(destination).await.map_err(|e| format!("{}: {e}", destination.display()))?;
+    let mut file = tokio::fs::File::create(destination)
+        .await
+        .map_err(|e| format!("{}: {e}", destination.display()))?;
     let mut bytes = 0u64;
     while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        file.write_all(&chunk).await.map_err(|e| format!("{}: {e}", destination.display()))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("{}: {e}", destination.display()))?;
         bytes += chunk.len() as u64;
     }
-    file.flush().await.map_err(|e| format!("{}: {e}", destination.display()))?;
+    file.flush()
+        .await
+        .map_err(|e| format!("{}: {e}", destination.display()))?;
     Ok(DownloadOutcome::Downloaded { bytes })
 }
 
 /// The number after the dash of a `Range: 0-N` header.
 pub fn range_end(value: &str) -> Option<u64> {
-    value.trim().trim_start_matches("bytes=").split_once('-').and_then(|(_, end)| end.trim().parse().ok())
+    value
+        .trim()
+        .trim_start_matches("bytes=")
+        .split_once('-')
+        .and_then(|(_, end)| end.trim().parse().ok())
 }
 
 /// GitLab's error `message`: a string, or a map of field → list of strings flattened as
@@ -649,8 +884,19 @@ pub fn error_message(body: &serde_json::Value) -> Option<String> {
             map.iter()
                 .map(|(key, value)| {
                     let items = match value {
-                        serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join("; "),
-                        other => other.as_str().map(str::to_owned).unwrap_or_else(|| other.to_string()),
+                        serde_json::Value::Array(items) => items
+                            .iter()
+                            .map(|i| {
+                                i.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| i.to_string())
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        other => other
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| other.to_string()),
                     };
                     format!("{key}: {items}")
                 })
@@ -668,15 +914,35 @@ mod tests {
     #[test]
     fn api_base_follows_gitlab_runner() {
         for (url, base) in [
-            ("https://gitlab.example.com", "https://gitlab.example.com/api/v4/"),
-            ("https://gitlab.example.com/", "https://gitlab.example.com/api/v4/"),
-            ("https://gitlab.example.com/ci", "https://gitlab.example.com/api/v4/"),
-            ("https://gitlab.example.com/ci/", "https://gitlab.example.com/api/v4/"),
-            ("http://host:8080/gitlab/", "http://host:8080/gitlab/api/v4/"),
+            (
+                "https://gitlab.example.com",
+                "https://gitlab.example.com/api/v4/",
+            ),
+            (
+                "https://gitlab.example.com/",
+                "https://gitlab.example.com/api/v4/",
+            ),
+            (
+                "https://gitlab.example.com/ci",
+                "https://gitlab.example.com/api/v4/",
+            ),
+            (
+                "https://gitlab.example.com/ci/",
+                "https://gitlab.example.com/api/v4/",
+            ),
+            (
+                "http://host:8080/gitlab/",
+                "http://host:8080/gitlab/api/v4/",
+            ),
         ] {
             assert_eq!(api_base(url).unwrap().as_str(), base, "{url}");
         }
-        for bad in ["gitlab.example.com", "ftp://gitlab.example.com", "", "https://"] {
+        for bad in [
+            "gitlab.example.com",
+            "ftp://gitlab.example.com",
+            "",
+            "https://",
+        ] {
             assert!(api_base(bad).is_err(), "{bad:?}");
         }
     }
@@ -687,8 +953,14 @@ mod tests {
         assert_eq!(range_end("bytes=0-5"), Some(5));
         assert_eq!(range_end("junk"), None);
         let body = serde_json::json!({"message": {"token": ["is invalid", "is missing"], "name": ["taken"]}});
-        assert_eq!(error_message(&body).unwrap(), "token: is invalid; is missing, name: taken");
-        assert_eq!(error_message(&serde_json::json!({"message": "403 Forbidden"})).unwrap(), "403 Forbidden");
+        assert_eq!(
+            error_message(&body).unwrap(),
+            "token: is invalid; is missing, name: taken"
+        );
+        assert_eq!(
+            error_message(&serde_json::json!({"message": "403 Forbidden"})).unwrap(),
+            "403 Forbidden"
+        );
         assert_eq!(error_message(&serde_json::json!({})), None);
     }
 }

@@ -10,7 +10,12 @@ pub mod retry;
 mod secret;
 pub mod system_id;
 
-pub use api::{FailureReason, Features, JobState, RemoteJobStatus, RunnerInfo, TraceOutput, UpdateJobRequest};
-pub use client::{ClientError, ClientOptions, GitlabClient, JobRequestOutcome, JobSignals, PatchOutcome, UpdateOutcome};
+pub use api::{
+    FailureReason, Features, JobState, RemoteJobStatus, RunnerInfo, TraceOutput, UpdateJobRequest,
+};
+pub use client::{
+    ClientError, ClientOptions, GitlabClient, JobRequestOutcome, JobSignals, PatchOutcome,
+    UpdateOutcome,
+};
 pub use payload::{JobPayload, JobResponse};
 pub use secret::Secret;

@@ -42,7 +42,11 @@ impl JobPayload {
 
     /// The job timeout in seconds: `runner_info.timeout`, or 7200 when not positive.
     pub fn timeout_secs(&self) -> u64 {
-        if self.job.runner_info.timeout > 0 { self.job.runner_info.timeout as u64 } else { 7200 }
+        if self.job.runner_info.timeout > 0 {
+            self.job.runner_info.timeout as u64
+        } else {
+            7200
+        }
     }
 }
 
@@ -200,7 +204,11 @@ pub struct JobVariable {
 
 impl std::fmt::Debug for JobVariable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value: &dyn std::fmt::Debug = if self.public && !self.masked { &self.value } else { &"[REDACTED]" };
+        let value: &dyn std::fmt::Debug = if self.public && !self.masked {
+            &self.value
+        } else {
+            &"[REDACTED]"
+        };
         f.debug_struct("JobVariable")
             .field("key", &self.key)
             .field("value", value)
@@ -424,7 +432,10 @@ mod tests {
         assert!(payload.job.features.trace_sections);
         assert_eq!(payload.raw["future"]["x"], 1);
         let debug = format!("{:?}", payload.job);
-        assert!(!debug.contains("glcbt-abc") && !debug.contains("hidden"), "{debug}");
+        assert!(
+            !debug.contains("glcbt-abc") && !debug.contains("hidden"),
+            "{debug}"
+        );
         assert!(JobPayload::from_slice(b"{\"id\": \"seven\"}").is_err());
         assert!(JobPayload::from_slice(b"not json").is_err());
     }

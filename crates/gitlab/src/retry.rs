@@ -33,7 +33,10 @@ impl Backoff {
 
     /// The wait before retry number `attempt` (0 for the first retry).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.min.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX)).min(self.max);
+        let base = self
+            .min
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.max);
         // Jitter in [base/2, base].
         let half = base / 2;
         half + half.mul_f64(rand::random::<f64>())
@@ -42,7 +45,9 @@ impl Backoff {
 
 /// How long the server asked to wait, if it did.
 pub fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(reset) = headers.get("RateLimit-ResetTime").and_then(|v| v.to_str().ok())
+    if let Some(reset) = headers
+        .get("RateLimit-ResetTime")
+        .and_then(|v| v.to_str().ok())
         && let Ok(at) = httpdate::parse_http_date(reset)
     {
         return Some(at.duration_since(now).unwrap_or_default());
@@ -64,7 +69,9 @@ mod tests {
         for status in [408, 429, 500, 502, 503, 504, 512, 599] {
             assert!(is_retryable(status), "{status}");
         }
-        for status in [200, 201, 202, 204, 400, 401, 403, 404, 409, 412, 416, 501, 505, 511] {
+        for status in [
+            200, 201, 202, 204, 400, 401, 403, 404, 409, 412, 416, 501, 505, 511,
+        ] {
             assert!(!is_retryable(status), "{status}");
         }
     }
@@ -76,7 +83,10 @@ mod tests {
         headers.insert("Retry-After", HeaderValue::from_static("7"));
         assert_eq!(server_wait(&headers, now), Some(Duration::from_secs(7)));
         let reset = httpdate::fmt_http_date(now + Duration::from_secs(3));
-        headers.insert("RateLimit-ResetTime", HeaderValue::from_str(&reset).unwrap());
+        headers.insert(
+            "RateLimit-ResetTime",
+            HeaderValue::from_str(&reset).unwrap(),
+        );
         assert_eq!(server_wait(&headers, now), Some(Duration::from_secs(3)));
         assert_eq!(server_wait(&HeaderMap::new(), now), None);
     }
@@ -85,8 +95,12 @@ mod tests {
     fn backoff_doubles_with_jitter_and_caps() {
         for attempt in 0..40 {
             let d = Backoff::REQUESTS.delay(attempt);
-            let base = (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(20))).min(Duration::from_secs(60));
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?} vs {base:?}");
+            let base = (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(20)))
+                .min(Duration::from_secs(60));
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d:?} vs {base:?}"
+            );
         }
     }
 }

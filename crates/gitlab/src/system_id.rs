@@ -13,12 +13,16 @@ pub const SYSTEM_ID_FILE: &str = ".runner_system_id";
 /// Whether `id` has the shape GitLab accepts: `^[sr]_[0-9a-zA-Z]{12}$`.
 pub fn is_valid(id: &str) -> bool {
     let bytes = id.as_bytes();
-    bytes.len() == 14 && matches!(bytes[0], b's' | b'r') && bytes[1] == b'_' && bytes[2..].iter().all(u8::is_ascii_alphanumeric)
+    bytes.len() == 14
+        && matches!(bytes[0], b's' | b'r')
+        && bytes[1] == b'_'
+        && bytes[2..].iter().all(u8::is_ascii_alphanumeric)
 }
 
 /// The ID derived from a machine ID.
 pub fn from_machine_id(machine_id: &str) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(machine_id.trim().as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(machine_id.trim().as_bytes())
+        .expect("HMAC takes keys of any length");
     mac.update(b"gitlab-runner");
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -28,13 +32,18 @@ pub fn from_machine_id(machine_id: &str) -> String {
 /// A random ID.
 pub fn random() -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let suffix: String = (0..12).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    let suffix: String = (0..12)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("r_{suffix}")
 }
 
 /// Where the ID is kept for a given `config.toml`.
 pub fn path_beside(config_path: &Path) -> PathBuf {
-    config_path.parent().unwrap_or(Path::new(".")).join(SYSTEM_ID_FILE)
+    config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(SYSTEM_ID_FILE)
 }
 
 /// Reads the kept ID, or makes one (from `/etc/machine-id` when present) and keeps it.
@@ -46,8 +55,13 @@ pub fn load_or_create(config_path: &Path) -> std::io::Result<String> {
             return Ok(id.to_owned());
         }
     }
-    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"].iter().find_map(|p| std::fs::read_to_string(p).ok()).filter(|m| !m.trim().is_empty());
-    let id = machine_id.map(|m| from_machine_id(&m)).unwrap_or_else(random);
+    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .filter(|m| !m.trim().is_empty());
+    let id = machine_id
+        .map(|m| from_machine_id(&m))
+        .unwrap_or_else(random);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -76,6 +90,11 @@ mod tests {
         let config = dir.path().join("config.toml");
         let first = load_or_create(&config).unwrap();
         assert_eq!(load_or_create(&config).unwrap(), first);
-        assert_eq!(std::fs::read_to_string(dir.path().join(SYSTEM_ID_FILE)).unwrap().trim(), first);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(SYSTEM_ID_FILE))
+                .unwrap()
+                .trim(),
+            first
+        );
     }
 }

@@ -12,7 +12,11 @@ fn reference_phrases(text: &[u8], phrases: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < text.len() {
-        let longest = phrases.iter().filter(|p| !p.is_empty() && text[i..].starts_with(p)).map(Vec::len).max();
+        let longest = phrases
+            .iter()
+            .filter(|p| !p.is_empty() && text[i..].starts_with(p))
+            .map(Vec::len)
+            .max();
         match longest {
             Some(len) => {
                 out.extend_from_slice(MASKED);
@@ -28,7 +32,10 @@ fn reference_phrases(text: &[u8], phrases: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn url_value_byte(b: u8) -> bool {
-    !matches!(b, b'&' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'`') && !b.is_ascii_whitespace()
+    !matches!(
+        b,
+        b'&' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'`'
+    ) && !b.is_ascii_whitespace()
 }
 
 fn token_byte(b: u8) -> bool {
@@ -36,8 +43,8 @@ fn token_byte(b: u8) -> bool {
 }
 
 /// Reference trigger masking: at each position outside a run, the longest trigger that
-/// matches (URL parameters in any case, token prefixes exactly) starts a run whose bytes
-/// become one `[MASKED]`.
+/// matches there (URL parameters in any case, token prefixes exactly) starts a run whose
+/// bytes become one `[MASKED]`.
 fn reference_triggers(text: &[u8], prefixes: &[&str]) -> Vec<u8> {
     let mut triggers: Vec<(Vec<u8>, bool)> = Vec::new(); // (pattern, is_url)
     for param in SENSITIVE_URL_PARAMS {
@@ -52,10 +59,17 @@ fn reference_triggers(text: &[u8], prefixes: &[&str]) -> Vec<u8> {
     while i < text.len() {
         let candidate = triggers
             .iter()
-            .filter(|(p, _)| text.len() - i >= p.len() && text[i..i + p.len()].eq_ignore_ascii_case(p))
+            .filter(|(p, is_url)| {
+                text.len() - i >= p.len()
+                    && if *is_url {
+                        text[i..i + p.len()].eq_ignore_ascii_case(p)
+                    } else {
+                        text[i..].starts_with(p)
+                    }
+            })
             .max_by_key(|(p, _)| p.len());
         match candidate {
-            Some((pattern, is_url)) if *is_url || text[i..].starts_with(pattern) => {
+            Some((pattern, is_url)) => {
                 out.extend_from_slice(&text[i..i + pattern.len()]);
                 i += pattern.len();
                 let accepts: fn(u8) -> bool = if *is_url { url_value_byte } else { token_byte };
@@ -67,7 +81,7 @@ fn reference_triggers(text: &[u8], prefixes: &[&str]) -> Vec<u8> {
                     out.extend_from_slice(MASKED);
                 }
             }
-            _ => {
+            None => {
                 out.push(text[i]);
                 i += 1;
             }
@@ -78,7 +92,10 @@ fn reference_triggers(text: &[u8], prefixes: &[&str]) -> Vec<u8> {
 
 fn pipeline(chunks: &[Vec<u8>], phrases: &[Vec<u8>], prefixes: &[&str]) -> Vec<u8> {
     let trace = Trace::new(&LogSettings {
-        masked_phrases: phrases.iter().map(|p| String::from_utf8(p.clone()).unwrap()).collect(),
+        masked_phrases: phrases
+            .iter()
+            .map(|p| String::from_utf8(p.clone()).unwrap())
+            .collect(),
         token_prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
         timestamps: false,
         output_limit_bytes: usize::MAX,

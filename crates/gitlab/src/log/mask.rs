@@ -21,8 +21,20 @@ pub const SENSITIVE_URL_PARAMS: &[&str] = &[
 
 /// Token prefixes masked with `FF_MASK_ALL_DEFAULT_TOKENS` (`glpat-` is masked always).
 pub const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
-    "glpat-", "gloas-", "gldt-", "glrt-", "glcbt-", "glrtr-", "glptt-", "glft-", "glimt-", "glagent-", "glsoat-", "glffct-",
-    "_gitlab_session=", "gltok-",
+    "glpat-",
+    "gloas-",
+    "gldt-",
+    "glrt-",
+    "glcbt-",
+    "glrtr-",
+    "glptt-",
+    "glft-",
+    "glimt-",
+    "glagent-",
+    "glsoat-",
+    "glffct-",
+    "_gitlab_session=",
+    "gltok-",
 ];
 
 /// At most this many token prefixes are used, as in gitlab-runner.
@@ -44,7 +56,11 @@ impl PhraseMasker {
         I: IntoIterator<Item = P>,
         P: AsRef<[u8]>,
     {
-        let mut phrases: Vec<Vec<u8>> = phrases.into_iter().map(|p| p.as_ref().to_vec()).filter(|p| !p.is_empty()).collect();
+        let mut phrases: Vec<Vec<u8>> = phrases
+            .into_iter()
+            .map(|p| p.as_ref().to_vec())
+            .filter(|p| !p.is_empty())
+            .collect();
         phrases.sort();
         phrases.dedup();
         let hold_back = phrases.iter().map(Vec::len).max().unwrap_or(1) - 1;
@@ -82,7 +98,11 @@ impl PhraseMasker {
         };
         let buffer = std::mem::take(&mut self.pending);
         // Any match starting before `cut` has all the bytes it could need after it.
-        let cut = if last { buffer.len() } else { buffer.len().saturating_sub(self.hold_back) };
+        let cut = if last {
+            buffer.len()
+        } else {
+            buffer.len().saturating_sub(self.hold_back)
+        };
         let mut emitted = 0;
         for found in automaton.find_iter(&buffer) {
             if found.start() >= cut {
@@ -111,19 +131,40 @@ enum RunKind {
 impl RunKind {
     fn accepts(self, byte: u8) -> bool {
         match self {
-            RunKind::UrlValue => !matches!(byte, b'&' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'`') && !byte.is_ascii_whitespace(),
-            RunKind::Token => byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'='),
+            RunKind::UrlValue => {
+                !matches!(
+                    byte,
+                    b'&' | b'#'
+                        | b'"'
+                        | b'\''
+                        | b'<'
+                        | b'>'
+                        | b'('
+                        | b')'
+                        | b'['
+                        | b']'
+                        | b'{'
+                        | b'}'
+                        | b'`'
+                ) && !byte.is_ascii_whitespace()
+            }
+            RunKind::Token => {
+                byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'=')
+            }
         }
     }
 }
 
 /// Masks the value after a trigger: `?private_token=` / `&X-Amz-Signature=` (any case) and
-/// token prefixes such as `glpat-` (exact case). The trigger itself stays visible.
+/// token prefixes such as `glpat-` (exact case). The trigger itself stays visible. Where
+/// triggers overlap, the leftmost wins, then the longest.
 #[derive(Debug, Clone)]
 pub struct TriggerMasker {
-    automaton: AhoCorasick,
-    /// Per pattern: the run kind, and the exact bytes for case-sensitive patterns.
-    patterns: Vec<(RunKind, Option<Vec<u8>>)>,
+    /// URL parameter triggers, case-insensitive; all start with `?` or `&`, which keeps the
+    /// automaton's prefilter fast.
+    url: AhoCorasick,
+    /// Token prefixes, exact case.
+    tokens: Option<TokenSearch>,
     hold_back: usize,
     pending: Vec<u8>,
     run: Option<RunKind>,
@@ -138,34 +179,36 @@ impl TriggerMasker {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut texts: Vec<Vec<u8>> = Vec::new();
-        let mut patterns = Vec::new();
-        for param in SENSITIVE_URL_PARAMS {
-            for lead in ['?', '&'] {
-                texts.push(format!("{lead}{param}=").into_bytes());
-                patterns.push((RunKind::UrlValue, None));
-            }
-        }
+        let url_patterns: Vec<String> = SENSITIVE_URL_PARAMS
+            .iter()
+            .flat_map(|p| [format!("?{p}="), format!("&{p}=")])
+            .collect();
         let mut prefixes: Vec<String> = Vec::new();
         for prefix in token_prefixes {
             let prefix = prefix.as_ref();
-            if !prefix.is_empty() && !prefixes.iter().any(|p| p == prefix) && prefixes.len() < MAX_TOKEN_PREFIXES {
+            if !prefix.is_empty()
+                && !prefixes.iter().any(|p| p == prefix)
+                && prefixes.len() < MAX_TOKEN_PREFIXES
+            {
                 prefixes.push(prefix.to_owned());
             }
         }
-        for prefix in prefixes {
-            texts.push(prefix.clone().into_bytes());
-            patterns.push((RunKind::Token, Some(prefix.into_bytes())));
-        }
-        let hold_back = texts.iter().map(Vec::len).max().unwrap_or(1) - 1;
-        let automaton = AhoCorasickBuilder::new()
+        let hold_back = url_patterns
+            .iter()
+            .chain(&prefixes)
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            - 1;
+        let url = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
-            .build(&texts)
-            .expect("trigger patterns are short ASCII");
+            .build(&url_patterns)
+            .expect("URL triggers are short ASCII");
+        let tokens = (!prefixes.is_empty()).then(|| TokenSearch::new(&prefixes));
         TriggerMasker {
-            automaton,
-            patterns,
+            url,
+            tokens,
             hold_back,
             pending: Vec::new(),
             run: None,
@@ -188,6 +231,14 @@ impl TriggerMasker {
     fn process(&mut self, out: &mut Vec<u8>, last: bool) {
         let buffer = std::mem::take(&mut self.pending);
         let len = buffer.len();
+        let cut = if last {
+            len
+        } else {
+            len.saturating_sub(self.hold_back)
+        };
+        // The next match of each automaton at or after `i`, found once and reused.
+        let mut next_url: Option<Option<aho_corasick::Match>> = None;
+        let mut next_token: Option<Option<aho_corasick::Match>> = None;
         let mut i = 0;
         loop {
             if let Some(kind) = self.run {
@@ -203,19 +254,32 @@ impl TriggerMasker {
                 }
                 self.run = None;
             }
-            let cut = if last { len } else { len.saturating_sub(self.hold_back) };
-            match self.automaton.find(Input::new(&buffer).span(i..len)) {
-                Some(found) if found.start() < cut => {
-                    let (kind, exact) = &self.patterns[found.pattern().as_usize()];
-                    if exact.as_deref().is_some_and(|e| e != &buffer[found.range()]) {
-                        // A token prefix in another case: not a token.
-                        out.extend_from_slice(&buffer[i..=found.start()]);
-                        i = found.start() + 1;
-                        continue;
-                    }
+            let url = refresh(&mut next_url, i, |from| {
+                self.url.find(Input::new(&buffer).span(from..len))
+            });
+            let token = match &self.tokens {
+                Some(tokens) => refresh(&mut next_token, i, |from| tokens.find(&buffer, from)),
+                None => None,
+            };
+            let chosen = match (url, token) {
+                (Some(u), Some(t)) => Some(
+                    if (t.start(), std::cmp::Reverse(t.len()))
+                        < (u.start(), std::cmp::Reverse(u.len()))
+                    {
+                        (t, RunKind::Token)
+                    } else {
+                        (u, RunKind::UrlValue)
+                    },
+                ),
+                (Some(u), None) => Some((u, RunKind::UrlValue)),
+                (None, Some(t)) => Some((t, RunKind::Token)),
+                (None, None) => None,
+            };
+            match chosen {
+                Some((found, kind)) if found.start() < cut => {
                     out.extend_from_slice(&buffer[i..found.end()]);
                     i = found.end();
-                    self.run = Some(*kind);
+                    self.run = Some(kind);
                     self.run_masked = false;
                 }
                 _ => {
@@ -228,6 +292,61 @@ impl TriggerMasker {
         }
         self.pending = buffer;
         self.pending.drain(..i);
+    }
+}
+
+/// Finds token prefixes. Every prefix ends in `-` or `=`, bytes common in logs, so a
+/// rare-byte prefilter verifies too often; Teddy fingerprints the leading bytes instead.
+#[derive(Debug, Clone)]
+enum TokenSearch {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl TokenSearch {
+    fn new(prefixes: &[String]) -> Self {
+        let packed = aho_corasick::packed::Config::new()
+            .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(prefixes)
+            .build();
+        match packed {
+            Some(searcher) => TokenSearch::Packed(searcher),
+            None => TokenSearch::Automaton(
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(prefixes)
+                    .expect("token prefixes are short"),
+            ),
+        }
+    }
+
+    fn find(&self, haystack: &[u8], from: usize) -> Option<aho_corasick::Match> {
+        match self {
+            TokenSearch::Packed(searcher) => {
+                searcher.find_in(haystack, aho_corasick::Span::from(from..haystack.len()))
+            }
+            TokenSearch::Automaton(automaton) => {
+                automaton.find(Input::new(haystack).span(from..haystack.len()))
+            }
+        }
+    }
+}
+
+/// The cached next match if it still starts at or after `from`, else a fresh search.
+fn refresh(
+    cache: &mut Option<Option<aho_corasick::Match>>,
+    from: usize,
+    search: impl FnOnce(usize) -> Option<aho_corasick::Match>,
+) -> Option<aho_corasick::Match> {
+    match cache {
+        Some(None) => None,
+        Some(Some(m)) if m.start() >= from => Some(*m),
+        _ => {
+            let found = search(from);
+            *cache = Some(found);
+            found
+        }
     }
 }
 
@@ -257,20 +376,41 @@ mod tests {
 
     #[test]
     fn masks_phrases_split_across_writes() {
-        assert_eq!(phrases(&[b"the secret", b"value is here"], &["secretvalue"]), "the [MASKED] is here");
-        assert_eq!(phrases(&[b"s", b"e", b"c", b"r", b"e", b"t", b"!"], &["secret"]), "[MASKED]!");
-        assert_eq!(phrases(&[b"abcdef abc"], &["abc", "abcdef"]), "[MASKED] [MASKED]");
+        assert_eq!(
+            phrases(&[b"the secret", b"value is here"], &["secretvalue"]),
+            "the [MASKED] is here"
+        );
+        assert_eq!(
+            phrases(&[b"s", b"e", b"c", b"r", b"e", b"t", b"!"], &["secret"]),
+            "[MASKED]!"
+        );
+        assert_eq!(
+            phrases(&[b"abcdef abc"], &["abc", "abcdef"]),
+            "[MASKED] [MASKED]"
+        );
         assert_eq!(phrases(&[b"no phrases"], &[]), "no phrases");
         assert_eq!(phrases(&[b"secre"], &["secret"]), "secre");
     }
 
     #[test]
     fn masks_url_parameters_and_tokens() {
-        assert_eq!(triggers(&[b"GET /x?private_token=abc123&page=2"]), "GET /x?private_token=[MASKED]&page=2");
-        assert_eq!(triggers(&[b"https://s3/x?X-Amz-Signature=f00", b"ba4 done"]), "https://s3/x?X-Amz-Signature=[MASKED] done");
-        assert_eq!(triggers(&[b"token glpat-", b"abcDEF_123.x=y rest"]), "token glpat-[MASKED] rest");
+        assert_eq!(
+            triggers(&[b"GET /x?private_token=abc123&page=2"]),
+            "GET /x?private_token=[MASKED]&page=2"
+        );
+        assert_eq!(
+            triggers(&[b"https://s3/x?X-Amz-Signature=f00", b"ba4 done"]),
+            "https://s3/x?X-Amz-Signature=[MASKED] done"
+        );
+        assert_eq!(
+            triggers(&[b"token glpat-", b"abcDEF_123.x=y rest"]),
+            "token glpat-[MASKED] rest"
+        );
         assert_eq!(triggers(&[b"gl", b"rt-secret\n"]), "glrt-[MASKED]\n");
-        assert_eq!(triggers(&[b"GLPAT-abc is not a token"]), "GLPAT-abc is not a token");
+        assert_eq!(
+            triggers(&[b"GLPAT-abc is not a token"]),
+            "GLPAT-abc is not a token"
+        );
         assert_eq!(triggers(&[b"glpat- alone"]), "glpat- alone");
         assert_eq!(triggers(&[b"plain text"]), "plain text");
     }

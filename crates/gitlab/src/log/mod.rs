@@ -9,10 +9,15 @@ mod timestamp;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use mask::{DEFAULT_TOKEN_PREFIXES, MASKED, MAX_TOKEN_PREFIXES, PhraseMasker, SENSITIVE_URL_PARAMS, TriggerMasker};
+pub use mask::{
+    DEFAULT_TOKEN_PREFIXES, MASKED, MAX_TOKEN_PREFIXES, PhraseMasker, SENSITIVE_URL_PARAMS,
+    TriggerMasker,
+};
 pub use sections::*;
 pub use sink::{TraceSink, TraceStore, limit_message};
-pub use timestamp::{Clock, MAX_LINE_BYTES, Stream, SystemClock, Timestamper, format_rfc3339_micros};
+pub use timestamp::{
+    Clock, MAX_LINE_BYTES, Stream, SystemClock, Timestamper, format_rfc3339_micros,
+};
 
 /// Unsent trace bytes above this size live on disk.
 pub const DEFAULT_SPILL_THRESHOLD: usize = 1024 * 1024;
@@ -50,8 +55,16 @@ impl LogSettings {
     /// gitlab-runner's token prefixes: `glpat-`, the defaults when `mask_all_default_tokens`,
     /// then `extra` (from the payload's `features.token_mask_prefixes`).
     pub fn token_prefixes(mask_all_default_tokens: bool, extra: &[String]) -> Vec<String> {
-        let defaults: &[&str] = if mask_all_default_tokens { DEFAULT_TOKEN_PREFIXES } else { &["glpat-"] };
-        defaults.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect()
+        let defaults: &[&str] = if mask_all_default_tokens {
+            DEFAULT_TOKEN_PREFIXES
+        } else {
+            &["glpat-"]
+        };
+        defaults
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned())
+            .collect()
     }
 }
 
@@ -75,7 +88,10 @@ impl Trace {
     /// A trace with these settings.
     pub fn new(settings: &LogSettings) -> Self {
         Trace {
-            sink: Arc::new(Mutex::new(TraceSink::new(settings.output_limit_bytes, settings.spill_threshold))),
+            sink: Arc::new(Mutex::new(TraceSink::new(
+                settings.output_limit_bytes,
+                settings.spill_threshold,
+            ))),
             phrases: PhraseMasker::new(&settings.masked_phrases),
             triggers: TriggerMasker::new(&settings.token_prefixes),
             timestamps: settings.timestamps,
@@ -89,7 +105,9 @@ impl Trace {
             sink: self.sink.clone(),
             phrases: self.phrases.clone(),
             triggers: self.triggers.clone(),
-            timestamper: self.timestamps.then(|| Timestamper::new(stream, self.clock.clone())),
+            timestamper: self
+                .timestamps
+                .then(|| Timestamper::new(stream, self.clock.clone())),
             masked: Vec::new(),
             sanitized: Vec::new(),
             stamped: Vec::new(),
@@ -98,7 +116,9 @@ impl Trace {
 
     /// The sink, for the uploader and the final update.
     pub fn sink(&self) -> MutexGuard<'_, TraceSink> {
-        self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A handle to the sink shared with writers.
@@ -149,7 +169,11 @@ impl TraceWriter {
         if out.is_empty() {
             return Ok(());
         }
-        let result = self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write(out);
+        let result = self
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .write(out);
         out.clear();
         result
     }
@@ -189,7 +213,8 @@ mod tests {
         runner.write_bytes(b"Running with podrunner\n").unwrap();
         runner.flush_all().unwrap();
         job.write_bytes(b"echo s3cr3t-").unwrap();
-        job.write_bytes(b"value glrt-abc custom-xyz https://x/?private_token=t0k\n").unwrap();
+        job.write_bytes(b"value glrt-abc custom-xyz https://x/?private_token=t0k\n")
+            .unwrap();
         job.flush_all().unwrap();
         let text = String::from_utf8(trace.sink().store().read(0, 10_000).unwrap()).unwrap();
         assert_eq!(
@@ -212,6 +237,9 @@ mod tests {
         w.write_bytes(b"extra0-a extra5-b\n").unwrap();
         w.flush_all().unwrap();
         // 14 defaults + extra0 fill the 15 places; extra5 is not masked.
-        assert_eq!(trace.sink().store().read(0, 100).unwrap(), b"extra0-[MASKED] extra5-b\n");
+        assert_eq!(
+            trace.sink().store().read(0, 100).unwrap(),
+            b"extra0-[MASKED] extra5-b\n"
+        );
     }
 }

@@ -46,8 +46,14 @@ mod tests {
 
     #[test]
     fn markers_match_gitlab_format() {
-        assert_eq!(section_start("step_script", 1_700_000_000), "section_start:1700000000:step_script\r\x1b[0K");
-        assert_eq!(section_end("step_script", 1_700_000_001), "section_end:1700000001:step_script\r\x1b[0K");
+        assert_eq!(
+            section_start("step_script", 1_700_000_000),
+            "section_start:1700000000:step_script\r\x1b[0K"
+        );
+        assert_eq!(
+            section_end("step_script", 1_700_000_001),
+            "section_end:1700000001:step_script\r\x1b[0K"
+        );
         assert_eq!(warning_line("x"), "\x1b[0;33mWARNING: x\x1b[0;m\n");
         assert_eq!(error_line("x"), "\x1b[31;1mERROR: x\x1b[0;m\n");
     }

@@ -79,7 +79,9 @@ impl TraceStore {
 
 /// The message gitlab-runner appends once when the log reaches `output_limit`.
 pub fn limit_message(limit_bytes: usize) -> String {
-    format!("\n\x1b[33;1mJob's log exceeded limit of {limit_bytes} bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n")
+    format!(
+        "\n\x1b[33;1mJob's log exceeded limit of {limit_bytes} bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n"
+    )
 }
 
 /// Where every stream's bytes end up.
@@ -111,6 +113,9 @@ impl TraceSink {
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.truncated {
             return Ok(());
+        }
+        if self.utf8_pending.is_empty() && std::str::from_utf8(bytes).is_ok() {
+            return self.keep(bytes);
         }
         let mut input = std::mem::take(&mut self.utf8_pending);
         input.extend_from_slice(bytes);
@@ -220,7 +225,10 @@ mod tests {
         assert_eq!(String::from_utf8(kept.clone()).unwrap(), expected);
         assert!(sink.truncated());
         assert_eq!(sink.bytesize(), kept.len() as u64);
-        assert_eq!(sink.checksum(), format!("crc32:{:08x}", crc32fast::hash(&kept)));
+        assert_eq!(
+            sink.checksum(),
+            format!("crc32:{:08x}", crc32fast::hash(&kept))
+        );
         assert!(limit_message(4_194_304).contains("Job's log exceeded limit of 4194304 bytes.\nJob execution will continue but no more output will be collected."));
     }
 

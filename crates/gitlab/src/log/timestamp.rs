@@ -34,9 +34,15 @@ pub struct Stream {
 
 impl Stream {
     /// The runner's own messages.
-    pub const RUNNER: Stream = Stream { number: 0, stderr: false };
+    pub const RUNNER: Stream = Stream {
+        number: 0,
+        stderr: false,
+    };
     /// The job's output.
-    pub const JOB: Stream = Stream { number: 1, stderr: false };
+    pub const JOB: Stream = Stream {
+        number: 1,
+        stderr: false,
+    };
 }
 
 /// Adds the timestamp prefix to every line.
@@ -46,11 +52,16 @@ pub struct Timestamper {
     at_line_start: bool,
     continuation: bool,
     line_len: usize,
+    /// `YYYY-MM-DDTHH:MM:SS.` of `cached_second`, so most lines format only microseconds.
+    cached_second: Option<u64>,
+    cached_text: [u8; 20],
 }
 
 impl std::fmt::Debug for Timestamper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timestamper").field("stream", &self.stream).finish_non_exhaustive()
+        f.debug_struct("Timestamper")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,6 +74,8 @@ impl Timestamper {
             at_line_start: true,
             continuation: false,
             line_len: 0,
+            cached_second: None,
+            cached_text: [0; 20],
         }
     }
 
@@ -75,7 +88,7 @@ impl Timestamper {
             }
             let room = MAX_LINE_BYTES - self.line_len;
             let window = &input[..room.min(input.len())];
-            match window.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', window) {
                 Some(newline) => {
                     out.extend_from_slice(&input[..=newline]);
                     input = &input[newline + 1..];
@@ -100,9 +113,31 @@ impl Timestamper {
         }
     }
 
-    fn prefix(&self, out: &mut Vec<u8>) {
-        format_rfc3339_micros(self.clock.now(), out);
-        out.push(b' ');
+    fn prefix(&mut self, out: &mut Vec<u8>) {
+        let since_epoch = self
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.cached_second != Some(second) {
+            let mut text = Vec::with_capacity(27);
+            format_rfc3339_micros(
+                UNIX_EPOCH + std::time::Duration::from_secs(second),
+                &mut text,
+            );
+            self.cached_text.copy_from_slice(&text[..20]);
+            self.cached_second = Some(second);
+        }
+        out.extend_from_slice(&self.cached_text);
+        let mut micros = since_epoch.subsec_micros();
+        let mut digits = [b'0'; 6];
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        out.extend_from_slice(&digits);
+        out.extend_from_slice(b"Z ");
         const HEX: &[u8; 16] = b"0123456789abcdef";
         out.push(HEX[usize::from(self.stream.number >> 4)]);
         out.push(HEX[usize::from(self.stream.number & 0xf)]);
@@ -118,7 +153,12 @@ pub fn format_rfc3339_micros(time: SystemTime, out: &mut Vec<u8>) {
     let micros = since_epoch.subsec_micros();
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let text = format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60);
+    let text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
     out.extend_from_slice(text.as_bytes());
 }
 
@@ -157,10 +197,16 @@ pub(crate) mod tests {
         assert_eq!(out, b"1970-01-01T00:00:00.000000Z");
         out.clear();
         format_rfc3339_micros(FixedClock.now(), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), "2026-08-22T10:00:00.123456Z");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-08-22T10:00:00.123456Z"
+        );
         out = Vec::new();
         format_rfc3339_micros(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut out); // leap day
-        assert_eq!(String::from_utf8(out).unwrap(), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 
     #[test]
@@ -171,9 +217,19 @@ pub(crate) mod tests {
         stamper.write(b" test\nok\n", &mut out);
         stamper.write(b"err", &mut out);
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "2026-08-22T10:00:00.123456Z 01O $ make test\n2026-08-22T10:00:00.123456Z 01O ok\n2026-08-22T10:00:00.123456Z 01O err");
+        assert_eq!(
+            text,
+            "2026-08-22T10:00:00.123456Z 01O $ make test\n2026-08-22T10:00:00.123456Z 01O ok\n2026-08-22T10:00:00.123456Z 01O err"
+        );
         let mut out = Vec::new();
-        Timestamper::new(Stream { number: 0x0f, stderr: true }, Arc::new(FixedClock)).write(b"x\n", &mut out);
+        Timestamper::new(
+            Stream {
+                number: 0x0f,
+                stderr: true,
+            },
+            Arc::new(FixedClock),
+        )
+        .write(b"x\n", &mut out);
         assert!(out.ends_with(b" 0fE x\n"));
     }
 
