@@ -243,9 +243,18 @@ pub struct JobSignals {
     pub job_status: Option<RemoteJobStatus>,
     /// `X-GitLab-Trace-Update-Interval`, capped at 15 minutes.
     pub update_interval: Option<Duration>,
+    /// The HTTP status of the answer.
+    pub http_status: Option<u16>,
 }
 
 impl JobSignals {
+    fn from_response(response: &Response) -> Self {
+        JobSignals {
+            http_status: Some(response.status().as_u16()),
+            ..Self::from_headers(response.headers())
+        }
+    }
+
     fn from_headers(headers: &HeaderMap) -> Self {
         let job_status = headers
             .get("Job-Status")
@@ -260,6 +269,7 @@ impl JobSignals {
         JobSignals {
             job_status,
             update_interval,
+            http_status: None,
         }
     }
 
@@ -617,7 +627,7 @@ impl GitlabClient {
                 );
             }
         };
-        let signals = JobSignals::from_headers(response.headers());
+        let signals = JobSignals::from_response(&response);
         let status = response.status().as_u16();
         let outcome = if signals.aborts() || status == 403 {
             UpdateOutcome::Abort
@@ -666,7 +676,7 @@ impl GitlabClient {
                 );
             }
         };
-        let signals = JobSignals::from_headers(response.headers());
+        let signals = JobSignals::from_response(&response);
         let status = response.status().as_u16();
         let outcome = if signals.aborts() || status == 403 {
             PatchOutcome::Abort

@@ -9,6 +9,7 @@ pub mod payload;
 pub mod retry;
 mod secret;
 pub mod system_id;
+pub mod uploader;
 
 pub use api::{
     FailureReason, Features, JobState, RemoteJobStatus, RunnerInfo, TraceOutput, UpdateJobRequest,
@@ -19,3 +20,6 @@ pub use client::{
 };
 pub use payload::{JobPayload, JobResponse};
 pub use secret::Secret;
+pub use uploader::{
+    FinalReport, FinalState, RemoteControl, TraceTarget, TraceUploader, UploaderTimings,
+};

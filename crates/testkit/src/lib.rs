@@ -1,0 +1,7 @@
+//! Stand-ins for the outside world, written from the wire protocols only. They never import
+//! podrunner's own crates, so tests check the product against the protocol, not against
+//! itself.
+
+pub mod gitlab;
+
+pub use gitlab::{Endpoint, Fault, GitlabStandIn, JobSpec, JobView, RecordedRequest};
