@@ -734,7 +734,18 @@ impl GitlabClient {
                 Err(e) => return UploadOutcome::Failed(format!("{}: {e}", file.display())),
             };
             let part = reqwest::multipart::Part::stream(stream).file_name(upload.file_name.clone());
-            let form = reqwest::multipart::Form::new().part("file", part);
+            // gitlab-runner sends the parameters in the query; other runners send format
+            // and type as form fields. GitLab reads both, so both carry the same values.
+            let mut form = reqwest::multipart::Form::new();
+            for (key, value) in [
+                ("artifact_format", &upload.format),
+                ("artifact_type", &upload.artifact_type),
+            ] {
+                if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                    form = form.text(key, value.to_owned());
+                }
+            }
+            let form = form.part("file", part);
             let result = self
                 .http
                 .post(url)
