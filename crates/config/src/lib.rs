@@ -8,6 +8,7 @@
 
 mod diagnostics;
 mod duration;
+pub mod edit;
 mod enums;
 mod env;
 pub mod fargate;

@@ -20,6 +20,12 @@ enum Command {
     /// Work with the configuration (gitlab-runner's config.toml, or Helm values).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Register this runner with GitLab and write it into config.toml.
+    Register(commands::register::RegisterArgs),
+    /// Check every runner's token with GitLab.
+    Verify(commands::register::VerifyArgs),
+    /// Remove runners from GitLab and from config.toml.
+    Unregister(commands::register::UnregisterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,5 +73,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => commands::config_check::run(&args),
+        Command::Register(args) => run_async(commands::register::register(&args)),
+        Command::Verify(args) => run_async(commands::register::verify(&args)),
+        Command::Unregister(args) => run_async(commands::register::unregister(&args)),
+    }
+}
+
+/// Runs a command on a single-threaded runtime; an error is printed with its causes.
+fn run_async(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
     }
 }

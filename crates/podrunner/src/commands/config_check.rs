@@ -61,7 +61,8 @@ pub(crate) fn load(source: &ConfigSource) -> (String, Result<LoadedConfig, Confi
     )
 }
 
-fn default_config_path() -> PathBuf {
+/// gitlab-runner's default `config.toml` for the current user.
+pub(crate) fn default_config_path() -> PathBuf {
     let is_root = rustix::process::geteuid().is_root();
     podrunner_config::default_config_path(is_root, std::env::var_os("HOME").map(PathBuf::from))
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand.
 
 pub(crate) mod config_check;
+pub(crate) mod register;
