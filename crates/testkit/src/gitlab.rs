@@ -81,6 +81,8 @@ pub struct JobSpec {
     pub timeout: i64,
     /// Image name.
     pub image: String,
+    /// Repository path (`group/project`) and commit of `git_info`.
+    pub git: Option<(String, String)>,
     /// Extra top-level payload fields, merged last.
     pub extra: serde_json::Map<String, Value>,
 }
@@ -95,8 +97,15 @@ impl JobSpec {
             variables: Vec::new(),
             timeout: 3600,
             image: "alpine:3.20".to_owned(),
+            git: None,
             extra: serde_json::Map::new(),
         }
+    }
+
+    /// Points `git_info` at a repository of the stand-in and a commit.
+    pub fn git(mut self, path: &str, sha: &str) -> Self {
+        self.git = Some((path.to_owned(), sha.to_owned()));
+        self
     }
 
     /// Adds a variable.
@@ -160,6 +169,7 @@ struct Inner {
     trace_update_interval: Option<u64>,
     second_address: String,
     object_store: HashMap<String, Vec<u8>>,
+    git_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -180,6 +190,7 @@ pub struct GitlabStandIn {
     url: String,
     second_url: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    git_root: tempfile::TempDir,
 }
 
 impl Drop for GitlabStandIn {
@@ -211,7 +222,12 @@ impl GitlabStandIn {
             .expect("bind loopback");
         let url = format!("http://{}", first.local_addr().expect("address"));
         let second_url = format!("http://{}", second.local_addr().expect("address"));
-        shared.lock().second_address = second_url.clone();
+        let git_root = tempfile::tempdir().expect("temporary directory for repositories");
+        {
+            let mut inner = shared.lock();
+            inner.second_address = second_url.clone();
+            inner.git_root = Some(git_root.path().to_owned());
+        }
         let tasks = vec![
             tokio::spawn(serve(first, router.clone())),
             tokio::spawn(serve(second, router)),
@@ -221,6 +237,7 @@ impl GitlabStandIn {
             url,
             second_url,
             tasks,
+            git_root,
         }
     }
 
@@ -232,6 +249,17 @@ impl GitlabStandIn {
     /// The second address (redirect target).
     pub fn second_url(&self) -> &str {
         &self.second_url
+    }
+
+    /// Creates the repository `path` (e.g. `group/project`) with one commit of `files`,
+    /// served at `<url>/<path>.git`; returns the commit's SHA.
+    pub fn create_repository(&self, path: &str, files: &[(&str, &str)]) -> std::io::Result<String> {
+        crate::git_http::create_repository(self.git_root.path(), path, files)
+    }
+
+    /// Adds a commit to `main` of repository `path`; returns its SHA.
+    pub fn add_commit(&self, path: &str, files: &[(&str, &str)]) -> std::io::Result<String> {
+        crate::git_http::add_commit(self.git_root.path(), path, files)
     }
 
     /// Accepts this legacy registration token.
@@ -414,12 +442,18 @@ fn payload_for(id: i64, token: &str, spec: &JobSpec, url: &str) -> Value {
         steps.push(json!({"name": "after_script", "script": spec.after_script, "timeout": spec.timeout, "when": "always", "allow_failure": false}));
     }
     let host = url.trim_start_matches("http://");
+    let (repo, sha) = spec.git.clone().unwrap_or_else(|| {
+        (
+            "group/project".to_owned(),
+            "0000000000000000000000000000000000000000".to_owned(),
+        )
+    });
     json!({
         "id": id,
         "token": token,
         "allow_git_fetch": false,
         "job_info": {"name": spec.name, "stage": "test", "project_id": 7, "project_name": "project", "project_full_path": "group/project", "pipeline_id": 70},
-        "git_info": {"repo_url": format!("http://gitlab-ci-token:{token}@{host}/group/project.git"), "ref": "main", "sha": "0000000000000000000000000000000000000000", "before_sha": "0000000000000000000000000000000000000000", "ref_type": "branch", "refspecs": [], "depth": 20},
+        "git_info": {"repo_url": format!("http://gitlab-ci-token:{token}@{host}/{repo}.git"), "ref": "main", "sha": sha, "before_sha": "0000000000000000000000000000000000000000", "ref_type": "branch", "refspecs": [], "depth": 20},
         "runner_info": {"timeout": spec.timeout},
         "variables": variables,
         "steps": steps,
@@ -450,6 +484,7 @@ fn router(shared: Shared) -> Router {
             post(upload_artifact).get(download_artifact),
         )
         .route("/object-storage/{key}", get(object_storage))
+        .fallback(git_smart_http)
         .with_state(shared)
 }
 
@@ -958,4 +993,45 @@ async fn object_storage(
         )
             .into_response(),
     }
+}
+
+/// `<repo>.git/info/refs` and `<repo>.git/git-upload-pack`, for running jobs' tokens only.
+async fn git_smart_http(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&shared, &method, &uri, &headers, &[]);
+    let path = uri.path().to_owned();
+    if !(path.ends_with(".git/info/refs") || path.ends_with(".git/git-upload-pack")) {
+        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not Found"}));
+    }
+    let (root, allowed) = {
+        let inner = shared.lock();
+        let password = crate::git_http::basic_password(&headers);
+        let allowed = password.is_some_and(|p| {
+            inner
+                .jobs
+                .values()
+                .any(|j| j.token == p && matches!(j.status.as_str(), "running" | "canceling"))
+        });
+        (inner.git_root.clone(), allowed)
+    };
+    if !allowed {
+        return crate::git_http::unauthorized();
+    }
+    let Some(root) = root else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    crate::git_http::serve(
+        root,
+        method.as_str(),
+        &path,
+        uri.query().unwrap_or(""),
+        &headers,
+        body,
+    )
+    .await
 }

@@ -2,6 +2,7 @@
 //! podrunner's own crates, so tests check the product against the protocol, not against
 //! itself.
 
+pub mod git_http;
 pub mod gitlab;
 
 pub use gitlab::{Endpoint, Fault, GitlabStandIn, JobSpec, JobView, RecordedRequest};
