@@ -40,6 +40,12 @@ impl JobPayload {
         Ok(JobPayload { job, raw })
     }
 
+    /// Reads a payload from JSON already parsed.
+    pub fn from_value(raw: serde_json::Value) -> Result<Self, serde_json::Error> {
+        let job = JobResponse::deserialize(&raw)?;
+        Ok(JobPayload { job, raw })
+    }
+
     /// The job timeout in seconds: `runner_info.timeout`, or 7200 when not positive.
     pub fn timeout_secs(&self) -> u64 {
         if self.job.runner_info.timeout > 0 {

@@ -980,23 +980,55 @@ async fn dropped_connections_and_slow_answers() {
     let token = Secret::new(TOKEN);
     gitlab.fault(Endpoint::RequestJob, Fault::Drop);
     assert!(
-        matches!(client.request_job(&token, SYSTEM_ID, &info(), None).await.outcome, JobRequestOutcome::Failed(_)),
+        matches!(
+            client
+                .request_job(&token, SYSTEM_ID, &info(), None)
+                .await
+                .outcome,
+            JobRequestOutcome::Failed(_)
+        ),
         "a dropped connection is a failed request, not a crash"
     );
-    gitlab.fault(Endpoint::RequestJob, Fault::Delay(Duration::from_millis(500)));
+    gitlab.fault(
+        Endpoint::RequestJob,
+        Fault::Delay(Duration::from_millis(500)),
+    );
     let started = tokio::time::Instant::now();
-    assert!(matches!(client.request_job(&token, SYSTEM_ID, &info(), None).await.outcome, JobRequestOutcome::NoJob));
-    assert!(started.elapsed() >= Duration::from_millis(500), "a slow answer is waited for");
+    assert!(matches!(
+        client
+            .request_job(&token, SYSTEM_ID, &info(), None)
+            .await
+            .outcome,
+        JobRequestOutcome::NoJob
+    ));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "a slow answer is waited for"
+    );
 
     // A dropped trace PATCH is retried by the uploader on its next tick.
     let (id, job_token) = take_job(&gitlab, &client).await;
     let trace = new_trace(1 << 20);
     gitlab.fault(Endpoint::PatchTrace, Fault::Drop);
-    let uploader = TraceUploader::start(client.clone(), target(id, &job_token), trace.clone(), fast(), &CancellationToken::new());
+    let uploader = TraceUploader::start(
+        client.clone(),
+        target(id, &job_token),
+        trace.clone(),
+        fast(),
+        &CancellationToken::new(),
+    );
     let mut writer = trace.writer(Stream::JOB);
-    writer.write_bytes(b"survives a dropped connection\n").unwrap();
+    writer
+        .write_bytes(b"survives a dropped connection\n")
+        .unwrap();
     writer.flush_all().unwrap();
-    let report = uploader.finish(FinalState { state: JobState::Success, failure_reason: None, exit_code: None }).await;
+    let report = uploader
+        .finish(FinalState {
+            state: JobState::Success,
+            failure_reason: None,
+            exit_code: None,
+        })
+        .await;
     assert!(report.delivered, "{report:?}");
     assert_eq!(gitlab.job(id).unwrap().trace, stored(&trace));
 }

@@ -26,6 +26,8 @@ enum Command {
     Verify(commands::register::VerifyArgs),
     /// Remove runners from GitLab and from config.toml.
     Unregister(commands::register::UnregisterArgs),
+    /// Run one job from a spec file to its final state (started by executors, not by hand).
+    Agent(commands::agent::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Register(args) => run_async(commands::register::register(&args)),
         Command::Verify(args) => run_async(commands::register::verify(&args)),
         Command::Unregister(args) => run_async(commands::register::unregister(&args)),
+        Command::Agent(args) => run_async(commands::agent::run(&args)),
     }
 }
 

@@ -1,4 +1,5 @@
 //! One module per subcommand.
 
+pub(crate) mod agent;
 pub(crate) mod config_check;
 pub(crate) mod register;

@@ -1,0 +1,989 @@
+//! One job from its spec to its final state, in gitlab-runner's stage order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use podrunner_gitlab::api::{FailureReason, JobState};
+use podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION;
+use podrunner_gitlab::log::{self, LogSettings, Stream, SystemClock, Trace, TraceWriter};
+use podrunner_gitlab::{
+    ClientOptions, FinalState, GitlabClient, JobPayload, RemoteControl, RunnerInfo, TraceTarget,
+    TraceUploader, UploaderTimings,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{self, Outputs, ProcessOutcome, StopReason};
+use crate::script::{ShellKind, StageScript, render};
+use crate::sources::{self, Strategy};
+use crate::spec::{AgentSpec, TerminationReport};
+use crate::variables::{Variable, Variables};
+
+/// `after_script` gets this long unless `RUNNER_AFTER_SCRIPT_TIMEOUT` says otherwise.
+const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Why the agent could not even start reporting to GitLab.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The spec file could not be read.
+    #[error("cannot read the spec {path}: {source}")]
+    ReadSpec {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The spec is not valid.
+    #[error("the spec {path} is not valid: {source}")]
+    BadSpec {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The job payload inside the spec is not valid.
+    #[error("the job payload in the spec is not valid: {0}")]
+    BadPayload(#[from] serde_json::Error),
+    /// GitLab cannot be reached with the spec's settings.
+    #[error("cannot talk to GitLab: {0}")]
+    Client(#[from] podrunner_gitlab::ClientError),
+}
+
+/// How the job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failed {
+        reason: FailureReason,
+        exit_code: Option<i32>,
+        message: String,
+    },
+    Aborted,
+}
+
+/// When a stage is stopped by a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the user script: a graceful cancel stops everything.
+    Preparation,
+    /// The user script: a graceful cancel stops only the script.
+    UserScript,
+    /// after_script: already past any cancel.
+    AfterScript,
+}
+
+/// What podrunner's agent implements, advertised to GitLab.
+pub fn agent_features() -> podrunner_gitlab::Features {
+    podrunner_gitlab::Features {
+        variables: true,
+        image: true,
+        services: true,
+        masking: true,
+        refspecs: true,
+        raw_variables: true,
+        return_exit_code: true,
+        multi_build_steps: true,
+        ..podrunner_gitlab::Features::network()
+    }
+}
+
+/// Reads a spec file and runs its job.
+pub async fn run_from_file(
+    path: &Path,
+    interrupt: CancellationToken,
+) -> Result<TerminationReport, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadSpec {
+        path: path.to_owned(),
+        source,
+    })?;
+    let spec: AgentSpec = serde_json::from_str(&text).map_err(|source| AgentError::BadSpec {
+        path: path.to_owned(),
+        source,
+    })?;
+    run(spec, interrupt).await
+}
+
+struct Writers {
+    runner: TraceWriter,
+    stdout: TraceWriter,
+    stderr: TraceWriter,
+}
+
+impl Writers {
+    fn line(&mut self, text: &str) {
+        let _ = self.runner.write_bytes(text.as_bytes());
+        let _ = self.runner.write_bytes(b"\n");
+        let _ = self.runner.flush_all();
+    }
+
+    fn raw(&mut self, text: &str) {
+        let _ = self.runner.write_bytes(text.as_bytes());
+        let _ = self.runner.flush_all();
+    }
+
+    fn flush(&mut self) {
+        let _ = self.stdout.flush_all();
+        let _ = self.stderr.flush_all();
+        let _ = self.runner.flush_all();
+    }
+}
+
+struct Job {
+    spec: AgentSpec,
+    payload: JobPayload,
+    variables: Variables,
+    project_dir: PathBuf,
+    temp_dir: PathBuf,
+    shell: ShellKind,
+    sections: bool,
+    debug_trace: bool,
+    deadline: Instant,
+    timeout: Duration,
+    control: watch::Receiver<RemoteControl>,
+    interrupt: CancellationToken,
+    out: Writers,
+}
+
+/// Runs a job to its final state and reports how it went.
+pub async fn run(
+    spec: AgentSpec,
+    interrupt: CancellationToken,
+) -> Result<TerminationReport, AgentError> {
+    let payload = JobPayload::from_value(spec.job.clone())?;
+    let client = GitlabClient::new(&ClientOptions {
+        url: spec.gitlab.url.clone(),
+        tls_ca_file: spec.gitlab.tls_ca_file.clone(),
+        tls_cert_file: spec.gitlab.tls_cert_file.clone(),
+        tls_key_file: spec.gitlab.tls_key_file.clone(),
+        podrunner_version: env!("CARGO_PKG_VERSION").to_owned(),
+    })?;
+    let job = &payload.job;
+    let project_dir = project_dir(&spec, &payload);
+    let temp_dir = PathBuf::from(format!("{}.tmp", project_dir.display()));
+    let variables = build_variables(&spec, &payload, &project_dir, &temp_dir);
+    let flag = |name: &str| {
+        variables
+            .flag(name)
+            .or_else(|| spec.feature_flags.get(name).copied())
+            .unwrap_or_else(|| default_flag(name))
+    };
+    let mut masked = variables.masked_values();
+    masked.push(job.token.expose().to_owned());
+    let trace = Trace::new(&LogSettings {
+        masked_phrases: masked,
+        token_prefixes: LogSettings::token_prefixes(
+            flag("FF_MASK_ALL_DEFAULT_TOKENS"),
+            &job.features.token_mask_prefixes,
+        ),
+        timestamps: flag("FF_TIMESTAMPS"),
+        output_limit_bytes: (spec.output_limit_kib.max(1) * 1024) as usize,
+        spill_threshold: log::DEFAULT_SPILL_THRESHOLD,
+        clock: Arc::new(SystemClock),
+    });
+    let info = RunnerInfo::new(COMPATIBLE_RUNNER_VERSION, &spec.executor, agent_features());
+    let debug_trace =
+        variables.flag("CI_DEBUG_TRACE").unwrap_or(false) && !spec.debug_trace_disabled;
+    let target = TraceTarget {
+        job_id: job.id,
+        token: job.token.clone(),
+        debug_trace,
+        info,
+        start_offset: spec.trace_start_offset,
+        final_update_retry_limit: spec.final_update_retry_limit.max(1),
+        supported_failure_reasons: job.features.failure_reasons.clone(),
+    };
+    // The uploader outlives an interrupt: the final state must still reach GitLab.
+    let uploader = TraceUploader::start(
+        client,
+        target,
+        trace.clone(),
+        UploaderTimings::default(),
+        &CancellationToken::new(),
+    );
+    let timeout = Duration::from_secs(payload.timeout_secs());
+    let mut run = Job {
+        shell: choose_shell(spec.shell.as_deref()),
+        sections: job.features.trace_sections,
+        debug_trace,
+        deadline: Instant::now() + timeout,
+        timeout,
+        control: uploader.control(),
+        interrupt,
+        out: Writers {
+            runner: trace.writer(Stream::RUNNER),
+            stdout: trace.writer(Stream::JOB),
+            stderr: trace.writer(Stream {
+                number: 1,
+                stderr: true,
+            }),
+        },
+        variables,
+        project_dir,
+        temp_dir,
+        payload,
+        spec,
+    };
+    let outcome = run.execute().await;
+    run.out.flush();
+    let final_state = match &outcome {
+        Outcome::Success => FinalState {
+            state: JobState::Success,
+            failure_reason: None,
+            exit_code: None,
+        },
+        Outcome::Failed {
+            reason, exit_code, ..
+        } => FinalState {
+            state: JobState::Failed,
+            failure_reason: Some(*reason),
+            exit_code: *exit_code,
+        },
+        Outcome::Aborted => FinalState {
+            state: JobState::Failed,
+            failure_reason: Some(FailureReason::JobCanceled),
+            exit_code: None,
+        },
+    };
+    drop(run.out);
+    trace.sink().finish().ok();
+    let delivered = uploader.finish(final_state.clone()).await;
+    let report = TerminationReport {
+        final_update_delivered: delivered.delivered,
+        state: if final_state.state == JobState::Success {
+            "success"
+        } else {
+            "failed"
+        }
+        .to_owned(),
+        failure_reason: final_state.failure_reason.map(|r| r.as_str().to_owned()),
+        exit_code: final_state.exit_code,
+        trace_bytes_sent: delivered.trace_bytes_sent,
+        aborted: delivered.aborted || outcome == Outcome::Aborted,
+    };
+    write_report(run.spec.termination_report.as_deref(), &report);
+    Ok(report)
+}
+
+fn default_flag(name: &str) -> bool {
+    matches!(
+        name,
+        "FF_TIMESTAMPS" | "FF_MASK_ALL_DEFAULT_TOKENS" | "FF_USE_POD_ACTIVE_DEADLINE_SECONDS"
+    )
+}
+
+fn write_report(path: Option<&Path>, report: &TerminationReport) {
+    let Ok(json) = serde_json::to_string(report) else {
+        return;
+    };
+    if let Some(path) = path {
+        let _ = std::fs::write(path, &json);
+    }
+    let termination_log = Path::new("/dev/termination-log");
+    if termination_log.exists() {
+        let _ = std::fs::write(termination_log, &json);
+    }
+}
+
+/// `<builds_dir>/<project full path>`, or the spec's choice, or a valid `GIT_CLONE_PATH`.
+fn project_dir(spec: &AgentSpec, payload: &JobPayload) -> PathBuf {
+    if spec.custom_build_dir_enabled
+        && let Some(clone_path) = payload
+            .job
+            .variables
+            .iter()
+            .rev()
+            .find(|v| v.key == "GIT_CLONE_PATH")
+            .map(|v| PathBuf::from(&v.value))
+        && clone_path.starts_with(&spec.builds_dir)
+    {
+        return clone_path;
+    }
+    if let Some(dir) = &spec.project_dir {
+        return dir.clone();
+    }
+    let full_path = payload.job.job_info.project_full_path.trim_matches('/');
+    let full_path = if full_path.is_empty() {
+        format!("project-{}", payload.job.job_info.project_id)
+    } else {
+        full_path.to_owned()
+    };
+    spec.builds_dir.join(full_path)
+}
+
+fn choose_shell(configured: Option<&str>) -> ShellKind {
+    match configured {
+        Some("sh") => ShellKind::Sh,
+        Some("bash") => ShellKind::Bash,
+        _ => {
+            let has_bash = std::env::var_os("PATH").is_some_and(|paths| {
+                std::env::split_paths(&paths).any(|dir| dir.join("bash").is_file())
+            });
+            if has_bash {
+                ShellKind::Bash
+            } else {
+                ShellKind::Sh
+            }
+        }
+    }
+}
+
+/// The runner's predefined variables, then the job's, then the runner's `environment`.
+fn build_variables(
+    spec: &AgentSpec,
+    payload: &JobPayload,
+    project_dir: &Path,
+    temp_dir: &Path,
+) -> Variables {
+    let mut variables = Variables::new();
+    if let Some(ca) = spec
+        .gitlab
+        .tls_ca_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        variables.push(Variable {
+            file: true,
+            ..Variable::runner("CI_SERVER_TLS_CA_FILE", ca)
+        });
+    }
+    variables.set("CI_BUILDS_DIR", spec.builds_dir.display().to_string());
+    variables.set("CI_PROJECT_DIR", project_dir.display().to_string());
+    variables.set("CI_CONCURRENT_ID", spec.concurrent_id.to_string());
+    variables.set("CI_CONCURRENT_PROJECT_ID", spec.concurrent_id.to_string());
+    variables.set("CI_SERVER", "yes");
+    variables.set("CI_RUNNER_SHORT_TOKEN", spec.runner_short_token.clone());
+    variables.set("CI_RUNNER_VERSION", COMPATIBLE_RUNNER_VERSION);
+    variables.set(
+        "CI_RUNNER_REVISION",
+        format!("podrunner-{}", env!("CARGO_PKG_VERSION")),
+    );
+    variables.set(
+        "CI_RUNNER_EXECUTABLE_ARCH",
+        format!(
+            "{}/{}",
+            std::env::consts::OS,
+            podrunner_gitlab::api::go_arch(std::env::consts::ARCH)
+        ),
+    );
+    if spec.executor == "shell" {
+        variables.set("CI_SHARED_ENVIRONMENT", "true");
+    } else {
+        variables.set("CI_DISPOSABLE_ENVIRONMENT", "true");
+    }
+    variables.set("RUNNER_TEMP_PROJECT_DIR", temp_dir.display().to_string());
+    for variable in &payload.job.variables {
+        variables.push(Variable::from_payload(variable));
+    }
+    for entry in &spec.environment {
+        if let Some((key, value)) = entry.split_once('=') {
+            variables.push(Variable {
+                raw: false,
+                ..Variable::runner(key, value)
+            });
+        }
+    }
+    variables
+}
+
+/// Parses a Go duration such as `10m` or `1h30m` (for `RUNNER_*_TIMEOUT`).
+fn go_duration(text: &str) -> Option<Duration> {
+    text.trim()
+        .parse::<podrunner_config::GoDuration>()
+        .ok()
+        .map(|d| d.get())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Job {
+    async fn execute(&mut self) -> Outcome {
+        let name = if self.spec.runner_name.is_empty() {
+            "podrunner".to_owned()
+        } else {
+            self.spec.runner_name.clone()
+        };
+        self.out.line(&format!(
+            "Running with podrunner {} (gitlab-runner {COMPATIBLE_RUNNER_VERSION} compatible)",
+            env!("CARGO_PKG_VERSION")
+        ));
+        self.out.line(&format!(
+            "  on {name} {}, system ID: {}",
+            self.spec.runner_short_token, self.spec.system_id
+        ));
+        if self.spec.debug_trace_disabled && self.variables.flag("CI_DEBUG_TRACE") == Some(true) {
+            self.out.raw(&log::warning_line("CI_DEBUG_TRACE is disabled on this runner (debug_trace_disabled); the job runs without it"));
+        }
+
+        if let Err(outcome) = self.prepare().await {
+            return self.finish(outcome).await;
+        }
+        if let Err(outcome) = self.get_sources().await {
+            return self.finish(outcome).await;
+        }
+        let mut outcome = Outcome::Success;
+        let steps: Vec<_> = self
+            .payload
+            .job
+            .steps
+            .iter()
+            .filter(|s| s.name != "after_script")
+            .cloned()
+            .collect();
+        for step in steps {
+            let runs = match step.when.as_str() {
+                "always" => true,
+                "on_failure" => outcome != Outcome::Success,
+                _ => outcome == Outcome::Success,
+            };
+            if !runs || step.script.iter().all(|l| l.trim().is_empty()) {
+                continue;
+            }
+            let stage = format!("step_{}", step.name);
+            let mut commands: Vec<String> = self.spec.pre_build_script.iter().cloned().collect();
+            commands.extend(step.script.iter().cloned());
+            commands.extend(self.spec.post_build_script.iter().cloned());
+            let script_deadline = self
+                .variables
+                .get("RUNNER_SCRIPT_TIMEOUT")
+                .and_then(go_duration)
+                .map(|d| Instant::now() + d);
+            let description = format!("Executing \"{stage}\" stage of the job script");
+            let result = self
+                .script_stage(
+                    &stage,
+                    &description,
+                    &commands,
+                    Phase::UserScript,
+                    script_deadline,
+                )
+                .await;
+            outcome = match result {
+                ProcessOutcome::Exited(0) => Outcome::Success,
+                ProcessOutcome::Exited(code) => Outcome::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: Some(code),
+                    message: format!("exit code {code}"),
+                },
+                ProcessOutcome::Stopped(reason) => self.stopped(reason),
+                ProcessOutcome::NotStarted(e) => Outcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                    message: format!("cannot start {}: {e}", self.shell.program()),
+                },
+            };
+            if outcome != Outcome::Success {
+                break;
+            }
+        }
+        let after_script_allowed = match &outcome {
+            Outcome::Aborted => false,
+            Outcome::Failed {
+                reason: FailureReason::RunnerInterrupted,
+                ..
+            } => false,
+            Outcome::Failed { message, .. } if message.starts_with("execution took longer") => {
+                false
+            }
+            _ => true,
+        };
+        if after_script_allowed {
+            self.after_script(&outcome).await;
+        }
+        self.finish(outcome).await
+    }
+
+    /// Turns a stop into the job's outcome, printing what happened.
+    fn stopped(&mut self, reason: StopReason) -> Outcome {
+        match reason {
+            StopReason::Canceled => {
+                self.out
+                    .raw(&log::warning_line("script canceled externally (UI, API)"));
+                Outcome::Failed {
+                    reason: FailureReason::JobCanceled,
+                    exit_code: None,
+                    message: "canceled".to_owned(),
+                }
+            }
+            StopReason::Aborted => Outcome::Aborted,
+            StopReason::JobTimeout => {
+                self.out.raw(&log::error_line(
+                    "Job's script could not run to completion because the timeout was exceeded",
+                ));
+                Outcome::Failed {
+                    reason: FailureReason::JobExecutionTimeout,
+                    exit_code: None,
+                    message: format!(
+                        "execution took longer than {} seconds",
+                        self.timeout.as_secs()
+                    ),
+                }
+            }
+            StopReason::StageTimeout => {
+                self.out.raw(&log::error_line("Job's script could not run to completion because the script timeout was exceeded"));
+                Outcome::Failed {
+                    reason: FailureReason::JobExecutionTimeout,
+                    exit_code: None,
+                    message: "script timeout exceeded".to_owned(),
+                }
+            }
+            StopReason::Interrupted => {
+                self.out
+                    .raw(&log::error_line("the runner was stopped while the job ran"));
+                Outcome::Failed {
+                    reason: FailureReason::RunnerInterrupted,
+                    exit_code: None,
+                    message: "runner interrupted".to_owned(),
+                }
+            }
+        }
+    }
+
+    fn section_start(&mut self, name: &str, description: &str) {
+        if self.sections {
+            self.out.raw(&log::section_start(name, now_unix()));
+        }
+        self.out.raw(&log::section_header(description));
+    }
+
+    fn section_end(&mut self, name: &str) {
+        self.out.flush();
+        if self.sections {
+            self.out.raw(&log::section_end(name, now_unix()));
+        }
+    }
+
+    /// A future that resolves when the current stage must stop.
+    fn stop(
+        &self,
+        phase: Phase,
+        stage_deadline: Option<Instant>,
+    ) -> impl std::future::Future<Output = StopReason> + use<> {
+        let mut control = self.control.clone();
+        let deadline = self.deadline;
+        let interrupt = self.interrupt.clone();
+        async move {
+            let stage_timer = async {
+                match stage_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::pin!(stage_timer);
+            loop {
+                let current = control.borrow_and_update().clone();
+                match (current, phase) {
+                    (RemoteControl::Abort, _) => return StopReason::Aborted,
+                    (RemoteControl::Canceling, Phase::UserScript) => return StopReason::Canceled,
+                    (RemoteControl::Canceling, Phase::Preparation) => return StopReason::Aborted,
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return StopReason::JobTimeout,
+                    _ = &mut stage_timer => return StopReason::StageTimeout,
+                    _ = interrupt.cancelled() => return StopReason::Interrupted,
+                    changed = control.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                }
+            }
+        }
+    }
+
+    /// Stops before a stage begins, if the job must stop already.
+    fn stop_now(&mut self, phase: Phase) -> Option<Outcome> {
+        let reason = match (self.control.borrow().clone(), phase) {
+            (RemoteControl::Abort, _) | (RemoteControl::Canceling, Phase::Preparation) => {
+                Some(StopReason::Aborted)
+            }
+            _ if self.interrupt.is_cancelled() => Some(StopReason::Interrupted),
+            _ if Instant::now() >= self.deadline => Some(StopReason::JobTimeout),
+            _ => None,
+        };
+        reason.map(|r| self.stopped(r))
+    }
+
+    async fn prepare(&mut self) -> Result<(), Outcome> {
+        if let Some(outcome) = self.stop_now(Phase::Preparation) {
+            return Err(outcome);
+        }
+        self.section_start("prepare_script", "Preparing environment");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        self.out.line(&format!("Running on {host}..."));
+        let created = std::fs::create_dir_all(&self.spec.builds_dir)
+            .and_then(|_| create_private_dir(&self.temp_dir));
+        self.section_end("prepare_script");
+        created.map_err(|e| Outcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None,
+            message: format!("cannot prepare {}: {e}", self.temp_dir.display()),
+        })?;
+        self.write_file_variables().map_err(|e| Outcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None,
+            message: format!("cannot write file variables: {e}"),
+        })
+    }
+
+    /// File variables become files in the temp dir, and the variable their path.
+    fn write_file_variables(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let files: Vec<(String, String)> = self
+            .variables
+            .effective()
+            .into_iter()
+            .filter(|v| v.file)
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        for (key, value) in files {
+            let path = self.temp_dir.join(&key);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::io::Write::write_all(&mut file, value.as_bytes())?;
+            self.variables.push(Variable {
+                file: false,
+                ..Variable::runner(&key, path.display().to_string())
+            });
+        }
+        Ok(())
+    }
+
+    fn exports(&self) -> Vec<(String, String)> {
+        self.variables
+            .effective()
+            .into_iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect()
+    }
+
+    /// Runs `commands` as one script in the project directory (or `workdir`).
+    async fn run_script(
+        &mut self,
+        stage: &str,
+        commands: &[String],
+        workdir: &Path,
+        phase: Phase,
+        stage_deadline: Option<Instant>,
+    ) -> ProcessOutcome {
+        let exports = self.exports();
+        let text = render(&StageScript {
+            shell: self.shell,
+            exports: exports
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            workdir: &workdir.display().to_string(),
+            commands: commands.iter().map(String::as_str).collect(),
+            debug_trace: self.debug_trace,
+        });
+        let path = self.temp_dir.join(format!("{stage}.sh"));
+        if let Err(e) = write_private(&path, &text) {
+            return ProcessOutcome::NotStarted(format!("{}: {e}", path.display()));
+        }
+        let mut command = tokio::process::Command::new(self.shell.program());
+        command.arg(&path).current_dir(&self.spec.builds_dir);
+        let stop = self.stop(phase, stage_deadline);
+        let outcome = process::run(
+            command,
+            Outputs {
+                stdout: &mut self.out.stdout,
+                stderr: &mut self.out.stderr,
+            },
+            stop,
+        )
+        .await;
+        let _ = std::fs::remove_file(&path);
+        outcome
+    }
+
+    async fn script_stage(
+        &mut self,
+        stage: &str,
+        description: &str,
+        commands: &[String],
+        phase: Phase,
+        stage_deadline: Option<Instant>,
+    ) -> ProcessOutcome {
+        self.section_start(stage, description);
+        let workdir = self.project_dir.clone();
+        let outcome = self
+            .run_script(stage, commands, &workdir, phase, stage_deadline)
+            .await;
+        self.section_end(stage);
+        outcome
+    }
+
+    async fn get_sources(&mut self) -> Result<(), Outcome> {
+        if let Some(outcome) = self.stop_now(Phase::Preparation) {
+            return Err(outcome);
+        }
+        self.section_start("get_sources", "Getting source from Git repository");
+        let result = self.fetch_sources().await;
+        self.section_end("get_sources");
+        result
+    }
+
+    async fn fetch_sources(&mut self) -> Result<(), Outcome> {
+        let system = |message: String| Outcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None,
+            message,
+        };
+        let job = &self.payload.job;
+        let variables = self.variables.clone();
+        let plan = sources::plan(
+            &job.git_info,
+            job.token.expose(),
+            job.allow_git_fetch,
+            |k| variables.get(k).map(str::to_owned),
+            self.spec.clone_url.as_deref(),
+        )
+        .map_err(|e| Outcome::Failed {
+            reason: FailureReason::RunnerConfigurationError,
+            exit_code: None,
+            message: e.to_string(),
+        })?;
+        let mut pre: Vec<String> = self.spec.pre_get_sources_script.iter().cloned().collect();
+        let mut post: Vec<String> = self.spec.post_get_sources_script.iter().cloned().collect();
+        for hook in &job.hooks {
+            match hook.name.as_str() {
+                "pre_get_sources_script" => pre.extend(hook.script.iter().cloned()),
+                "post_get_sources_script" => post.extend(hook.script.iter().cloned()),
+                _ => {}
+            }
+        }
+        let builds_dir = self.spec.builds_dir.clone();
+        if !pre.is_empty() {
+            self.hook("pre_get_sources_script", &pre, &builds_dir)
+                .await?;
+        }
+        match plan.strategy {
+            Strategy::None => {
+                std::fs::create_dir_all(&self.project_dir).map_err(|e| {
+                    system(format!("cannot create {}: {e}", self.project_dir.display()))
+                })?;
+                self.out.line("Skipping Git repository setup");
+            }
+            Strategy::Empty => {
+                let _ = std::fs::remove_dir_all(&self.project_dir);
+                std::fs::create_dir_all(&self.project_dir).map_err(|e| {
+                    system(format!("cannot create {}: {e}", self.project_dir.display()))
+                })?;
+                self.out
+                    .line("Skipping Git repository setup and creating an empty build directory");
+            }
+            Strategy::Clone | Strategy::Fetch => {
+                if which("git").is_none() {
+                    return Err(system(
+                        "git is not installed where this job runs: install git, or set GIT_STRATEGY=none for jobs that need no sources".to_owned(),
+                    ));
+                }
+                if plan.strategy == Strategy::Clone {
+                    let _ = std::fs::remove_dir_all(&self.project_dir);
+                }
+                std::fs::create_dir_all(&self.project_dir).map_err(|e| {
+                    system(format!("cannot create {}: {e}", self.project_dir.display()))
+                })?;
+                self.out.line(&if plan.depth > 0 {
+                    format!("Fetching changes with git depth set to {}...", plan.depth)
+                } else {
+                    "Fetching changes...".to_owned()
+                });
+                let env = sources::git_environment(&plan, true);
+                for (message, args) in sources::commands(&plan, &self.project_dir) {
+                    if let Some(message) = message {
+                        self.out.line(&message);
+                    }
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let mut command = tokio::process::Command::new("git");
+                    command
+                        .args(&args)
+                        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                        .current_dir(&builds_dir);
+                    let stop = self.stop(Phase::Preparation, None);
+                    match process::run(
+                        command,
+                        Outputs {
+                            stdout: &mut self.out.stdout,
+                            stderr: &mut self.out.stderr,
+                        },
+                        stop,
+                    )
+                    .await
+                    {
+                        ProcessOutcome::Exited(0) => {}
+                        ProcessOutcome::Exited(code) => {
+                            return Err(Outcome::Failed {
+                                reason: FailureReason::ScriptFailure,
+                                exit_code: None,
+                                message: format!(
+                                    "git {} exited with code {code}",
+                                    args.iter()
+                                        .find(|a| !a.starts_with('-') && !a.contains('/'))
+                                        .cloned()
+                                        .unwrap_or_default()
+                                ),
+                            });
+                        }
+                        ProcessOutcome::Stopped(reason) => return Err(self.stopped(reason)),
+                        ProcessOutcome::NotStarted(e) => {
+                            return Err(system(format!("cannot run git: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+        if !post.is_empty() {
+            let project_dir = self.project_dir.clone();
+            self.hook("post_get_sources_script", &post, &project_dir)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn hook(
+        &mut self,
+        stage: &str,
+        commands: &[String],
+        workdir: &Path,
+    ) -> Result<(), Outcome> {
+        match self
+            .run_script(stage, commands, workdir, Phase::Preparation, None)
+            .await
+        {
+            ProcessOutcome::Exited(0) => Ok(()),
+            ProcessOutcome::Exited(code) => Err(Outcome::Failed {
+                reason: FailureReason::ScriptFailure,
+                exit_code: Some(code),
+                message: format!("{stage} exited with code {code}"),
+            }),
+            ProcessOutcome::Stopped(reason) => Err(self.stopped(reason)),
+            ProcessOutcome::NotStarted(e) => Err(Outcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+                message: format!("cannot run {stage}: {e}"),
+            }),
+        }
+    }
+
+    async fn after_script(&mut self, outcome: &Outcome) {
+        let Some(step) = self
+            .payload
+            .job
+            .steps
+            .iter()
+            .find(|s| s.name == "after_script")
+            .cloned()
+        else {
+            return;
+        };
+        if step.script.iter().all(|l| l.trim().is_empty()) {
+            return;
+        }
+        let status = match outcome {
+            Outcome::Success => "success",
+            Outcome::Failed {
+                reason: FailureReason::JobCanceled,
+                ..
+            } => "canceled",
+            _ => "failed",
+        };
+        self.variables.set("CI_JOB_STATUS", status);
+        let timeout = self
+            .variables
+            .get("RUNNER_AFTER_SCRIPT_TIMEOUT")
+            .and_then(go_duration)
+            .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT);
+        self.section_start("after_script", "Running after_script");
+        self.out.line("Running after script...");
+        let workdir = self.project_dir.clone();
+        let result = self
+            .run_script(
+                "after_script",
+                &step.script,
+                &workdir,
+                Phase::AfterScript,
+                Some(Instant::now() + timeout),
+            )
+            .await;
+        match result {
+            ProcessOutcome::Exited(0) => {}
+            ProcessOutcome::Exited(code) => self.out.raw(&log::warning_line(&format!("after_script failed, but job will continue unaffected: exit code {code}"))),
+            ProcessOutcome::Stopped(StopReason::StageTimeout) => self.out.raw(&log::warning_line("after_script failed, but job will continue unaffected: the after_script timeout was exceeded")),
+            ProcessOutcome::Stopped(_) => self.out.raw(&log::warning_line("after_script was stopped")),
+            ProcessOutcome::NotStarted(e) => self.out.raw(&log::warning_line(&format!("after_script could not start: {e}"))),
+        }
+        self.section_end("after_script");
+    }
+
+    async fn finish(&mut self, outcome: Outcome) -> Outcome {
+        self.section_start(
+            "cleanup_file_variables",
+            "Cleaning up project directory and file based variables",
+        );
+        let _ = std::fs::remove_dir_all(&self.temp_dir);
+        self.section_end("cleanup_file_variables");
+        match &outcome {
+            Outcome::Success => {
+                self.out
+                    .raw(&format!("{}Job succeeded{}\n", log::BOLD_GREEN, log::RESET))
+            }
+            Outcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                message,
+                ..
+            } => self.out.raw(&log::error_line(&format!(
+                "Job failed (system failure): {message}"
+            ))),
+            Outcome::Failed { message, .. } => self
+                .out
+                .raw(&log::error_line(&format!("Job failed: {message}"))),
+            Outcome::Aborted => self.out.raw(&log::error_line("Job failed: canceled")),
+        }
+        outcome
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o700)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+}

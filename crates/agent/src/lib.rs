@@ -1,0 +1,13 @@
+//! The agent: runs one GitLab CI job from a spec to its final state, streaming the trace to
+//! GitLab itself. The shell executor starts it as a child process; in Kubernetes it is PID 1
+//! of the job's build container.
+
+mod job;
+pub mod process;
+pub mod script;
+pub mod sources;
+pub mod spec;
+pub mod variables;
+
+pub use job::{AgentError, agent_features, run, run_from_file};
+pub use spec::{AgentSpec, GitlabConnection, TerminationReport};

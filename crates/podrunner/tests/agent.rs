@@ -1,0 +1,104 @@
+//! `podrunner agent --spec FILE` against the testkit GitLab, without the manager.
+
+use std::time::Duration;
+
+use podrunner_gitlab::{
+    ClientOptions, Features, GitlabClient, JobRequestOutcome, RunnerInfo, Secret,
+};
+use podrunner_testkit::{GitlabStandIn, JobSpec, JobView};
+
+const TOKEN: &str = "glrt-agent-test";
+
+async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
+    let client = GitlabClient::new(&ClientOptions {
+        url: gitlab.url().to_owned(),
+        ..Default::default()
+    })
+    .unwrap();
+    let info = RunnerInfo::new(
+        "18.9.0",
+        "shell",
+        Features {
+            refspecs: true,
+            ..Features::network()
+        },
+    );
+    match client
+        .request_job(&Secret::new(TOKEN), "s_0123456789ab", &info, None)
+        .await
+        .outcome
+    {
+        JobRequestOutcome::Job(job) => job.raw,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn run_agent(
+    gitlab: &GitlabStandIn,
+    spec: JobSpec,
+) -> (JobView, serde_json::Value, std::process::ExitStatus) {
+    let id = gitlab.enqueue(spec);
+    let job = take(gitlab).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({
+        "gitlab": {"url": gitlab.url()},
+        "job": job,
+        "builds_dir": dir.path().join("builds"),
+        "cache_dir": dir.path().join("cache"),
+        "runner_name": "test-runner",
+        "runner_short_token": "agenttes",
+        "system_id": "s_0123456789ab",
+        "termination_report": dir.path().join("report.json"),
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["agent", "--spec", spec_path.to_str().unwrap()])
+        .status()
+        .await
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let view = gitlab
+        .wait_for_job(id, Duration::from_secs(5), |j| {
+            j.status == "success" || j.status == "failed"
+        })
+        .await;
+    (view, report, status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_runs_a_job_from_its_spec() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let sha = gitlab
+        .create_repository("group/project", &[("hello.txt", "hello from git\n")])
+        .unwrap();
+    let spec = JobSpec::new(
+        "build",
+        &[
+            "cat hello.txt",
+            "echo \"secret is $SECRET\"",
+            "echo \"id $CI_JOB_ID in $CI_PROJECT_DIR\"",
+        ],
+    )
+    .variable("SECRET", "hunter2-very-secret", true)
+    .git("group/project", &sha);
+    let (view, report, status) = run_agent(&gitlab, spec).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(status.success());
+    assert_eq!(report["final_update_delivered"], true);
+    assert!(trace.contains("hello from git"), "{trace}");
+    assert!(
+        trace.contains("secret is [MASKED]") && !trace.contains("hunter2-very-secret"),
+        "{trace}"
+    );
+    assert!(trace.contains("$ cat hello.txt"), "{trace}");
+    assert!(
+        trace.contains("section_start:") && trace.contains(":step_script\r\x1b[0K"),
+        "{trace}"
+    );
+    assert!(trace.contains("Job succeeded"), "{trace}");
+}
