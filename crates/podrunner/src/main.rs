@@ -26,6 +26,9 @@ enum Command {
     Verify(commands::register::VerifyArgs),
     /// Remove runners from GitLab and from config.toml.
     Unregister(commands::register::UnregisterArgs),
+    /// Request jobs from GitLab and run them (SIGQUIT: finish running jobs; SIGTERM/SIGINT:
+    /// stop them within shutdown_timeout).
+    Run(commands::run::RunArgs),
     /// Run one job from a spec file to its final state (started by executors, not by hand).
     Agent(commands::agent::AgentArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_async(commands::register::verify(&args)),
         Command::Unregister(args) => run_async(commands::register::unregister(&args)),
         Command::Agent(args) => run_async(commands::agent::run(&args)),
+        Command::Run(args) => run_async(commands::run::run(&args)),
     }
 }
 

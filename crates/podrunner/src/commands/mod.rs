@@ -3,3 +3,4 @@
 pub(crate) mod agent;
 pub(crate) mod config_check;
 pub(crate) mod register;
+pub(crate) mod run;

@@ -10,9 +10,7 @@ use podrunner_config::edit::{RunnerEntry, remove_runners, upsert_runner};
 use podrunner_config::{Executor, ProcessEnvironment, RunnerConfig};
 use podrunner_gitlab::api::RegisterRequest;
 use podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION;
-use podrunner_gitlab::{
-    ClientError, ClientOptions, Features, GitlabClient, RunnerInfo, Secret, system_id,
-};
+use podrunner_gitlab::{ClientError, ClientOptions, GitlabClient, RunnerInfo, Secret, system_id};
 
 use crate::commands::config_check::default_config_path;
 
@@ -108,8 +106,13 @@ pub(crate) fn short_token(token: &str) -> String {
     format!("{prefix}{}…", rest.chars().take(8).collect::<String>())
 }
 
+/// What this build tells GitLab about itself: the agent's features.
 pub(crate) fn runner_info(executor: &str) -> RunnerInfo {
-    RunnerInfo::new(COMPATIBLE_RUNNER_VERSION, executor, Features::network())
+    RunnerInfo::new(
+        COMPATIBLE_RUNNER_VERSION,
+        executor,
+        podrunner_agent::agent_features(),
+    )
 }
 
 fn client_for(

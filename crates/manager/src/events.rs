@@ -1,0 +1,139 @@
+//! Every observable event of the manager, emitted from one place so that logs (and later
+//! metrics) never drift apart. Lines go to standard error as `time level message key=value`.
+
+use std::time::{Duration, SystemTime};
+
+/// Something the manager did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The job loop started.
+    Started {
+        /// Request loops started.
+        runners: usize,
+        /// `concurrent`.
+        concurrent: usize,
+    },
+    /// A runner entry cannot be used (bad URL, unreadable TLS files).
+    RunnerUnusable {
+        /// Name or short token.
+        runner: String,
+        /// Why.
+        error: String,
+    },
+    /// A job request failed.
+    RequestFailed {
+        /// Name or short token.
+        runner: String,
+        /// Why.
+        error: String,
+    },
+    /// Too many unhealthy answers: polling pauses.
+    Unhealthy {
+        /// Name or short token.
+        runner: String,
+        /// For how long.
+        pause: Duration,
+    },
+    /// GitLab refused the acknowledgement of a job; it is not run.
+    AckRefused {
+        /// Job ID.
+        job_id: i64,
+        /// What GitLab answered.
+        outcome: String,
+    },
+    /// A job started.
+    JobStarted {
+        /// Job ID.
+        job_id: i64,
+        /// Executor.
+        executor: &'static str,
+    },
+    /// A job ended.
+    JobFinished {
+        /// Job ID.
+        job_id: i64,
+        /// Final state.
+        state: String,
+        /// GitLab has the final state.
+        delivered: bool,
+    },
+    /// The manager sent a job's final state itself because the agent could not.
+    JobFailedByManager {
+        /// Job ID.
+        job_id: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Shutdown began.
+    ShuttingDown {
+        /// `graceful` or `forceful`.
+        mode: &'static str,
+    },
+    /// The job loop ended.
+    Stopped {
+        /// Every job ended before the deadline.
+        all_jobs_finished: bool,
+    },
+}
+
+impl Event {
+    /// Logs the event.
+    pub fn emit(&self) {
+        let (level, message) = match self {
+            Event::Started {
+                runners,
+                concurrent,
+            } => (
+                "info",
+                format!("Starting job loop request_loops={runners} concurrent={concurrent}"),
+            ),
+            Event::RunnerUnusable { runner, error } => (
+                "error",
+                format!("Runner cannot be used runner={runner} error={error:?}"),
+            ),
+            Event::RequestFailed { runner, error } => (
+                "warning",
+                format!("Job request failed runner={runner} error={error:?}"),
+            ),
+            Event::Unhealthy { runner, pause } => (
+                "warning",
+                format!(
+                    "Runner is unhealthy and will pause runner={runner} pause={}s",
+                    pause.as_secs()
+                ),
+            ),
+            Event::AckRefused { job_id, outcome } => (
+                "warning",
+                format!(
+                    "GitLab refused the job acknowledgement; not running it job={job_id} outcome={outcome}"
+                ),
+            ),
+            Event::JobStarted { job_id, executor } => (
+                "info",
+                format!("Job started job={job_id} executor={executor}"),
+            ),
+            Event::JobFinished {
+                job_id,
+                state,
+                delivered,
+            } => (
+                "info",
+                format!(
+                    "Job finished job={job_id} state={state} final_update_delivered={delivered}"
+                ),
+            ),
+            Event::JobFailedByManager { job_id, reason } => (
+                "warning",
+                format!("Job failed by the manager job={job_id} reason={reason:?}"),
+            ),
+            Event::ShuttingDown { mode } => ("info", format!("Shutting down mode={mode}")),
+            Event::Stopped { all_jobs_finished } => (
+                "info",
+                format!("Job loop stopped all_jobs_finished={all_jobs_finished}"),
+            ),
+        };
+        let mut time = Vec::new();
+        podrunner_gitlab::log::format_rfc3339_micros(SystemTime::now(), &mut time);
+        eprintln!("{} {level} {message}", String::from_utf8_lossy(&time));
+    }
+}

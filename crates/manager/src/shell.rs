@@ -1,0 +1,293 @@
+//! The shell executor: each job runs as `podrunner agent --spec FILE`, a child process of the
+//! manager, on this machine.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use podrunner_agent::{AgentSpec, GitlabConnection, TerminationReport};
+use podrunner_gitlab::api::{FailureReason, JobState, UpdateJobRequest};
+use podrunner_gitlab::client::PatchOutcome;
+use podrunner_gitlab::{ClientOptions, GitlabClient, RunnerInfo, UpdateOutcome};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Event;
+use crate::{AcceptedJob, Executor, JobEnd, short_token};
+
+/// After asking an agent to stop, how long it gets to report before it is killed.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(25);
+
+/// Runs jobs as child processes.
+pub struct ShellExecutor {
+    /// The podrunner binary to start as the agent.
+    pub agent_program: PathBuf,
+    /// Where specs and reports are kept while jobs run (private to the manager).
+    pub work_dir: PathBuf,
+    /// podrunner's version.
+    pub podrunner_version: String,
+    /// What the agent reports to GitLab.
+    pub info: RunnerInfo,
+}
+
+impl ShellExecutor {
+    fn spec(&self, job: &AcceptedJob, report: PathBuf) -> AgentSpec {
+        let runner = &job.runner;
+        let builds_dir = std::path::absolute(runner.builds_dir())
+            .unwrap_or_else(|_| PathBuf::from(runner.builds_dir()));
+        let cache_dir = std::path::absolute(runner.cache_dir())
+            .unwrap_or_else(|_| PathBuf::from(runner.cache_dir()));
+        let short = short_token(runner.token.as_deref().unwrap_or(""));
+        // gitlab-runner's shell layout: <builds_dir>/<short token>/<concurrent id>/<project path>.
+        let project = job
+            .payload
+            .job
+            .job_info
+            .project_full_path
+            .trim_matches('/')
+            .to_owned();
+        let project = if project.is_empty() {
+            format!("project-{}", job.payload.job.job_info.project_id)
+        } else {
+            project
+        };
+        AgentSpec {
+            gitlab: GitlabConnection {
+                url: runner.url.clone().unwrap_or_default(),
+                tls_ca_file: runner.tls_ca_file.clone().map(PathBuf::from),
+                tls_cert_file: runner.tls_cert_file.clone().map(PathBuf::from),
+                tls_key_file: runner.tls_key_file.clone().map(PathBuf::from),
+            },
+            job: job.payload.raw.clone(),
+            trace_start_offset: 0,
+            project_dir: Some(
+                builds_dir
+                    .join(&short)
+                    .join(job.concurrent_id.to_string())
+                    .join(project),
+            ),
+            builds_dir,
+            cache_dir,
+            output_limit_kib: if runner.output_limit > 0 {
+                runner.output_limit as u64
+            } else {
+                4096
+            },
+            feature_flags: runner.feature_flags.clone(),
+            shell: runner.shell.map(|s| s.as_str().to_owned()),
+            pre_get_sources_script: runner.pre_get_sources_script.clone(),
+            post_get_sources_script: runner.post_get_sources_script.clone(),
+            pre_build_script: runner.pre_build_script.clone(),
+            post_build_script: runner.post_build_script.clone(),
+            environment: runner.environment.clone(),
+            clone_url: runner.clone_url.clone(),
+            custom_build_dir_enabled: runner.custom_build_dir_enabled(),
+            debug_trace_disabled: runner.debug_trace_disabled,
+            final_update_retry_limit: runner.job_status_final_update_retry_limit.clamp(1, 100)
+                as u32,
+            executor: "shell".to_owned(),
+            runner_name: runner.name.clone().unwrap_or_default(),
+            runner_short_token: short,
+            system_id: job.system_id.clone(),
+            termination_report: Some(report),
+            concurrent_id: job.concurrent_id,
+        }
+    }
+
+    async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
+        let job_id = job.payload.job.id;
+        let dir = match tempfile::Builder::new()
+            .prefix(&format!("job-{job_id}-"))
+            .tempdir_in(&self.work_dir)
+        {
+            Ok(dir) => dir,
+            Err(e) => {
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot create a work directory in {}: {e}",
+                            self.work_dir.display()
+                        ),
+                        None,
+                    )
+                    .await;
+            }
+        };
+        let report_path = dir.path().join("report.json");
+        let spec_path = dir.path().join("spec.json");
+        let spec = self.spec(&job, report_path.clone());
+        if let Err(e) = write_private(&spec_path, &serde_json::to_vec(&spec).unwrap_or_default()) {
+            return self
+                .fail(&job, &format!("cannot write the job spec: {e}"), None)
+                .await;
+        }
+        let mut child = match tokio::process::Command::new(&self.agent_program)
+            .arg("agent")
+            .arg("--spec")
+            .arg(&spec_path)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot start the agent {}: {e}",
+                            self.agent_program.display()
+                        ),
+                        None,
+                    )
+                    .await;
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = abort.cancelled() => {
+                if let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) {
+                    let _ = kill_process(pid, Signal::TERM);
+                }
+                match tokio::time::timeout(AGENT_STOP_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        let report: Option<TerminationReport> = std::fs::read_to_string(&report_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        match report {
+            Some(report) if report.final_update_delivered || report.aborted => JobEnd {
+                final_update_delivered: report.final_update_delivered,
+                state: report.state,
+            },
+            other => {
+                let why = match &status {
+                    Ok(status) => format!(
+                        "the agent ended ({status}) without reporting the job's final state"
+                    ),
+                    Err(e) => format!("the agent could not be waited for: {e}"),
+                };
+                self.fail(&job, &why, other.map(|r| r.trace_bytes_sent))
+                    .await
+            }
+        }
+    }
+
+    /// Sends the final state for a job whose agent could not: appends the reason to the trace
+    /// and reports `runner_system_failure`.
+    async fn fail(&self, job: &AcceptedJob, reason: &str, trace_offset: Option<u64>) -> JobEnd {
+        Event::JobFailedByManager {
+            job_id: job.payload.job.id,
+            reason: reason.to_owned(),
+        }
+        .emit();
+        let delivered = fail_job(
+            job,
+            &self.info,
+            &self.podrunner_version,
+            reason,
+            trace_offset.unwrap_or(0),
+        )
+        .await;
+        JobEnd {
+            final_update_delivered: delivered,
+            state: "failed".to_owned(),
+        }
+    }
+}
+
+impl Executor for ShellExecutor {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: AcceptedJob,
+        abort: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = JobEnd> + Send + 'a>> {
+        Box::pin(self.run_job(job, abort))
+    }
+}
+
+/// Appends `ERROR: Job failed (system failure): <reason>` to the trace (from whatever GitLab
+/// has) and sends `failed` with `runner_system_failure`, retrying a few times. Used when the
+/// agent cannot report itself.
+pub async fn fail_job(
+    job: &AcceptedJob,
+    info: &RunnerInfo,
+    version: &str,
+    reason: &str,
+    mut offset: u64,
+) -> bool {
+    let Ok(client) = GitlabClient::new(&ClientOptions {
+        url: job.runner.url.clone().unwrap_or_default(),
+        tls_ca_file: job.runner.tls_ca_file.clone().map(PathBuf::from),
+        tls_cert_file: job.runner.tls_cert_file.clone().map(PathBuf::from),
+        tls_key_file: job.runner.tls_key_file.clone().map(PathBuf::from),
+        podrunner_version: version.to_owned(),
+    }) else {
+        return false;
+    };
+    let payload = &job.payload.job;
+    let message = format!(
+        "\n{}",
+        podrunner_gitlab::log::error_line(&format!("Job failed (system failure): {reason}"))
+    );
+    for _ in 0..3 {
+        match client
+            .patch_trace(
+                payload.id,
+                &payload.token,
+                offset,
+                message.as_bytes(),
+                false,
+            )
+            .await
+            .0
+        {
+            PatchOutcome::RangeMismatch { offset: have } => offset = have,
+            _ => break,
+        }
+    }
+    let request = UpdateJobRequest {
+        info: info.clone(),
+        token: payload.token.clone(),
+        state: JobState::Failed,
+        failure_reason: Some(
+            FailureReason::RunnerSystemFailure
+                .for_gitlab(&payload.features.failure_reasons)
+                .to_owned(),
+        ),
+        checksum: None,
+        output: None,
+        exit_code: None,
+    };
+    for attempt in 0..5u32 {
+        match client.update_job(payload.id, &request).await.0 {
+            UpdateOutcome::Succeeded => return true,
+            UpdateOutcome::Abort => return false,
+            _ => tokio::time::sleep(Duration::from_secs(1 << attempt)).await,
+        }
+    }
+    false
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}

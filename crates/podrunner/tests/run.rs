@@ -1,0 +1,507 @@
+//! `podrunner run` with the shell executor against the testkit GitLab: real bash, real git
+//! over HTTP, real signals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podrunner_testkit::{GitlabStandIn, JobSpec, JobView};
+use rustix::process::{Pid, Signal, kill_process};
+
+const TOKEN: &str = "glrt-e2e-runner-token";
+
+struct Harness {
+    gitlab: GitlabStandIn,
+    dir: tempfile::TempDir,
+    child: tokio::process::Child,
+}
+
+impl Harness {
+    async fn start(concurrent: u32, runner_extra: &str) -> Harness {
+        let gitlab = GitlabStandIn::start().await;
+        gitlab.add_runner_token(TOKEN);
+        gitlab.set_long_poll(Duration::from_secs(5));
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let builds = dir.path().join("builds");
+        std::fs::write(
+            &config,
+            format!(
+                "concurrent = {concurrent}\ncheck_interval = 1\nshutdown_timeout = 15\n[[runners]]\n  name = \"e2e\"\n  url = \"{}\"\n  token = \"{TOKEN}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n{runner_extra}\n",
+                gitlab.url(),
+                builds.display()
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+            .args(["run", "-c", config.to_str().unwrap()])
+            .env_remove("CONFIG_FILE")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Harness { gitlab, dir, child }
+    }
+
+    async fn finished(&self, id: i64) -> JobView {
+        self.gitlab
+            .wait_for_job(id, Duration::from_secs(60), |j| {
+                matches!(j.status.as_str(), "success" | "failed")
+            })
+            .await
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
+        kill_process(pid, signal).unwrap();
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("podrunner run exits")
+            .unwrap()
+            .code()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn trace(view: &JobView) -> String {
+    String::from_utf8_lossy(&view.trace).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_variables_masking_and_file_variables() {
+    let mut h = Harness::start(2, "").await;
+    let id = h.gitlab.enqueue(
+        JobSpec::new(
+            "vars",
+            &[
+                "echo \"masked: $PASSWORD\"",
+                "echo \"file holds: $(cat \"$CONFIG_FILE_VAR\")\"",
+                "echo \"path is a file: $CONFIG_FILE_VAR\"",
+                "echo \"status=$CI_JOB_STATUS server=$CI_SERVER\"",
+            ],
+        )
+        .variable("PASSWORD", "correct-horse-battery", true)
+        .variable("GIT_STRATEGY", "none", false)
+        .file_variable("CONFIG_FILE_VAR", "from a file variable"),
+    );
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("masked: [MASKED]") && !text.contains("correct-horse-battery"),
+        "{text}"
+    );
+    assert!(text.contains("file holds: from a file variable"), "{text}");
+    assert!(
+        text.contains("path is a file: /") && text.contains(".tmp/CONFIG_FILE_VAR"),
+        "{text}"
+    );
+    assert!(text.contains("server=yes"), "{text}");
+    assert_eq!(
+        view.updates.first().unwrap()["state"],
+        "running",
+        "the job was acknowledged first"
+    );
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn script_failure_exit_code_and_after_script() {
+    let mut h = Harness::start(2, "").await;
+    let id = h.gitlab.enqueue(
+        JobSpec::new("fails", &["echo before", "exit 3", "echo never"])
+            .variable("GIT_STRATEGY", "none", false)
+            .after_script(&["echo \"after_script sees $CI_JOB_STATUS\""]),
+    );
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(
+        (
+            view.status.as_str(),
+            view.failure_reason.as_deref(),
+            view.exit_code
+        ),
+        ("failed", Some("script_failure"), Some(3)),
+        "{text}"
+    );
+    assert!(
+        text.contains("before") && !text.contains("\nnever") && !text.contains(" never\n"),
+        "{text}"
+    );
+    assert!(text.contains("after_script sees failed"), "{text}");
+    assert!(text.contains("ERROR: Job failed: exit code 3"), "{text}");
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_limit() {
+    let mut h = Harness::start(2, "  output_limit = 1\n").await;
+    let big = h.gitlab.enqueue(
+        JobSpec::new(
+            "big",
+            &["for i in $(seq 1 500); do echo \"line $i of output\"; done"],
+        )
+        .variable("GIT_STRATEGY", "none", false),
+    );
+    let view = h.finished(big).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "the job goes on past the limit");
+    assert!(
+        text.contains("Job's log exceeded limit of 1024 bytes."),
+        "{text}"
+    );
+    assert!(!text.contains("line 500 of output"));
+    assert!(view.trace.len() < 1024 + 200);
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_timeout() {
+    let mut h = Harness::start(2, "").await;
+    let slow = h.gitlab.enqueue(
+        JobSpec::new("slow", &["sleep 60"])
+            .variable("GIT_STRATEGY", "none", false)
+            .after_script(&["echo after"])
+            .timeout(3),
+    );
+    let started = std::time::Instant::now();
+    let view = h.finished(slow).await;
+    let text = trace(&view);
+    assert_eq!(
+        (view.status.as_str(), view.failure_reason.as_deref()),
+        ("failed", Some("job_execution_timeout")),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stopped at the timeout, not after the sleep"
+    );
+    assert!(
+        text.contains("execution took longer than 3 seconds"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Running after script"),
+        "no after_script after the job timeout: {text}"
+    );
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_cancel_runs_after_script_and_abort_stops_at_once() {
+    let mut h = Harness::start(2, "").await;
+    let marker = h.path("started");
+    let canceled = h.gitlab.enqueue(
+        JobSpec::new(
+            "cancel-me",
+            &[&format!("touch {}", marker.display()), "sleep 60"],
+        )
+        .variable("GIT_STRATEGY", "none", false)
+        .after_script(&["echo \"after_script: $CI_JOB_STATUS\""]),
+    );
+    for _ in 0..200 {
+        if marker.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.gitlab.set_status(canceled, "canceling");
+    let view = h
+        .gitlab
+        .wait_for_job(canceled, Duration::from_secs(60), |j| {
+            j.updates.iter().any(|u| u["state"] == "failed")
+        })
+        .await;
+    let text = trace(&view);
+    assert!(
+        text.contains("WARNING: script canceled externally (UI, API)"),
+        "{text}"
+    );
+    assert!(text.contains("after_script: canceled"), "{text}");
+
+    // Canceled (not canceling): the script stops at once and nothing else of the job runs.
+    let marker = h.path("started-2");
+    let never = h.path("never");
+    let after = h.path("after");
+    let aborted = h.gitlab.enqueue(
+        JobSpec::new(
+            "abort-me",
+            &[
+                &format!("touch {}", marker.display()),
+                "sleep 60",
+                &format!("touch {}", never.display()),
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false)
+        .after_script(&[&format!("touch {}", after.display())]),
+    );
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_at = std::time::Instant::now();
+    h.gitlab.set_status(aborted, "canceled");
+    h.signal(Signal::QUIT);
+    assert_eq!(
+        h.exit_code().await,
+        Some(0),
+        "the graceful stop waits for the aborted job, which ends promptly"
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(
+        !never.exists() && !after.exists(),
+        "neither the rest of the script nor after_script ran"
+    );
+    assert_eq!(h.gitlab.job(aborted).unwrap().status, "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clone_fetch_and_shallow_depth_from_the_git_server() {
+    let mut h = Harness::start(1, "").await;
+    h.gitlab
+        .create_repository("group/app", &[("app.txt", "v1\n")])
+        .unwrap();
+    h.gitlab
+        .add_commit("group/app", &[("app.txt", "v2\n")])
+        .unwrap();
+    let head = h
+        .gitlab
+        .add_commit("group/app", &[("app.txt", "v3\n")])
+        .unwrap();
+    let clone = h.gitlab.enqueue(
+        JobSpec::new(
+            "clone",
+            &[
+                "cat app.txt",
+                "echo commits=$(git rev-list --count HEAD)",
+                "git config --get remote.origin.url",
+                "grep -c gitlab-ci-token .git/config || true",
+            ],
+        )
+        .variable("GIT_DEPTH", "1", false)
+        .git("group/app", &head),
+    );
+    let view = h.finished(clone).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("Created fresh repository.")
+            && text.contains(&format!("Checking out {} as detached HEAD", &head[..8])),
+        "{text}"
+    );
+    assert!(
+        text.contains("v3") && text.contains("commits=1"),
+        "shallow: {text}"
+    );
+    assert!(
+        text.contains("/group/app.git") && !text.contains("glcbt-"),
+        "no token in the remote URL: {text}"
+    );
+    assert!(
+        text.contains("\n0\n") || text.contains(" 0\n"),
+        "the token is not in .git/config: {text}"
+    );
+
+    let fetch = h.gitlab.enqueue(
+        JobSpec::new(
+            "fetch",
+            &["echo commits=$(git rev-list --count HEAD)", "cat app.txt"],
+        )
+        .variable("GIT_STRATEGY", "fetch", false)
+        .variable("GIT_DEPTH", "0", false)
+        .git("group/app", &head),
+    );
+    let view = h.finished(fetch).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("Reinitialized existing Git repository.") && text.contains("commits=3"),
+        "fetch reuses and unshallows: {text}"
+    );
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_jobs_through_concurrent_four() {
+    let mut h = Harness::start(4, "").await;
+    let log = h.path("overlap.log");
+    let script = format!(
+        "echo \"start $(date +%s.%N)\" >> {0}; sleep 0.4; echo \"end $(date +%s.%N)\" >> {0}",
+        log.display()
+    );
+    let ids: Vec<i64> = (0..20)
+        .map(|i| {
+            h.gitlab
+                .enqueue(JobSpec::new(&format!("job-{i}"), &[&script]).variable(
+                    "GIT_STRATEGY",
+                    "none",
+                    false,
+                ))
+        })
+        .collect();
+    for id in &ids {
+        let view = h.finished(*id).await;
+        assert_eq!(view.status, "success", "{}", trace(&view));
+    }
+    let mut events: Vec<(f64, i32)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (kind, time) = l.split_once(' ').unwrap();
+            (
+                time.parse::<f64>().unwrap(),
+                if kind == "start" { 1 } else { -1 },
+            )
+        })
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut running, mut most) = (0, 0);
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    assert!(most <= 4, "at most 4 jobs at once, saw {most}");
+    assert!(most >= 2, "jobs ran in parallel, saw {most}");
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigquit_finishes_running_jobs_and_takes_no_more() {
+    let mut h = Harness::start(2, "").await;
+    let marker = h.path("running");
+    let id = h.gitlab.enqueue(
+        JobSpec::new(
+            "long",
+            &[
+                &format!("touch {}", marker.display()),
+                "sleep 2",
+                "echo finished",
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false),
+    );
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.signal(Signal::QUIT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = h.gitlab.enqueue(JobSpec::new("late", &["true"]));
+    assert_eq!(h.exit_code().await, Some(0));
+    let view = h.gitlab.job(id).unwrap();
+    assert_eq!(view.status, "success", "{}", trace(&view));
+    assert!(trace(&view).contains("finished"));
+    assert_eq!(
+        h.gitlab.job(late).unwrap().status,
+        "pending",
+        "no job is taken after SIGQUIT"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_interrupts_running_jobs_and_reports_them() {
+    let mut h = Harness::start(2, "").await;
+    let marker = h.path("running");
+    let id = h.gitlab.enqueue(
+        JobSpec::new(
+            "long",
+            &[&format!("touch {}", marker.display()), "sleep 60"],
+        )
+        .variable("GIT_STRATEGY", "none", false),
+    );
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code().await, Some(0), "the job reported in time");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let view = h.gitlab.job(id).unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.failure_reason.as_deref()),
+        ("failed", Some("unknown_failure")),
+        "runner_interrupted, mapped: {}",
+        trace(&view)
+    );
+    assert!(
+        trace(&view).contains("the runner was stopped while the job ran"),
+        "{}",
+        trace(&view)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_from_gitlab_runner_mock_succeeds() {
+    use gitlab_runner_mock::{GitlabRunnerMock, MockJobState, MockJobStepName, MockJobStepWhen};
+    let mock = GitlabRunnerMock::start().await;
+    let mut builder = mock.job_builder("mock-job".to_owned());
+    builder.add_variable("GIT_STRATEGY".to_owned(), "none".to_owned(), true, false);
+    builder.add_variable(
+        "GREETING".to_owned(),
+        "hello from the mock".to_owned(),
+        true,
+        false,
+    );
+    builder.add_step(
+        MockJobStepName::Script,
+        vec!["echo \"$GREETING\"".to_owned()],
+        3600,
+        MockJobStepWhen::OnSuccess,
+        false,
+    );
+    let job = builder.build();
+    mock.enqueue_job(job.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "concurrent = 1\ncheck_interval = 1\n[[runners]]\n  url = \"{}\"\n  token = \"{}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n",
+            mock.uri(),
+            mock.runner_token(),
+            dir.path().join("builds").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !job.finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        job.state(),
+        MockJobState::Success,
+        "{}",
+        String::from_utf8_lossy(&job.log())
+    );
+    assert!(String::from_utf8_lossy(&job.log()).contains("hello from the mock"));
+    kill_process(
+        Pid::from_raw(child.id().unwrap() as i32).unwrap(),
+        Signal::QUIT,
+    )
+    .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
