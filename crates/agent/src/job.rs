@@ -131,6 +131,7 @@ impl Writers {
 }
 
 struct Job {
+    client: GitlabClient,
     spec: AgentSpec,
     payload: JobPayload,
     variables: Variables,
@@ -196,7 +197,7 @@ pub async fn run(
     };
     // The uploader outlives an interrupt: the final state must still reach GitLab.
     let uploader = TraceUploader::start(
-        client,
+        client.clone(),
         target,
         trace.clone(),
         UploaderTimings::default(),
@@ -204,6 +205,7 @@ pub async fn run(
     );
     let timeout = Duration::from_secs(payload.timeout_secs());
     let mut run = Job {
+        client,
         shell: choose_shell(spec.shell.as_deref()),
         sections: job.features.trace_sections,
         debug_trace,
@@ -425,7 +427,11 @@ impl Job {
             return self.finish(outcome).await;
         }
         if let Err(outcome) = self.get_sources().await {
-            return self.finish(outcome).await;
+            return self.finish_with_uploads(outcome).await;
+        }
+        self.restore_cache().await;
+        if let Err(outcome) = self.download_artifacts().await {
+            return self.finish_with_uploads(outcome).await;
         }
         let mut outcome = Outcome::Success;
         let steps: Vec<_> = self
@@ -496,7 +502,460 @@ impl Job {
         if after_script_allowed {
             self.after_script(&outcome).await;
         }
+        self.finish_with_uploads(outcome).await
+    }
+
+    /// Cache and artifacts for the outcome so far, then the end of the job. An upload error
+    /// fails a job that had succeeded; nothing is uploaded for aborted or interrupted jobs.
+    async fn finish_with_uploads(&mut self, outcome: Outcome) -> Outcome {
+        let uploads = !matches!(
+            outcome,
+            Outcome::Aborted
+                | Outcome::Failed {
+                    reason: FailureReason::RunnerInterrupted,
+                    ..
+                }
+        ) && !(matches!(&outcome, Outcome::Failed { message, .. } if message.starts_with("execution took longer")));
+        let mut outcome = outcome;
+        if uploads {
+            let success = outcome == Outcome::Success;
+            self.archive_cache(success).await;
+            if let Err(error) = self.upload_artifacts(success).await
+                && outcome == Outcome::Success
+            {
+                outcome = error;
+            }
+        }
         self.finish(outcome).await
+    }
+
+    fn cache_file(&self, key: &str) -> PathBuf {
+        let project = self
+            .payload
+            .job
+            .job_info
+            .project_full_path
+            .trim_matches('/');
+        self.spec
+            .cache_dir
+            .join(if project.is_empty() {
+                "project"
+            } else {
+                project
+            })
+            .join(key)
+            .join("cache.zip")
+    }
+
+    /// The cache key after expansion, or `None` (with a warning) when it cannot be a path.
+    fn cache_key(&mut self, raw: &str) -> Option<String> {
+        let expanded = self.variables.expand(raw);
+        let key = if expanded.trim().is_empty() {
+            format!(
+                "{}/{}",
+                self.payload.job.job_info.name, self.payload.job.git_info.git_ref
+            )
+        } else {
+            expanded.trim().to_owned()
+        };
+        let safe = !key.starts_with('/')
+            && Path::new(&key)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !safe {
+            self.out.raw(&log::warning_line(&format!(
+                "cache key {key:?} cannot be used as a path; the cache is skipped"
+            )));
+            return None;
+        }
+        Some(key)
+    }
+
+    async fn restore_cache(&mut self) {
+        let caches: Vec<_> = self
+            .payload
+            .job
+            .cache
+            .iter()
+            .filter(|c| !c.paths.is_empty() || c.untracked)
+            .cloned()
+            .collect();
+        let pulls = |policy: &str| matches!(policy, "" | "pull" | "pull-push");
+        if caches
+            .iter()
+            .all(|c| !pulls(self.variables.expand(&c.policy).trim()))
+        {
+            return;
+        }
+        self.section_start("restore_cache", "Restoring cache");
+        for cache in caches {
+            if !pulls(self.variables.expand(&cache.policy).trim()) {
+                continue;
+            }
+            let Some(key) = self.cache_key(&cache.key) else {
+                continue;
+            };
+            let mut keys = vec![key];
+            keys.extend(
+                cache
+                    .fallback_keys
+                    .iter()
+                    .map(|k| self.variables.expand(k))
+                    .filter(|k| !k.trim().is_empty()),
+            );
+            let mut restored = false;
+            for key in keys {
+                let file = self.cache_file(&key);
+                self.out.line(&format!("Checking cache for {key}..."));
+                if !file.is_file() {
+                    self.out.raw(&log::warning_line(&format!(
+                        "{}: file does not exist",
+                        file.display()
+                    )));
+                    continue;
+                }
+                match crate::files::extract_zip(&file, &self.project_dir) {
+                    Ok(_) => {
+                        self.out.line("Successfully extracted cache");
+                        restored = true;
+                        break;
+                    }
+                    Err(e) => self
+                        .out
+                        .raw(&log::warning_line(&format!("Failed to extract cache: {e}"))),
+                }
+            }
+            if !restored {
+                self.out.raw(&log::warning_line("Failed to extract cache"));
+            }
+        }
+        self.section_end("restore_cache");
+    }
+
+    async fn archive_cache(&mut self, success: bool) {
+        let caches: Vec<_> = self
+            .payload
+            .job
+            .cache
+            .iter()
+            .filter(|c| !c.paths.is_empty() || c.untracked)
+            .filter(|c| {
+                matches!(
+                    self.variables.expand(&c.policy).trim(),
+                    "" | "push" | "pull-push"
+                )
+            })
+            .filter(|c| match c.when.as_str() {
+                "always" => true,
+                "on_failure" => !success,
+                _ => success,
+            })
+            .cloned()
+            .collect();
+        if caches.is_empty() {
+            return;
+        }
+        let (stage, description) = if success {
+            ("archive_cache", "Saving cache for successful job")
+        } else {
+            ("archive_cache_on_failure", "Saving cache for failed job")
+        };
+        self.section_start(stage, description);
+        for cache in caches {
+            let Some(key) = self.cache_key(&cache.key) else {
+                continue;
+            };
+            self.out.line(&format!("Creating cache {key}..."));
+            let untracked = if cache.untracked {
+                crate::files::untracked(&self.project_dir)
+            } else {
+                Vec::new()
+            };
+            let paths: Vec<String> = cache
+                .paths
+                .iter()
+                .map(|p| self.variables.expand(p))
+                .collect();
+            match crate::files::collect(&self.project_dir, &paths, &[], &untracked) {
+                Ok(collected) => {
+                    for (pattern, count) in &collected.per_pattern {
+                        self.out.line(&format!(
+                            "{pattern}: found {count} matching artifact files and directories"
+                        ));
+                    }
+                    let file = self.cache_file(&key);
+                    let written = file
+                        .parent()
+                        .map(std::fs::create_dir_all)
+                        .transpose()
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| {
+                            let partial = file.with_extension("zip.partial");
+                            crate::files::write_zip(
+                                &self.project_dir,
+                                &collected.entries,
+                                &partial,
+                            )
+                            .map_err(|e| e.to_string())?;
+                            std::fs::rename(&partial, &file).map_err(|e| e.to_string())
+                        });
+                    match written {
+                        Ok(()) => self.out.line("Created cache"),
+                        Err(e) => self
+                            .out
+                            .raw(&log::warning_line(&format!("Failed to create cache: {e}"))),
+                    }
+                }
+                Err(e) => self
+                    .out
+                    .raw(&log::warning_line(&format!("Failed to create cache: {e}"))),
+            }
+        }
+        self.section_end(stage);
+    }
+
+    async fn download_artifacts(&mut self) -> Result<(), Outcome> {
+        let dependencies: Vec<_> = self
+            .payload
+            .job
+            .dependencies
+            .iter()
+            .filter(|d| {
+                d.artifacts_file
+                    .as_ref()
+                    .is_some_and(|f| !f.filename.is_empty())
+            })
+            .cloned()
+            .collect();
+        if dependencies.is_empty() {
+            return Ok(());
+        }
+        if let Some(outcome) = self.stop_now(Phase::Preparation) {
+            return Err(outcome);
+        }
+        self.section_start("download_artifacts", "Downloading artifacts");
+        let direct = self
+            .variables
+            .flag("FF_USE_DIRECT_DOWNLOAD")
+            .or_else(|| {
+                self.spec
+                    .feature_flags
+                    .get("FF_USE_DIRECT_DOWNLOAD")
+                    .copied()
+            })
+            .unwrap_or(true);
+        let mut result = Ok(());
+        for dependency in dependencies {
+            self.out.line(&format!(
+                "Downloading artifacts for {} ({})...",
+                dependency.name, dependency.id
+            ));
+            let archive = self
+                .temp_dir
+                .join(format!("artifacts-{}.zip", dependency.id));
+            let outcome = self
+                .client
+                .download_artifact(dependency.id, &dependency.token, direct, &archive)
+                .await;
+            let failure = match outcome {
+                podrunner_gitlab::client::DownloadOutcome::Downloaded { .. } => {
+                    match crate::files::extract_zip(&archive, &self.project_dir) {
+                        Ok(_) => {
+                            self.out
+                                .line("Downloading artifacts from coordinator... ok");
+                            None
+                        }
+                        Err(e) => Some(format!(
+                            "cannot extract the artifacts of {}: {e}",
+                            dependency.name
+                        )),
+                    }
+                }
+                podrunner_gitlab::client::DownloadOutcome::Forbidden => {
+                    Some("Downloading artifacts from coordinator... forbidden".to_owned())
+                }
+                podrunner_gitlab::client::DownloadOutcome::NotFound => {
+                    Some("Downloading artifacts from coordinator... not found".to_owned())
+                }
+                podrunner_gitlab::client::DownloadOutcome::Failed(e) => Some(format!(
+                    "Downloading artifacts from coordinator... error: {e}"
+                )),
+            };
+            let _ = std::fs::remove_file(&archive);
+            if let Some(message) = failure {
+                self.out.raw(&log::error_line(&message));
+                result = Err(Outcome::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: None,
+                    message,
+                });
+                break;
+            }
+        }
+        self.section_end("download_artifacts");
+        result
+    }
+
+    async fn upload_artifacts(&mut self, success: bool) -> Result<(), Outcome> {
+        let artifacts: Vec<_> = self
+            .payload
+            .job
+            .artifacts
+            .iter()
+            .filter(|a| !a.paths.is_empty() || a.untracked)
+            .filter(|a| match a.when.as_str() {
+                "always" => true,
+                "on_failure" => !success,
+                _ => success,
+            })
+            .cloned()
+            .collect();
+        if artifacts.is_empty() {
+            return Ok(());
+        }
+        let (stage, description) = if success {
+            (
+                "upload_artifacts_on_success",
+                "Uploading artifacts for successful job",
+            )
+        } else {
+            (
+                "upload_artifacts_on_failure",
+                "Uploading artifacts for failed job",
+            )
+        };
+        self.section_start(stage, description);
+        let mut result = Ok(());
+        for artifact in artifacts {
+            self.out.line("Uploading artifacts...");
+            let untracked = if artifact.untracked {
+                crate::files::untracked(&self.project_dir)
+            } else {
+                Vec::new()
+            };
+            let paths: Vec<String> = artifact
+                .paths
+                .iter()
+                .map(|p| self.variables.expand(p))
+                .collect();
+            let exclude: Vec<String> = artifact
+                .exclude
+                .iter()
+                .map(|p| self.variables.expand(p))
+                .collect();
+            let collected =
+                match crate::files::collect(&self.project_dir, &paths, &exclude, &untracked) {
+                    Ok(collected) => collected,
+                    Err(e) => {
+                        result = Err(Outcome::Failed {
+                            reason: FailureReason::ScriptFailure,
+                            exit_code: None,
+                            message: e.to_string(),
+                        });
+                        self.out.raw(&log::error_line(&e.to_string()));
+                        break;
+                    }
+                };
+            for (pattern, count) in &collected.per_pattern {
+                self.out.line(&format!(
+                    "{pattern}: found {count} matching artifact files and directories"
+                ));
+                if *count == 0 {
+                    self.out.raw(&log::warning_line(&format!("{pattern}: no matching files. Ensure that the artifact path is relative to the working directory ({})", self.project_dir.display())));
+                }
+            }
+            let files: Vec<&PathBuf> = collected
+                .entries
+                .iter()
+                .filter(|p| self.project_dir.join(p).is_file())
+                .collect();
+            if files.is_empty() {
+                self.out.raw(&log::error_line("No files to upload"));
+                continue;
+            }
+            let artifact_type = if artifact.artifact_type.is_empty() {
+                "archive".to_owned()
+            } else {
+                artifact.artifact_type.clone()
+            };
+            let format = if artifact.artifact_format.is_empty() {
+                "zip".to_owned()
+            } else {
+                artifact.artifact_format.clone()
+            };
+            let name = self.variables.expand(&artifact.name);
+            let prepared = match format.as_str() {
+                "zip" => {
+                    let archive = self.temp_dir.join("artifacts.zip");
+                    crate::files::write_zip(&self.project_dir, &collected.entries, &archive).map(|_| (archive, format!("{}.zip", if name.is_empty() { "artifacts" } else { &name })))
+                }
+                "gzip" | "raw" if files.len() == 1 => {
+                    let source = self.project_dir.join(files[0]);
+                    let base = files[0].file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                    if format == "gzip" {
+                        let archive = self.temp_dir.join("artifacts.gz");
+                        crate::files::write_gzip(&source, &archive).map(|_| (archive, format!("{base}.gz")))
+                    } else {
+                        Ok((source, base))
+                    }
+                }
+                other => Err(crate::files::FilesError::Pattern { pattern: other.to_owned(), reason: "this artifact format needs exactly one file, or is not supported (zip, gzip, raw)".to_owned() }),
+            };
+            let (file, file_name) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    self.out.raw(&log::error_line(&format!(
+                        "cannot prepare the artifacts: {e}"
+                    )));
+                    result = Err(Outcome::Failed {
+                        reason: FailureReason::ScriptFailure,
+                        exit_code: None,
+                        message: e.to_string(),
+                    });
+                    break;
+                }
+            };
+            let upload = podrunner_gitlab::client::ArtifactUpload {
+                format: Some(format.clone()),
+                artifact_type: Some(artifact_type.clone()),
+                expire_in: Some(artifact.expire_in.clone()).filter(|e| !e.is_empty()),
+                file_name,
+            };
+            let job_id = self.payload.job.id;
+            let token = self.payload.job.token.clone();
+            let outcome = self
+                .client
+                .upload_artifact(job_id, &token, &file, &upload)
+                .await;
+            let message = format!("Uploading artifacts as \"{artifact_type}\" to coordinator...");
+            match outcome {
+                podrunner_gitlab::client::UploadOutcome::Uploaded => {
+                    self.out.line(&format!("{message} 201 Created"))
+                }
+                other => {
+                    let why = match other {
+                        podrunner_gitlab::client::UploadOutcome::Forbidden => {
+                            "403 Forbidden".to_owned()
+                        }
+                        podrunner_gitlab::client::UploadOutcome::TooLarge => {
+                            "413 Request Entity Too Large".to_owned()
+                        }
+                        podrunner_gitlab::client::UploadOutcome::Failed(e) => e,
+                        podrunner_gitlab::client::UploadOutcome::Uploaded => {
+                            unreachable!("handled above")
+                        }
+                    };
+                    self.out.raw(&log::error_line(&format!("{message} {why}")));
+                    result = Err(Outcome::Failed {
+                        reason: FailureReason::ScriptFailure,
+                        exit_code: None,
+                        message: format!("uploading artifacts failed: {why}"),
+                    });
+                }
+            }
+        }
+        self.section_end(stage);
+        result
     }
 
     /// Turns a stop into the job's outcome, printing what happened.

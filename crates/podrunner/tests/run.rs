@@ -505,3 +505,119 @@ async fn a_job_from_gitlab_runner_mock_succeeds() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_pass_from_a_job_to_its_dependant() {
+    let mut h = Harness::start(1, "").await;
+    let producer = h.gitlab.enqueue(
+        JobSpec::new("build", &["mkdir -p out/nested", "echo binary > out/app", "echo log > out/nested/build.log", "echo report > junit.xml"])
+            .variable("GIT_STRATEGY", "none", false)
+            .payload_field(
+                "artifacts",
+                serde_json::json!([
+                    {"name": "bundle", "paths": ["out/"], "exclude": ["out/**/*.log"], "when": "on_success", "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 week"},
+                    {"paths": ["junit.xml"], "when": "always", "artifact_type": "junit", "artifact_format": "gzip"}
+                ]),
+            ),
+    );
+    let view = h.finished(producer).await;
+    assert_eq!(view.status, "success", "{}", trace(&view));
+    assert_eq!(view.artifacts.len(), 2, "{}", trace(&view));
+    let (query, name, _) = &view.artifacts[0];
+    assert_eq!(name, "bundle.zip");
+    assert_eq!(query.get("expire_in").map(String::as_str), Some("1 week"));
+    let (query, name, bytes) = &view.artifacts[1];
+    assert_eq!(
+        (
+            name.as_str(),
+            query.get("artifact_type").map(String::as_str)
+        ),
+        ("junit.xml.gz", Some("junit"))
+    );
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip");
+
+    let consumer = h.gitlab.enqueue(
+        JobSpec::new(
+            "test",
+            &[
+                "cat out/app",
+                "test ! -e out/nested/build.log && echo excluded",
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false)
+        .depends_on(&[producer]),
+    );
+    let view = h.finished(consumer).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains(&format!("Downloading artifacts for build ({producer})..."))
+            && text.contains("binary")
+            && text.contains("excluded"),
+        "{text}"
+    );
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_is_saved_and_restored() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(
+        1,
+        &format!("  cache_dir = \"{}\"\n", cache_dir.path().display()),
+    )
+    .await;
+    let cache = serde_json::json!([{"key": "deps-$CI_JOB_NAME_SUFFIX", "paths": ["vendor/"], "policy": "pull-push", "when": "on_success"}]);
+    let first = h.gitlab.enqueue(
+        JobSpec::new(
+            "first",
+            &[
+                "test -e vendor/lib && echo restored || echo cold",
+                "mkdir -p vendor && echo cached-lib > vendor/lib",
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false)
+        .variable("CI_JOB_NAME_SUFFIX", "v1", false)
+        .payload_field("cache", cache.clone()),
+    );
+    let view = h.finished(first).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("cold")
+            && text.contains("Creating cache deps-v1...")
+            && text.contains("Created cache"),
+        "{text}"
+    );
+    // A clean checkout (GIT_STRATEGY=empty) gets vendor/ back from the cache only.
+    let second = h.gitlab.enqueue(
+        JobSpec::new("second", &["cat vendor/lib"])
+            .variable("GIT_STRATEGY", "empty", false)
+            .variable("CI_JOB_NAME_SUFFIX", "v1", false)
+            .payload_field("cache", cache),
+    );
+    let view = h.finished(second).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("Checking cache for deps-v1...")
+            && text.contains("Successfully extracted cache")
+            && text.contains("cached-lib"),
+        "{text}"
+    );
+    let fallback = h.gitlab.enqueue(
+        JobSpec::new("third", &["cat vendor/lib"])
+            .variable("GIT_STRATEGY", "empty", false)
+            .payload_field("cache", serde_json::json!([{"key": "deps-v2", "fallback_keys": ["deps-v1"], "paths": ["vendor/"], "policy": "pull"}])),
+    );
+    let view = h.finished(fallback).await;
+    assert!(
+        trace(&view).contains("Checking cache for deps-v1...")
+            && trace(&view).contains("cached-lib"),
+        "{}",
+        trace(&view)
+    );
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}

@@ -85,6 +85,8 @@ pub struct JobSpec {
     pub image: String,
     /// Repository path (`group/project`) and commit of `git_info`.
     pub git: Option<(String, String)>,
+    /// Jobs whose artifacts this job downloads; filled in when the job is picked.
+    pub depends_on: Vec<i64>,
     /// Extra top-level payload fields, merged last.
     pub extra: serde_json::Map<String, Value>,
 }
@@ -101,6 +103,7 @@ impl JobSpec {
             timeout: 3600,
             image: "alpine:3.20".to_owned(),
             git: None,
+            depends_on: Vec::new(),
             extra: serde_json::Map::new(),
         }
     }
@@ -121,6 +124,18 @@ impl JobSpec {
     /// Sets the job timeout in seconds.
     pub fn timeout(mut self, seconds: i64) -> Self {
         self.timeout = seconds;
+        self
+    }
+
+    /// Downloads the artifacts of these jobs.
+    pub fn depends_on(mut self, ids: &[i64]) -> Self {
+        self.depends_on.extend_from_slice(ids);
+        self
+    }
+
+    /// Sets a top-level payload field (`artifacts`, `cache`, ...).
+    pub fn payload_field(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
         self
     }
 
@@ -172,6 +187,7 @@ struct Job {
     patches: usize,
     artifacts: Vec<(BTreeMap<String, String>, String, Vec<u8>)>,
     final_accepted: bool,
+    depends_on: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -342,6 +358,7 @@ impl GitlabStandIn {
         let id = inner.next_job_id;
         inner.next_job_id += 1;
         let token = format!("glcbt-{id}-{:016x}", rand::random::<u64>());
+        let depends_on = spec.depends_on.clone();
         let mut payload = payload_for(id, &token, &spec, &self.url);
         if let Value::Object(map) = &mut payload {
             for (key, value) in spec.extra {
@@ -362,6 +379,7 @@ impl GitlabStandIn {
                 patches: 0,
                 artifacts: Vec::new(),
                 final_accepted: false,
+                depends_on,
             },
         );
         inner.queue.push_back(id);
@@ -728,7 +746,29 @@ async fn request_job(
             if let Some(id) = inner.queue.pop_front() {
                 inner.queue_version += 1;
                 let version = inner.queue_version.to_string();
+                // Like GitLab, dependencies are resolved when the job is picked.
+                let depends_on = inner
+                    .jobs
+                    .get(&id)
+                    .map(|j| j.depends_on.clone())
+                    .unwrap_or_default();
+                let dependencies: Vec<Value> = depends_on
+                    .iter()
+                    .filter_map(|dep| inner.jobs.get(dep))
+                    .map(|dep| {
+                        let archive = dep.artifacts.iter().find(|(q, _, _)| q.get("artifact_type").is_none_or(|t| t == "archive"));
+                        json!({
+                            "id": dep.id,
+                            "token": dep.token,
+                            "name": dep.payload["job_info"]["name"],
+                            "artifacts_file": archive.map(|(_, name, bytes)| json!({"filename": name, "size": bytes.len()})),
+                        })
+                    })
+                    .collect();
                 let job = inner.jobs.get_mut(&id).expect("queued jobs exist");
+                if !dependencies.is_empty() {
+                    job.payload["dependencies"] = Value::Array(dependencies);
+                }
                 job.status = "running".to_owned();
                 let mut response = json_response(StatusCode::CREATED, job.payload.clone());
                 response.headers_mut().insert(

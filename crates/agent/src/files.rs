@@ -1,0 +1,337 @@
+//! Files of artifacts and caches: `paths` globs (`**` included) and `exclude` relative to the
+//! project directory, git-untracked files, zip archives written and extracted safely.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+/// Why files could not be collected, archived or extracted.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// A pattern is not a valid glob.
+    #[error("{pattern:?} is not a valid path pattern: {reason}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// The archive is not a zip file.
+    #[error("the archive cannot be read: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    /// An archive entry points outside the target directory.
+    #[error("the archive entry {0:?} would land outside the project directory")]
+    Unsafe(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
+    move |source| FilesError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn glob(pattern: &str) -> Result<Glob, FilesError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| FilesError::Pattern {
+            pattern: pattern.to_owned(),
+            reason: e.kind().to_string(),
+        })
+}
+
+/// Normalizes a user path pattern: no leading `./`, no trailing `/`.
+fn normalize(pattern: &str) -> String {
+    let trimmed = pattern.trim();
+    let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
+    trimmed.trim_end_matches('/').to_owned()
+}
+
+/// What `paths` matched, per pattern, and the files to archive (relative, sorted).
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Relative paths of files and directories to archive.
+    pub entries: BTreeSet<PathBuf>,
+    /// Per pattern: how many entries it matched.
+    pub per_pattern: Vec<(String, usize)>,
+}
+
+/// Collects `paths` (plus `untracked` files) minus `exclude` under `root`. A pattern that
+/// matches a directory takes everything below it.
+pub fn collect(
+    root: &Path,
+    paths: &[String],
+    exclude: &[String],
+    untracked: &[PathBuf],
+) -> Result<Collected, FilesError> {
+    let mut excludes = GlobSetBuilder::new();
+    for pattern in exclude {
+        let pattern = normalize(pattern);
+        excludes.add(glob(&pattern)?);
+        excludes.add(glob(&format!("{pattern}/**"))?);
+    }
+    let excludes: GlobSet = excludes.build().map_err(|e| FilesError::Pattern {
+        pattern: exclude.join(", "),
+        reason: e.to_string(),
+    })?;
+    let all: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            !e.path()
+                .strip_prefix(root)
+                .map(|p| p.starts_with(".git"))
+                .unwrap_or(true)
+        })
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_owned))
+        .collect();
+    let mut collected = Collected::default();
+    for raw in paths {
+        let pattern = normalize(raw);
+        if pattern.is_empty() {
+            continue;
+        }
+        let matcher = glob(&pattern)?.compile_matcher();
+        let below = glob(&format!("{pattern}/**"))?.compile_matcher();
+        let mut count = 0;
+        for path in &all {
+            if (matcher.is_match(path) || below.is_match(path)) && !excludes.is_match(path) {
+                if matcher.is_match(path) {
+                    count += 1;
+                }
+                collected.entries.insert(path.clone());
+            }
+        }
+        collected.per_pattern.push((raw.clone(), count));
+    }
+    for path in untracked {
+        if !excludes.is_match(path) {
+            collected.entries.insert(path.clone());
+        }
+    }
+    Ok(collected)
+}
+
+/// Files git does not track (ignored ones included), relative to `root`.
+pub fn untracked(root: &Path) -> Vec<PathBuf> {
+    let output = std::process::Command::new("git")
+        .args(["ls-files", "--others", "-z"])
+        .current_dir(root)
+        .output();
+    match output {
+        Ok(output) if output.status.success() => output
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Writes a zip of `entries` (relative to `root`) to `target`.
+pub fn write_zip(
+    root: &Path,
+    entries: &BTreeSet<PathBuf>,
+    target: &Path,
+) -> Result<u64, FilesError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::create(target).map_err(io(target))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let mut count = 0;
+    for relative in entries {
+        let path = root.join(relative);
+        let metadata = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+        let name = relative.to_string_lossy().replace('\\', "/");
+        let options = zip::write::SimpleFileOptions::default()
+            .unix_permissions(metadata.permissions().mode() & 0o7777);
+        if metadata.is_dir() {
+            zip.add_directory(format!("{name}/"), options)?;
+        } else if metadata.file_type().is_symlink() {
+            let link = std::fs::read_link(&path).map_err(io(&path))?;
+            zip.add_symlink(name, link.to_string_lossy(), options)?;
+        } else {
+            zip.start_file(
+                name,
+                options.compression_method(zip::CompressionMethod::Deflated),
+            )?;
+            let mut source = std::fs::File::open(&path).map_err(io(&path))?;
+            std::io::copy(&mut source, &mut zip).map_err(io(&path))?;
+        }
+        count += 1;
+    }
+    zip.finish()?.flush().map_err(io(target))?;
+    Ok(count)
+}
+
+/// Gzips one file (the `gzip` artifact format).
+pub fn write_gzip(source: &Path, target: &Path) -> Result<(), FilesError> {
+    let mut input = std::fs::File::open(source).map_err(io(source))?;
+    let output = std::fs::File::create(target).map_err(io(target))?;
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    std::io::copy(&mut input, &mut encoder).map_err(io(source))?;
+    encoder.finish().map_err(io(target))?;
+    Ok(())
+}
+
+/// Extracts a zip into `root`, refusing entries that would land outside it.
+pub fn extract_zip(archive: &Path, root: &Path) -> Result<u64, FilesError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut zip = zip::ZipArchive::new(file)?;
+    let mut count = 0;
+    for index in 0..zip.len() {
+        let mut entry = zip.by_index(index)?;
+        let name = entry.name()?.into_owned();
+        let relative = Path::new(&name);
+        if relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(FilesError::Unsafe(name));
+        }
+        let target = root.join(relative);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io(&target))?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        if entry.is_symlink() {
+            let mut link = String::new();
+            entry.read_to_string(&mut link).map_err(io(&target))?;
+            let _ = std::fs::remove_file(&target);
+            std::os::unix::fs::symlink(link, &target).map_err(io(&target))?;
+        } else {
+            let mut output = std::fs::File::create(&target).map_err(io(&target))?;
+            std::io::copy(&mut entry, &mut output).map_err(io(&target))?;
+            if let Some(mode) = entry.unix_mode() {
+                let _ = std::fs::set_permissions(
+                    &target,
+                    std::fs::Permissions::from_mode(mode & 0o7777),
+                );
+            }
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for file in files {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, file.as_bytes()).unwrap();
+        }
+        dir
+    }
+
+    fn names(collected: &Collected) -> Vec<String> {
+        collected
+            .entries
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn globs_directories_and_excludes() {
+        let dir = tree(&[
+            "build/app",
+            "build/debug/app.log",
+            "build/lib/x.so",
+            "docs/a.md",
+            "docs/sub/b.md",
+            "README.md",
+            ".git/config",
+        ]);
+        let c = collect(
+            dir.path(),
+            &["build/".into(), "docs/**/*.md".into(), "*.md".into()],
+            &["build/**/*.log".into()],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            names(&c),
+            [
+                "README.md",
+                "build",
+                "build/app",
+                "build/debug",
+                "build/lib",
+                "build/lib/x.so",
+                "docs/a.md",
+                "docs/sub/b.md"
+            ]
+        );
+        assert_eq!(c.per_pattern[1], ("docs/**/*.md".to_owned(), 2));
+        let none = collect(dir.path(), &["missing/".into()], &[], &[]).unwrap();
+        assert!(none.entries.is_empty() && none.per_pattern[0].1 == 0);
+        assert!(collect(dir.path(), &["[".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn zip_round_trip_keeps_modes_and_refuses_escapes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tree(&["bin/tool", "data/file.txt"]);
+        std::fs::set_permissions(
+            dir.path().join("bin/tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let c = collect(
+            dir.path(),
+            &["bin".into(), "data/file.txt".into()],
+            &[],
+            &[],
+        )
+        .unwrap();
+        let archive = dir.path().join("out.zip");
+        assert_eq!(write_zip(dir.path(), &c.entries, &archive).unwrap(), 3);
+        let target = tempfile::tempdir().unwrap();
+        assert_eq!(extract_zip(&archive, target.path()).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(target.path().join("data/file.txt")).unwrap(),
+            "data/file.txt"
+        );
+        assert_eq!(
+            std::fs::metadata(target.path().join("bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+
+        let evil = dir.path().join("evil.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
+        zip.start_file("../escape.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(b"x").unwrap();
+        zip.finish().unwrap();
+        assert!(matches!(
+            extract_zip(&evil, target.path()),
+            Err(FilesError::Unsafe(_))
+        ));
+        assert!(!target.path().parent().unwrap().join("escape.txt").exists());
+    }
+}
