@@ -162,7 +162,10 @@ pub async fn run(
     })?;
     let job = &payload.job;
     let project_dir = project_dir(&spec, &payload);
-    let temp_dir = PathBuf::from(format!("{}.tmp", project_dir.display()));
+    let temp_dir = spec
+        .temp_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.tmp", project_dir.display())));
     let variables = build_variables(&spec, &payload, &project_dir, &temp_dir);
     let flag = |name: &str| {
         variables

@@ -153,12 +153,20 @@ pub fn plan(
         .and_then(|d| d.trim().parse::<i64>().ok())
         .unwrap_or(git.depth)
         .max(0);
-    let (remote, password) = split_credentials(git.repo_url.expose(), clone_url)?;
-    let token = password.unwrap_or_else(|| job_token.to_owned());
-    let authorization = format!(
-        "Basic {}",
-        base64(format!("gitlab-ci-token:{token}").as_bytes())
-    );
+    // Only fetching needs the remote; `none` and `empty` work without a repository URL.
+    let (remote, authorization) = if matches!(strategy, Strategy::Clone | Strategy::Fetch) {
+        let (remote, password) = split_credentials(git.repo_url.expose(), clone_url)?;
+        let token = password.unwrap_or_else(|| job_token.to_owned());
+        (
+            remote,
+            format!(
+                "Basic {}",
+                base64(format!("gitlab-ci-token:{token}").as_bytes())
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let mut refspecs = git.refspecs.clone();
     if refspecs.is_empty() {
         refspecs.push(if git.ref_type == "tag" {
@@ -404,6 +412,23 @@ mod tests {
             plan(&git, "t", true, vars(&[("GIT_STRATEGY", "svn")]), None),
             Err(SourcesError::BadStrategy(_))
         ));
+        let no_repo = GitInfo::default();
+        assert_eq!(
+            plan(
+                &no_repo,
+                "t",
+                false,
+                vars(&[("GIT_STRATEGY", "none")]),
+                None
+            )
+            .unwrap()
+            .strategy,
+            Strategy::None
+        );
+        assert!(
+            plan(&no_repo, "t", false, vars(&[]), None).is_err(),
+            "clone needs a URL"
+        );
         let dir = tempfile::tempdir().unwrap();
         let commands = commands(&p, dir.path());
         assert!(

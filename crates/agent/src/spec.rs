@@ -34,6 +34,8 @@ pub struct AgentSpec {
     pub builds_dir: PathBuf,
     /// The project directory; default `<builds_dir>/<project full path>`.
     pub project_dir: Option<PathBuf>,
+    /// Scripts and file variables; default `<project dir>.tmp`.
+    pub temp_dir: Option<PathBuf>,
     /// `cache_dir`.
     pub cache_dir: PathBuf,
     /// `output_limit` in KiB.
@@ -82,6 +84,7 @@ impl Default for AgentSpec {
             trace_start_offset: 0,
             builds_dir: PathBuf::from("/builds"),
             project_dir: None,
+            temp_dir: None,
             cache_dir: PathBuf::from("/cache"),
             output_limit_kib: 4096,
             feature_flags: BTreeMap::new(),

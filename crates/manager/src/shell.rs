@@ -67,6 +67,7 @@ impl ShellExecutor {
                     .join(job.concurrent_id.to_string())
                     .join(project),
             ),
+            temp_dir: None,
             builds_dir,
             cache_dir,
             output_limit_kib: if runner.output_limit > 0 {

@@ -29,6 +29,8 @@ enum Command {
     /// Request jobs from GitLab and run them (SIGQUIT: finish running jobs; SIGTERM/SIGINT:
     /// stop them within shutdown_timeout).
     Run(commands::run::RunArgs),
+    /// Run jobs of a local .gitlab-ci.yml on this machine, without GitLab.
+    Exec(commands::exec::ExecArgs),
     /// Run one job from a spec file to its final state (started by executors, not by hand).
     Agent(commands::agent::AgentArgs),
 }
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Unregister(args) => run_async(commands::register::unregister(&args)),
         Command::Agent(args) => run_async(commands::agent::run(&args)),
         Command::Run(args) => run_async(commands::run::run(&args)),
+        Command::Exec(args) => run_async(commands::exec::run(&args)),
     }
 }
 
