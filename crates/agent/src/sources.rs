@@ -43,6 +43,8 @@ pub struct SourcesPlan {
     pub clean_flags: Option<Vec<String>>,
     /// `none`, `normal` or `recursive`.
     pub submodules: String,
+    /// Run `git lfs pull` after checkout (git-lfs is installed and `GIT_LFS_SKIP_SMUDGE` is not set).
+    pub lfs: bool,
 }
 
 /// Why the plan could not be made.
@@ -193,6 +195,13 @@ pub fn plan(
         checkout: variable("GIT_CHECKOUT")
             .is_none_or(|v| !matches!(v.trim(), "false" | "0" | "no")),
         clean_flags,
+        lfs: variable("GIT_LFS_SKIP_SMUDGE").is_none_or(|v| v.trim() != "1")
+            && std::process::Command::new("git")
+                .args(["lfs", "version"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
         submodules: variable("GIT_SUBMODULE_STRATEGY")
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
@@ -315,6 +324,12 @@ pub fn commands(plan: &SourcesPlan, project_dir: &Path) -> Vec<(Option<String>, 
                 out.push((None, update));
             }
             _ => out.push((Some("Skipping Git submodules setup".to_owned()), Vec::new())),
+        }
+        if plan.lfs {
+            out.push((
+                Some("Fetching Git LFS objects...".to_owned()),
+                vec!["-C".into(), dir.clone(), "lfs".into(), "pull".into()],
+            ));
         }
     } else {
         out.push((Some("Skipping Git checkout".to_owned()), Vec::new()));

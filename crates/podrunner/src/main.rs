@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         Command::Register(args) => run_async(commands::register::register(&args)),
         Command::Verify(args) => run_async(commands::register::verify(&args)),
         Command::Unregister(args) => run_async(commands::register::unregister(&args)),
+        Command::Agent(args) if commands::agent::must_be_init() => commands::agent::init(&args),
         Command::Agent(args) => run_async(commands::agent::run(&args)),
         Command::Run(args) => run_async(commands::run::run(&args)),
         Command::Exec(args) => run_async(commands::exec::run(&args)),

@@ -102,3 +102,60 @@ async fn agent_runs_a_job_from_its_spec() {
     );
     assert!(trace.contains("Job succeeded"), "{trace}");
 }
+
+/// Runs the agent as PID 1 of a new PID namespace; `init` false skips the PID 1 duties.
+async fn run_as_pid1(gitlab: &GitlabStandIn, spec: JobSpec, init: bool) -> JobView {
+    let id = gitlab.enqueue(spec);
+    let job = take(gitlab).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let mut command = tokio::process::Command::new("unshare");
+    command.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        env!("CARGO_BIN_EXE_podrunner"),
+        "agent",
+        "--spec",
+        spec_path.to_str().unwrap(),
+    ]);
+    if !init {
+        command.env("PODRUNNER_AGENT_UNDER_INIT", "1");
+    }
+    let status = command.status().await.unwrap();
+    assert!(
+        status.success(),
+        "unshare (needs root) or the agent failed: {status}"
+    );
+    gitlab
+        .wait_for_job(id, Duration::from_secs(5), |j| {
+            j.status == "success" || j.status == "failed"
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_pid_1_the_agent_reaps_orphans() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let script = [
+        "echo \"pid1=$(cat /proc/1/comm)\"",
+        "sh -c 'sleep 0.2 & exit 0'",
+        "sleep 1",
+        "echo \"zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l)\"",
+    ];
+    let spec = || JobSpec::new("orphans", &script).variable("GIT_STRATEGY", "none", false);
+    let view = run_as_pid1(&gitlab, spec(), true).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(
+        trace.contains("pid1=podrunner") && trace.contains("zombies=0"),
+        "{trace}"
+    );
+    // The same job without the init duties leaves the orphan a zombie: the check can fail.
+    let view = run_as_pid1(&gitlab, spec(), false).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert!(trace.contains("zombies=1"), "{trace}");
+}
