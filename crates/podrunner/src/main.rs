@@ -31,6 +31,13 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Run jobs of a local .gitlab-ci.yml on this machine, without GitLab.
     Exec(commands::exec::ExecArgs),
+    /// Print, for each kubernetes runner, the job Pod exactly as the executor creates it.
+    Plan(commands::plan::PlanArgs),
+    /// Copy this binary into DIR as DIR/podrunner (the job pod's init container runs this).
+    InstallAgent {
+        /// Target directory.
+        dir: PathBuf,
+    },
     /// Run one job from a spec file to its final state (started by executors, not by hand).
     Agent(commands::agent::AgentArgs),
 }
@@ -87,6 +94,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_async(commands::agent::run(&args)),
         Command::Run(args) => run_async(commands::run::run(&args)),
         Command::Exec(args) => run_async(commands::exec::run(&args)),
+        Command::Plan(args) => commands::plan::run(&args),
+        Command::InstallAgent { dir } => commands::plan::install_agent(&dir),
     }
 }
 

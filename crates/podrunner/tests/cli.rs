@@ -167,3 +167,61 @@ fn config_from_environment_variable() {
         "the token is never printed:\n{text}"
     );
 }
+
+#[test]
+fn plan_of_the_seed_values_is_a_valid_fargate_bound_pod() {
+    let output = podrunner(&[
+        "plan",
+        "--values",
+        "examples/seed-values.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let pod = &plan["runners"][0]["pod"];
+    assert_eq!(pod["metadata"]["namespace"], "gitlab-runner");
+    assert_eq!(pod["metadata"]["labels"]["use-fargate"], "true");
+    assert_eq!(pod["spec"]["containers"][0]["name"], "build");
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["requests"],
+        serde_json::json!({"cpu": "2", "memory": "8Gi"})
+    );
+
+    let yaml = podrunner(&["plan", "--values", "examples/seed-values.yaml"]);
+    assert_eq!(yaml.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seed-plan.yaml");
+    std::fs::write(&file, &yaml.stdout).unwrap();
+    let validate =
+        std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".to_owned());
+    let checked = Command::new(&validate)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {validate} ({e}): scripts/test installs it"));
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let refused = podrunner(&[
+        "plan",
+        "--values",
+        "examples/seed-values.yaml",
+        "--var",
+        "KUBERNETES_CPU_REQUEST=4",
+    ]);
+    assert_eq!(
+        refused.status.code(),
+        Some(0),
+        "an overwrite without a maximum is ignored with a warning"
+    );
+    assert!(
+        stderr(&refused).contains("KUBERNETES_CPU_REQUEST is ignored"),
+        "{}",
+        stderr(&refused)
+    );
+}
