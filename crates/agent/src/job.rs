@@ -1244,12 +1244,13 @@ impl Job {
                 self.out
                     .line("Skipping Git repository setup and creating an empty build directory");
             }
-            Strategy::Clone | Strategy::Fetch => {
-                if which("git").is_none() {
-                    return Err(system(
-                        "git is not installed where this job runs: install git, or set GIT_STRATEGY=none for jobs that need no sources".to_owned(),
-                    ));
+            Strategy::Clone | Strategy::Fetch if which("git").is_none() => {
+                if plan.strategy == Strategy::Clone {
+                    let _ = std::fs::remove_dir_all(&self.project_dir);
                 }
+                self.builtin_fetch(plan).await?;
+            }
+            Strategy::Clone | Strategy::Fetch => {
                 if plan.strategy == Strategy::Clone {
                     let _ = std::fs::remove_dir_all(&self.project_dir);
                 }
@@ -1313,6 +1314,52 @@ impl Job {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Sources with the git built into podrunner, for images without git.
+    async fn builtin_fetch(&mut self, plan: sources::SourcesPlan) -> Result<(), Outcome> {
+        if plan.submodules != "none" {
+            return Err(Outcome::Failed {
+                reason: FailureReason::RunnerConfigurationError,
+                exit_code: None,
+                message: format!(
+                    "GIT_SUBMODULE_STRATEGY={} needs the git CLI, which this image does not have: install git in the image or set GIT_SUBMODULE_STRATEGY=none",
+                    plan.submodules
+                ),
+            });
+        }
+        self.out.line(&if plan.depth > 0 {
+            format!(
+                "Fetching changes with git depth set to {} (built-in git)...",
+                plan.depth
+            )
+        } else {
+            "Fetching changes (built-in git)...".to_owned()
+        });
+        let project_dir = self.project_dir.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            let result = crate::builtin_git::fetch_and_checkout(&plan, &project_dir, &mut |line| {
+                lines.push(line.to_owned())
+            });
+            (lines, result)
+        });
+        let stop = self.stop(Phase::Preparation, None);
+        let (lines, result) = tokio::select! {
+            done = work => done.unwrap_or_else(|e| (Vec::new(), Err(format!("the built-in git stopped: {e}")))),
+            reason = stop => return Err(self.stopped(reason)),
+        };
+        for line in lines {
+            self.out.line(&line);
+        }
+        result.map_err(|message| {
+            self.out.raw(&log::error_line(&message));
+            Outcome::Failed {
+                reason: FailureReason::ScriptFailure,
+                exit_code: None,
+                message,
+            }
+        })
     }
 
     async fn hook(

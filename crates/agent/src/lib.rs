@@ -2,6 +2,7 @@
 //! GitLab itself. The shell executor starts it as a child process; in Kubernetes it is PID 1
 //! of the job's build container.
 
+mod builtin_git;
 pub mod files;
 mod job;
 pub mod process;

@@ -159,3 +159,114 @@ async fn as_pid_1_the_agent_reaps_orphans() {
     let trace = String::from_utf8_lossy(&view.trace).into_owned();
     assert!(trace.contains("zombies=1"), "{trace}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_git_cli_the_built_in_git_fetches_sources() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    gitlab
+        .create_repository("group/nogit", &[("app.txt", "v1\n")])
+        .unwrap();
+    gitlab
+        .add_commit("group/nogit", &[("app.txt", "v2\n")])
+        .unwrap();
+    let head = gitlab
+        .add_commit(
+            "group/nogit",
+            &[("app.txt", "v3\n"), ("lib/util.sh", "echo util\n")],
+        )
+        .unwrap();
+    // A PATH with a shell and a few tools, and no git.
+    let tools = tempfile::tempdir().unwrap();
+    for tool in ["bash", "sh", "cat", "grep", "wc", "ls"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, tools.path().join(tool)).unwrap();
+    }
+    let id = gitlab.enqueue(
+        JobSpec::new(
+            "nogit",
+            &[
+                "cat app.txt",
+                "cat lib/util.sh",
+                "echo \"shallow=$(cat .git/shallow | wc -l)\"",
+                "echo \"token-in-config=$(grep -c glcbt .git/config || true)\"",
+            ],
+        )
+        .variable("GIT_DEPTH", "1", false)
+        .git("group/nogit", &head),
+    );
+    let job = take(&gitlab).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["agent", "--spec", spec_path.to_str().unwrap()])
+        .env("PATH", tools.path())
+        .status()
+        .await
+        .unwrap();
+    let view = gitlab
+        .wait_for_job(id, Duration::from_secs(10), |j| {
+            j.status == "success" || j.status == "failed"
+        })
+        .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert!(status.success() && view.status == "success", "{trace}");
+    assert!(
+        trace.contains("(built-in git)") && trace.contains(&format!("Checking out {}", &head[..8])),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("v3") && trace.contains("echo util"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("shallow=1"),
+        "GIT_DEPTH=1 gives a shallow clone: {trace}"
+    );
+    assert!(
+        trace.contains("token-in-config=0"),
+        "the token is not written to .git/config: {trace}"
+    );
+
+    // Fetch into the same directory, full depth: the repository is reused and unshallowed.
+    let id = gitlab.enqueue(
+        JobSpec::new(
+            "nogit-fetch",
+            &[
+                "cat app.txt",
+                "test -e .git/shallow && echo still-shallow || echo unshallowed",
+            ],
+        )
+        .variable("GIT_STRATEGY", "fetch", false)
+        .variable("GIT_DEPTH", "0", false)
+        .git("group/nogit", &head),
+    );
+    let job = take(&gitlab).await;
+    let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["agent", "--spec", spec_path.to_str().unwrap()])
+        .env("PATH", tools.path())
+        .status()
+        .await
+        .unwrap();
+    let view = gitlab
+        .wait_for_job(id, Duration::from_secs(10), |j| {
+            j.status == "success" || j.status == "failed"
+        })
+        .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert!(status.success() && view.status == "success", "{trace}");
+    assert!(
+        trace.contains("Reinitialized existing Git repository.")
+            && trace.contains("v3")
+            && trace.contains("unshallowed"),
+        "{trace}"
+    );
+}

@@ -62,7 +62,11 @@ pub fn add_commit(root: &Path, path: &str, files: &[(&str, &str)]) -> std::io::R
         &["clone", "--quiet", bare.to_str().unwrap_or_default(), "."],
     )?;
     for (name, content) in files {
-        std::fs::write(work.path().join(name), content)?;
+        let file = work.path().join(name);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&file, content)?;
     }
     git(work.path(), &["add", "--all"])?;
     git(
