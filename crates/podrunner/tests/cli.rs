@@ -225,3 +225,61 @@ fn plan_of_the_seed_values_is_a_valid_fargate_bound_pod() {
         stderr(&refused)
     );
 }
+
+#[test]
+fn plan_predicts_the_fargate_size_and_price() {
+    let output = podrunner(&[
+        "plan",
+        "--values",
+        "examples/seed-values.yaml",
+        "--fargate",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let fargate = &plan["runners"][0]["fargate"];
+    assert_eq!(
+        (fargate["vcpu"].as_f64(), fargate["memory_gb"].as_f64()),
+        (Some(2.0), Some(9.0))
+    );
+    assert!(
+        (fargate["usd_per_hour"].as_f64().unwrap() - (2.0 * 0.04048 + 9.0 * 0.004445)).abs() < 1e-9
+    );
+    assert_eq!(fargate["problems"], serde_json::json!([]));
+    let without = podrunner(&[
+        "plan",
+        "--values",
+        "examples/seed-values.yaml",
+        "--format",
+        "json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&without)).unwrap();
+    assert!(
+        plan["runners"][0]["fargate"].is_null(),
+        "no declared profile and no --fargate: not predicted to run on Fargate"
+    );
+
+    // Declared profiles decide; a privileged pod is a problem with the fix in the message.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "concurrent = 1\n[[runners]]\n  name = \"dind\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n    privileged = true\n    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n    [[runners.kubernetes.fargate.profiles]]\n      name = \"ci\"\n      [[runners.kubernetes.fargate.profiles.selectors]]\n        namespace = \"gitlab-*\"\n        labels = { use-fargate = \"true\" }\n",
+    )
+    .unwrap();
+    let output = podrunner(&["plan", "-c", config.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let fargate = &plan["runners"][0]["fargate"];
+    assert_eq!(fargate["profile"], "ci");
+    let problems = fargate["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .starts_with("container build: securityContext.privileged is true")
+            && p.as_str().unwrap().contains("kaniko or buildah")),
+        "{problems:?}"
+    );
+}

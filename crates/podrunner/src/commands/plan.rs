@@ -33,6 +33,9 @@ pub(crate) struct PlanArgs {
     /// The image of the init container that installs the agent.
     #[arg(long, default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     init_image: String,
+    /// Without declared Fargate profiles, assume the pods run on Fargate.
+    #[arg(long)]
+    fargate: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Yaml)]
     format: PlanFormat,
@@ -105,12 +108,18 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
         for warning in &planned.warnings {
             eprintln!("warning: runners[{index}]: {warning}");
         }
+        let fargate = podrunner_kube::fargate::predict(
+            &planned.pod,
+            runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref()),
+            args.fargate,
+        );
         plans.push((
             runner
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("runners[{index}]")),
             planned.pod,
+            fargate,
         ));
     }
     if plans.is_empty() {
@@ -118,10 +127,7 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
     }
     Ok(match args.format {
         PlanFormat::Json => {
-            let runners: Vec<_> = plans
-                .iter()
-                .map(|(name, pod)| serde_json::json!({"name": name, "pod": pod}))
-                .collect();
+            let runners: Vec<_> = plans.iter().map(|(name, pod, fargate)| serde_json::json!({"name": name, "pod": pod, "fargate": fargate})).collect();
             format!(
                 "{}\n",
                 serde_json::to_string_pretty(&serde_json::json!({"runners": runners}))?
@@ -129,11 +135,22 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
         }
         PlanFormat::Yaml => {
             let mut out = String::new();
-            for (name, pod) in &plans {
-                out.push_str(&format!(
-                    "# runner: {name}\n---\n{}",
-                    serde_yaml_ng::to_string(pod)?
-                ));
+            for (name, pod, fargate) in &plans {
+                out.push_str(&format!("# runner: {name}\n"));
+                match fargate {
+                    Some(f) => {
+                        let profile = f.profile.as_deref().map(|p| format!("profile {p}")).unwrap_or_else(|| "assumed".to_owned());
+                        out.push_str(&format!(
+                            "# fargate ({profile}): requests {} vCPU / {:.2} GB -> {}vCPU {}GB, ${:.4}/h (${:.5}/min), paying for {:.2} vCPU / {:.2} GB unrequested\n",
+                            f.requested_vcpu, f.requested_memory_gb, f.vcpu, f.memory_gb, f.usd_per_hour, f.usd_per_minute, f.waste_vcpu, f.waste_memory_gb
+                        ));
+                        for line in f.problems.iter().map(|p| format!("problem: {p}")).chain(f.warnings.iter().map(|w| format!("warning: {w}"))) {
+                            out.push_str(&format!("# fargate {line}\n"));
+                        }
+                    }
+                    None => out.push_str("# fargate: this pod would not run on Fargate (no declared profile selects it; --fargate assumes it does)\n"),
+                }
+                out.push_str(&format!("---\n{}", serde_yaml_ng::to_string(pod)?));
             }
             out
         }
