@@ -191,6 +191,8 @@ pub struct JobRequestResult {
     pub outcome: JobRequestOutcome,
     /// `X-GitLab-Last-Update`, when the answer had one.
     pub last_update: Option<String>,
+    /// The HTTP status, when GitLab answered.
+    pub status: Option<u16>,
 }
 
 impl JobRequestResult {
@@ -563,6 +565,7 @@ impl GitlabClient {
                 return JobRequestResult {
                     outcome: JobRequestOutcome::Failed(error.to_string()),
                     last_update: None,
+                    status: None,
                 };
             }
         };
@@ -572,6 +575,7 @@ impl GitlabClient {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
+        let status = Some(response.status().as_u16());
         let outcome = match response.status().as_u16() {
             201 => {
                 let is_json = response
@@ -601,6 +605,7 @@ impl GitlabClient {
         JobRequestResult {
             outcome,
             last_update,
+            status,
         }
     }
 

@@ -43,6 +43,8 @@ pub enum Event {
     },
     /// A job started.
     JobStarted {
+        /// Runner name or short token.
+        runner: String,
         /// Job ID.
         job_id: i64,
         /// Executor.
@@ -50,6 +52,10 @@ pub enum Event {
     },
     /// A job ended.
     JobFinished {
+        /// Runner name or short token.
+        runner: String,
+        /// Why it failed, when it did.
+        failure_reason: Option<String>,
         /// Job ID.
         job_id: i64,
         /// Final state.
@@ -64,6 +70,24 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// GitLab answered an API call (counted, not logged).
+    ApiAnswer {
+        /// Runner name or short token.
+        runner: String,
+        /// `request_job`, `update_job`.
+        endpoint: &'static str,
+        /// The HTTP status, or `error` for a transport failure.
+        status: String,
+    },
+    /// The manager's settings, for the gauges (counted, not logged).
+    Settings {
+        /// `concurrent`.
+        concurrent: i64,
+        /// Each runner's `limit`.
+        limits: Vec<(String, i64)>,
+        /// The system ID.
+        system_id: String,
+    },
     /// Shutdown began.
     ShuttingDown {
         /// `graceful` or `forceful`.
@@ -77,9 +101,11 @@ pub enum Event {
 }
 
 impl Event {
-    /// Logs the event.
+    /// Counts the event in the metrics and logs it.
     pub fn emit(&self) {
+        self.count();
         let (level, message) = match self {
+            Event::ApiAnswer { .. } | Event::Settings { .. } => return,
             Event::Started {
                 runners,
                 concurrent,
@@ -108,7 +134,9 @@ impl Event {
                     "GitLab refused the job acknowledgement; not running it job={job_id} outcome={outcome}"
                 ),
             ),
-            Event::JobStarted { job_id, executor } => (
+            Event::JobStarted {
+                job_id, executor, ..
+            } => (
                 "info",
                 format!("Job started job={job_id} executor={executor}"),
             ),
@@ -116,6 +144,7 @@ impl Event {
                 job_id,
                 state,
                 delivered,
+                ..
             } => (
                 "info",
                 format!(
@@ -135,5 +164,74 @@ impl Event {
         let mut time = Vec::new();
         podrunner_gitlab::log::format_rfc3339_micros(SystemTime::now(), &mut time);
         eprintln!("{} {level} {message}", String::from_utf8_lossy(&time));
+    }
+}
+
+impl Event {
+    fn count(&self) {
+        use std::sync::atomic::Ordering;
+        let m = crate::metrics::metrics();
+        match self {
+            Event::Started { .. } => m.ready.store(true, Ordering::Relaxed),
+            Event::Settings {
+                concurrent,
+                limits,
+                system_id,
+            } => {
+                m.concurrent.store(*concurrent, Ordering::Relaxed);
+                *m.system_id.lock().unwrap_or_else(|p| p.into_inner()) = system_id.clone();
+                let mut map = m.limits.lock().unwrap_or_else(|p| p.into_inner());
+                for (runner, limit) in limits {
+                    map.insert(runner.clone(), *limit);
+                }
+            }
+            Event::JobStarted { runner, .. } => {
+                *m.jobs_running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(runner.clone())
+                    .or_default() += 1;
+                *m.jobs_total
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(runner.clone())
+                    .or_default() += 1;
+            }
+            Event::JobFinished {
+                runner,
+                failure_reason,
+                state,
+                ..
+            } => {
+                *m.jobs_running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(runner.clone())
+                    .or_default() -= 1;
+                if state != "success" {
+                    let reason = failure_reason
+                        .clone()
+                        .unwrap_or_else(|| "unknown_failure".to_owned());
+                    *m.failed_total
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry((runner.clone(), reason))
+                        .or_default() += 1;
+                }
+            }
+            Event::ApiAnswer {
+                runner,
+                endpoint,
+                status,
+            } => {
+                *m.api_statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((runner.clone(), (*endpoint).to_owned(), status.clone()))
+                    .or_default() += 1;
+            }
+            Event::Stopped { .. } => m.ready.store(false, Ordering::Relaxed),
+            _ => {}
+        }
     }
 }

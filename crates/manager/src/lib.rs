@@ -4,6 +4,7 @@
 //! reaches GitLab.
 
 mod events;
+pub mod metrics;
 mod shell;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::Event;
+pub use metrics::{bind_address, metrics, serve as serve_metrics};
 pub use shell::ShellExecutor;
 
 /// A job GitLab gave this manager and that it acknowledged.
@@ -45,6 +47,8 @@ pub struct JobEnd {
     pub final_update_delivered: bool,
     /// `success` or `failed`.
     pub state: String,
+    /// Why it failed, when it did.
+    pub failure_reason: Option<String>,
 }
 
 /// Runs accepted jobs.
@@ -185,6 +189,17 @@ impl Manager {
                 feeders.push(tokio::spawn(feeder.clone().run()));
             }
         }
+        Event::Settings {
+            concurrent: concurrent as i64,
+            limits: self
+                .config
+                .runners
+                .iter()
+                .map(|r| (runner_label(r), r.limit))
+                .collect(),
+            system_id: self.options.system_id.clone(),
+        }
+        .emit();
         Event::Started {
             runners: feeders.len(),
             concurrent,
@@ -292,6 +307,14 @@ impl Feeder {
                 _ = self.requests.cancelled() => return,
                 result = self.client.request_job(&token, &self.system_id, &self.info, last_update.as_deref()) => result,
             };
+            Event::ApiAnswer {
+                runner: label.clone(),
+                endpoint: "request_job",
+                status: result
+                    .status
+                    .map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            }
+            .emit();
             if let Some(update) = &result.last_update {
                 *self.last_update.lock().await = Some(update.clone());
             }
@@ -359,6 +382,14 @@ impl Feeder {
             exit_code: None,
         };
         let (outcome, signals) = self.client.update_job(payload.job.id, &request).await;
+        Event::ApiAnswer {
+            runner: runner_label(&self.runner),
+            endpoint: "update_job",
+            status: signals
+                .http_status
+                .map_or_else(|| "error".to_owned(), |s| s.to_string()),
+        }
+        .emit();
         let accepted = outcome == UpdateOutcome::Succeeded
             && !signals.job_status.as_ref().is_some_and(|s| s.is_abort());
         if !accepted {
@@ -394,15 +425,19 @@ impl Feeder {
         let counters = self.counters.clone();
         let slots = self.slots.clone();
         let job_id = job.payload.job.id;
+        let runner = runner_label(&self.runner);
         self.tracker.spawn(async move {
             counters.lock().await.jobs_running += 1;
             Event::JobStarted {
+                runner: runner.clone(),
                 job_id,
                 executor: executor.name(),
             }
             .emit();
             let end = executor.run(job, abort).await;
             Event::JobFinished {
+                runner,
+                failure_reason: end.failure_reason.clone(),
                 job_id,
                 state: end.state.clone(),
                 delivered: end.final_update_delivered,

@@ -168,6 +168,7 @@ impl ShellExecutor {
             Some(report) if report.final_update_delivered || report.aborted => JobEnd {
                 final_update_delivered: report.final_update_delivered,
                 state: report.state,
+                failure_reason: report.failure_reason,
             },
             other => {
                 let why = match &status {
@@ -201,6 +202,7 @@ impl ShellExecutor {
         JobEnd {
             final_update_delivered: delivered,
             state: "failed".to_owned(),
+            failure_reason: Some("runner_system_failure".to_owned()),
         }
     }
 }

@@ -621,3 +621,165 @@ async fn cache_is_saved_and_restored() {
     h.signal(Signal::QUIT);
     assert_eq!(h.exit_code().await, Some(0));
 }
+
+/// A plain HTTP GET on loopback, returning status and body.
+async fn http_get(address: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..100 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
+            stream
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            let status = response
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {address}");
+}
+
+fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_and_metrics_follow_the_jobs() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    gitlab.set_long_poll(Duration::from_secs(5));
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "concurrent = 3\ncheck_interval = 1\nlisten_address = \"{address}\"\n[[runners]]\n  name = \"metrics\"\n  url = \"{}\"\n  token = \"{TOKEN}\"\n  executor = \"shell\"\n  limit = 2\n  builds_dir = \"{}\"\n",
+            gitlab.url(),
+            dir.path().join("builds").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(http_get(&address, "/healthz").await.0, 200);
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = http_get(&address, "/readyz").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+    let (_, body) = http_get(&address, "/metrics").await;
+    assert_eq!(
+        metric(&body, "gitlab_runner_concurrent "),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "gitlab_runner_limit{runner=\"metrics\""),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(body.contains("gitlab_runner_version_info{"), "{body}");
+
+    let marker = dir.path().join("running");
+    let running = gitlab.enqueue(
+        JobSpec::new("slow", &[&format!("touch {}", marker.display()), "sleep 2"]).variable(
+            "GIT_STRATEGY",
+            "none",
+            false,
+        ),
+    );
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = http_get(&address, "/metrics").await;
+    assert_eq!(
+        metric(&body, "gitlab_runner_jobs{runner=\"metrics\""),
+        Some(1.0),
+        "the gauge counts the running job: {body}"
+    );
+    let view = gitlab
+        .wait_for_job(running, Duration::from_secs(30), |j| j.status == "success")
+        .await;
+    assert_eq!(view.status, "success");
+    let failing =
+        gitlab.enqueue(JobSpec::new("fails", &["exit 1"]).variable("GIT_STRATEGY", "none", false));
+    gitlab
+        .wait_for_job(failing, Duration::from_secs(30), |j| j.status == "failed")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = http_get(&address, "/metrics").await;
+    assert_eq!(
+        metric(&body, "gitlab_runner_jobs{runner=\"metrics\""),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "gitlab_runner_jobs_total{runner=\"metrics\""),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "gitlab_runner_failed_jobs_total{runner=\"metrics\",system_id="
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(body.contains("failure_reason=\"script_failure\""), "{body}");
+    assert!(
+        metric(
+            &body,
+            "gitlab_runner_api_request_statuses_total{runner=\"metrics\",system_id="
+        )
+        .is_some(),
+        "{body}"
+    );
+    assert!(
+        body.contains("endpoint=\"request_job\",status=\"201\"")
+            && body.contains("endpoint=\"update_job\",status=\"200\""),
+        "{body}"
+    );
+    kill_process(
+        Pid::from_raw(child.id().unwrap() as i32).unwrap(),
+        Signal::QUIT,
+    )
+    .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}

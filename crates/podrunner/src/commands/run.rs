@@ -65,6 +65,21 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
             None => bail!("runners[{index}] in {} has no executor", path.display()),
         }
     }
+    let server = match config.listen_address.as_deref() {
+        Some(address) => {
+            let bind = podrunner_manager::bind_address(address);
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {bind} (listen_address in {})",
+                        path.display()
+                    )
+                })?;
+            Some(tokio::spawn(podrunner_manager::serve_metrics(listener)))
+        }
+        None => None,
+    };
     let shutdown = Shutdown::default();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let manager = Manager::new(
@@ -78,6 +93,9 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
     );
     let all_finished = manager.run(shutdown).await;
     signals.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(if all_finished {
         ExitCode::SUCCESS
     } else {
