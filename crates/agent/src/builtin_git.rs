@@ -18,6 +18,7 @@ use crate::sources::SourcesPlan;
 pub fn fetch_and_checkout(
     plan: &SourcesPlan,
     project_dir: &Path,
+    tls: rustls::ClientConfig,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
@@ -42,6 +43,13 @@ pub fn fetch_and_checkout(
                 format!("Authorization: {}", plan.authorization).as_str(),
             )
             .map_err(|e| text(&e))?;
+        // Reflogs need a committer; an image may have no user database to derive one from.
+        config
+            .set_value(&gix::config::tree::Committer::NAME, "podrunner")
+            .map_err(|e| text(&e))?;
+        config
+            .set_value(&gix::config::tree::Committer::EMAIL, "podrunner@localhost")
+            .map_err(|e| text(&e))?;
         config.commit().map_err(|e| text(&e))?;
     }
     let shallow = match NonZeroU32::new(u32::try_from(plan.depth).unwrap_or(0)) {
@@ -56,14 +64,35 @@ pub fn fetch_and_checkout(
         .map_err(|e| text(&e))?
         .with_fetch_tags(Tags::None);
     let interrupt = AtomicBool::new(false);
+    // gix's own HTTP client would insist on the system's CA store, which an image may lack:
+    // give it the TLS configuration podrunner uses everywhere else.
+    let mut http_options = repo
+        .transport_options(plan.remote.as_str(), None)
+        .map_err(|e| chain(&e))?
+        .and_then(|options| {
+            options
+                .downcast::<gix::protocol::transport::client::blocking_io::http::Options>()
+                .ok()
+        })
+        .map(|options| *options)
+        .unwrap_or_default();
+    http_options.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(
+        gix::protocol::transport::client::blocking_io::http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                Ok(builder.tls_backend_preconfigured(tls.clone()))
+            })),
+            configure_request: None,
+        },
+    )));
     remote
         .connect(Direction::Fetch)
-        .map_err(|e| format!("cannot reach {}: {e}", plan.remote))?
+        .map_err(|e| format!("cannot reach {}: {}", plan.remote, chain(&e)))?
+        .with_transport_options(Box::new(http_options))
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|e| text(&e))?
+        .map_err(|e| format!("fetching failed: {}", chain(&e)))?
         .with_shallow(shallow)
         .receive(gix::progress::Discard, &interrupt)
-        .map_err(|e| format!("fetching failed: {e}"))?;
+        .map_err(|e| format!("fetching failed: {}", chain(&e)))?;
     if !plan.checkout {
         log("Skipping Git checkout");
         return Ok(());
@@ -126,4 +155,19 @@ pub fn fetch_and_checkout(
     })
     .map_err(|e| text(&e))?;
     Ok(())
+}
+
+/// An error with all its causes, `: `-separated.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1337,11 +1337,26 @@ impl Job {
             "Fetching changes (built-in git)...".to_owned()
         });
         let project_dir = self.project_dir.clone();
+        let tls = podrunner_gitlab::client::tls_config(&ClientOptions {
+            url: self.spec.gitlab.url.clone(),
+            tls_ca_file: self.spec.gitlab.tls_ca_file.clone(),
+            tls_cert_file: self.spec.gitlab.tls_cert_file.clone(),
+            tls_key_file: self.spec.gitlab.tls_key_file.clone(),
+            podrunner_version: String::new(),
+        })
+        .map_err(|e| Outcome::Failed {
+            reason: FailureReason::RunnerConfigurationError,
+            exit_code: None,
+            message: e.to_string(),
+        })?;
         let work = tokio::task::spawn_blocking(move || {
-            let mut lines = Vec::new();
-            let result = crate::builtin_git::fetch_and_checkout(&plan, &project_dir, &mut |line| {
-                lines.push(line.to_owned())
-            });
+            let mut lines: Vec<String> = Vec::new();
+            let result = crate::builtin_git::fetch_and_checkout(
+                &plan,
+                &project_dir,
+                tls,
+                &mut |line: &str| lines.push(line.to_owned()),
+            );
             (lines, result)
         });
         let stop = self.stop(Phase::Preparation, None);

@@ -117,7 +117,9 @@ pub fn api_base(url: &str) -> Result<reqwest::Url, ClientError> {
     Ok(parsed)
 }
 
-fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientError> {
+/// The TLS configuration of every podrunner client: webpki roots, the system's roots when
+/// present, `tls-ca-file`, and the client certificate when given. Works in an empty image.
+pub fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // System roots when the image has them; an empty image has none, which is fine.
