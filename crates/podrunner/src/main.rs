@@ -33,6 +33,13 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Print, for each kubernetes runner, the job Pod exactly as the executor creates it.
     Plan(commands::plan::PlanArgs),
+    /// Ask the manager to finish its running jobs and stop (SIGQUIT), and wait until it has:
+    /// the preStop hook of the runner's pod.
+    Drain {
+        /// The manager's process ID (PID 1 in its container).
+        #[arg(long, default_value_t = 1)]
+        pid: i32,
+    },
     /// Copy this binary into DIR as DIR/podrunner (the job pod's init container runs this).
     InstallAgent {
         /// Target directory.
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => run_async(commands::exec::run(&args)),
         Command::Plan(args) => commands::plan::run(&args),
         Command::InstallAgent { dir } => commands::plan::install_agent(&dir),
+        Command::Drain { pid } => drain(pid),
     }
 }
 
@@ -118,4 +126,31 @@ fn run_async(command: impl std::future::Future<Output = anyhow::Result<ExitCode>
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGQUIT to `pid`, then wait for it to exit.
+fn drain(pid: i32) -> ExitCode {
+    use rustix::process::{Pid, Signal, kill_process, test_kill_process};
+    let Some(target) = Pid::from_raw(pid) else {
+        eprintln!("error: {pid} is not a process ID");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = kill_process(target, Signal::QUIT) {
+        eprintln!("error: cannot signal process {pid}: {e}");
+        return ExitCode::from(1);
+    }
+    while test_kill_process(target).is_ok() && !is_zombie(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Whether the process has exited but not been reaped yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
 }

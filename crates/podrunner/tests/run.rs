@@ -783,3 +783,116 @@ async fn health_readiness_and_metrics_follow_the_jobs() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_from_the_environment_is_verified_with_retries_before_jobs_run() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token("glrt-from-a-secret");
+    gitlab.set_long_poll(Duration::from_secs(5));
+    // GitLab answers 503 for a while: the retry layer's five attempts, then podrunner's own.
+    for _ in 0..6 {
+        gitlab.fault(
+            podrunner_testkit::Endpoint::Verify,
+            podrunner_testkit::Fault::Status(503, vec![("Retry-After".into(), "0".into())]),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("concurrent = 1\ncheck_interval = 1\n[[runners]]\n  name = \"chart\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n", dir.path().join("builds").display())).unwrap();
+    let token_file = dir.path().join("runner-token");
+    std::fs::write(&token_file, "glrt-from-a-secret\n").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .env("CI_SERVER_URL", gitlab.url())
+        .env_remove("CI_SERVER_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let id = gitlab.enqueue(JobSpec::new("after-verify", &["echo verified"]).variable(
+        "GIT_STRATEGY",
+        "none",
+        false,
+    ));
+    let view = gitlab
+        .wait_for_job(id, Duration::from_secs(30), |j| j.status == "success")
+        .await;
+    assert!(String::from_utf8_lossy(&view.trace).contains("verified"));
+    assert_eq!(
+        gitlab.managers().len(),
+        1,
+        "the manager was announced by verify"
+    );
+    kill_process(
+        Pid::from_raw(child.id().unwrap() as i32).unwrap(),
+        Signal::QUIT,
+    )
+    .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("trying again in 1s"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A refused token is final, with a clear message.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["run", "-c", config.to_str().unwrap(), "--url", gitlab.url()])
+        .env("CI_SERVER_TOKEN", "glrt-revoked")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("refused the runner token (403)"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_waits_for_running_jobs_then_returns() {
+    let mut h = Harness::start(1, "").await;
+    let marker = h.path("running");
+    let id = h.gitlab.enqueue(
+        JobSpec::new(
+            "long",
+            &[
+                &format!("touch {}", marker.display()),
+                "sleep 2",
+                "echo done",
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false),
+    );
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = h.child.id().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let drain = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["drain", "--pid", &pid])
+        .status();
+    let (drained, manager) = tokio::join!(drain, h.exit_code());
+    assert!(drained.unwrap().success());
+    assert_eq!(manager, Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "drain returned only after the job finished"
+    );
+    assert_eq!(
+        h.gitlab.job(id).unwrap().status,
+        "success",
+        "the running job finished"
+    );
+}

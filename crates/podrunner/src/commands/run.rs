@@ -19,6 +19,21 @@ pub(crate) struct RunArgs {
     /// config.toml [default: as gitlab-runner].
     #[arg(short = 'c', long = "config", env = "CONFIG_FILE", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Token for runners whose entry has none: a runner authentication token (verified at
+    /// start) or a legacy registration token (registered at start). Kept in memory only.
+    #[arg(
+        long,
+        env = "CI_SERVER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding that token (a mounted Secret).
+    #[arg(long, env = "RUNNER_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// GitLab's URL for runners whose entry has none.
+    #[arg(long, env = "CI_SERVER_URL")]
+    url: Option<String>,
 }
 
 /// Loads the configuration, then requests and runs jobs until a signal.
@@ -28,15 +43,72 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let config = loaded.config;
+    let mut config = loaded.config;
     if config.runners.is_empty() {
         bail!(
             "{} has no [[runners]] entry: run `podrunner register` first",
             path.display()
         );
     }
+    // The config may sit on a read-only mount (a ConfigMap): then the ID lives in /tmp.
     let system_id = podrunner_gitlab::system_id::load_or_create(&path)
-        .with_context(|| format!("cannot keep the system ID beside {}", path.display()))?;
+        .or_else(|_| {
+            podrunner_gitlab::system_id::load_or_create(
+                &std::env::temp_dir().join("podrunner").join("config.toml"),
+            )
+        })
+        .with_context(|| {
+            format!(
+                "cannot keep the system ID beside {} (nor in the temporary directory)",
+                path.display()
+            )
+        })?;
+    // The health endpoint answers while the runners get their tokens; /readyz waits.
+    let server = match config.listen_address.as_deref() {
+        Some(address) => {
+            let bind = podrunner_manager::bind_address(address);
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {bind} (listen_address in {})",
+                        path.display()
+                    )
+                })?;
+            Some(tokio::spawn(podrunner_manager::serve_metrics(listener)))
+        }
+        None => None,
+    };
+    let given_token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
+    for (index, runner) in config.runners.iter_mut().enumerate() {
+        if runner.url.as_deref().unwrap_or("").is_empty() {
+            runner.url = args.url.clone();
+        }
+        if runner.token.as_deref().unwrap_or("").is_empty()
+            && let Some(token) = &given_token
+        {
+            let url = runner.url.clone().with_context(|| {
+                format!(
+                    "runners[{index}] has no url: set it in {} or pass --url / CI_SERVER_URL",
+                    path.display()
+                )
+            })?;
+            let executor = runner.executor.map(|e| e.as_str()).unwrap_or("shell");
+            runner.token = Some(
+                obtain_token(&url, token, &system_id, executor, runner.name.as_deref()).await?,
+            );
+        }
+    }
     let agent_program =
         std::env::current_exe().context("cannot find the podrunner binary to start agents")?;
     let work_dir = tempfile::Builder::new()
@@ -47,7 +119,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
     for (index, runner) in config.runners.iter().enumerate() {
         if runner.token.as_deref().unwrap_or("").is_empty() {
             bail!(
-                "runners[{index}] in {} has no token: run `podrunner register`",
+                "runners[{index}] in {} has no token: run `podrunner register`, or give one with --token / CI_SERVER_TOKEN / --token-file",
                 path.display()
             );
         }
@@ -65,21 +137,6 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
             None => bail!("runners[{index}] in {} has no executor", path.display()),
         }
     }
-    let server = match config.listen_address.as_deref() {
-        Some(address) => {
-            let bind = podrunner_manager::bind_address(address);
-            let listener = tokio::net::TcpListener::bind(&bind)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {bind} (listen_address in {})",
-                        path.display()
-                    )
-                })?;
-            Some(tokio::spawn(podrunner_manager::serve_metrics(listener)))
-        }
-        None => None,
-    };
     let shutdown = Shutdown::default();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
     let manager = Manager::new(
@@ -126,5 +183,64 @@ async fn watch_signals(shutdown: Shutdown) {
         }
         Event::ShuttingDown { mode: "graceful" }.emit();
         shutdown.graceful.cancel();
+    }
+}
+
+/// Verifies a runner authentication token, or registers with a legacy registration token,
+/// retrying with back-off (1 s doubling to 60 s) while GitLab cannot be reached. A refused
+/// token is final.
+async fn obtain_token(
+    url: &str,
+    token: &str,
+    system_id: &str,
+    executor: &str,
+    name: Option<&str>,
+) -> Result<String> {
+    use podrunner_gitlab::api::RegisterRequest;
+    use podrunner_gitlab::{ClientError, ClientOptions, GitlabClient, Secret};
+    let client = GitlabClient::new(&ClientOptions {
+        url: url.to_owned(),
+        podrunner_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    })?;
+    let secret = Secret::new(token);
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        let result = if token.starts_with("glrt-") {
+            client
+                .verify(&secret, system_id, &runner_info(executor))
+                .await
+                .map(|_| token.to_owned())
+        } else {
+            let request = RegisterRequest {
+                token: secret.clone(),
+                description: name.unwrap_or("podrunner").to_owned(),
+                tag_list: String::new(),
+                run_untagged: true,
+                locked: false,
+                access_level: "not_protected".to_owned(),
+                maximum_timeout: 0,
+                paused: false,
+                info: runner_info(""),
+            };
+            client
+                .register(&request)
+                .await
+                .map(|c| c.token.expose().to_owned())
+        };
+        match result {
+            Ok(token) => return Ok(token),
+            Err(ClientError::Forbidden) => bail!(
+                "GitLab at {url} refused the runner token (403): give a current runner authentication token (glrt-…)"
+            ),
+            Err(error) => {
+                eprintln!(
+                    "warning: cannot reach GitLab at {url} to check the runner token ({error}); trying again in {}s",
+                    wait.as_secs()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        }
     }
 }
