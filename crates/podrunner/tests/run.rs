@@ -801,7 +801,7 @@ async fn a_token_from_the_environment_is_verified_with_retries_before_jobs_run()
     std::fs::write(&config, format!("concurrent = 1\ncheck_interval = 1\n[[runners]]\n  name = \"chart\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n", dir.path().join("builds").display())).unwrap();
     let token_file = dir.path().join("runner-token");
     std::fs::write(&token_file, "glrt-from-a-secret\n").unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args([
             "run",
             "-c",
