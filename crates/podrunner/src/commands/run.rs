@@ -6,19 +6,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use podrunner_config::{Executor as ExecutorKind, ProcessEnvironment};
+use podrunner_config::Executor as ExecutorKind;
 use podrunner_manager::{Event, Executor, Manager, ManagerOptions, ShellExecutor, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::commands::config_check::default_config_path;
 use crate::commands::register::runner_info;
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// config.toml [default: as gitlab-runner].
-    #[arg(short = 'c', long = "config", env = "CONFIG_FILE", value_name = "PATH")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    source: crate::ConfigSource,
     /// Token for runners whose entry has none: a runner authentication token (verified at
     /// start) or a legacy registration token (registered at start). Kept in memory only.
     #[arg(
@@ -38,8 +36,9 @@ pub(crate) struct RunArgs {
 
 /// Loads the configuration, then requests and runs jobs until a signal.
 pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
-    let path = args.config.clone().unwrap_or_else(default_config_path);
-    let loaded = podrunner_config::load_file(&path, &ProcessEnvironment)?;
+    let (name, loaded) = crate::commands::config_check::load(&args.source);
+    let loaded = loaded?;
+    let path = PathBuf::from(name);
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }

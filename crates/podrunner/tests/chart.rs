@@ -1,0 +1,336 @@
+//! The Helm chart rendered with helm-python-sdk (Helm's Go SDK; no helm binary here):
+//! default, seed and full-options values, every manifest checked with
+//! `kubernetes-validate --strict`, the RBAC rules, and the rendered configuration checked by
+//! `podrunner config check`. `scripts/test` installs the tools and sets the variables.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn render(values: &str, namespace: &str) -> serde_json::Map<String, Value> {
+    let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
+        "PODRUNNER_CHART_PYTHON is not set: scripts/test installs helm-python-sdk and sets it",
+    );
+    let output = Command::new(python)
+        .args([
+            "chart/tests/helm.py",
+            "render",
+            "chart/podrunner",
+            values,
+            namespace,
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "rendering with {values} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+/// Every YAML document of the rendered templates, parsed.
+fn documents(rendered: &serde_json::Map<String, Value>) -> Vec<(String, serde_yaml_ng::Value)> {
+    let mut out = Vec::new();
+    for (path, text) in rendered {
+        if path.ends_with("NOTES.txt") {
+            continue;
+        }
+        for document in serde_yaml_ng::Deserializer::from_str(text.as_str().unwrap()) {
+            let value: serde_yaml_ng::Value =
+                serde::Deserialize::deserialize(document).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if !value.is_null() {
+                out.push((path.clone(), value));
+            }
+        }
+    }
+    out
+}
+
+fn kind(document: &serde_yaml_ng::Value) -> &str {
+    document["kind"].as_str().unwrap_or("")
+}
+
+fn validate(documents: &[(String, serde_yaml_ng::Value)], dir: &Path) {
+    let validator =
+        std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".to_owned());
+    let mut files = Vec::new();
+    for (i, (_, document)) in documents.iter().enumerate() {
+        // Prometheus Operator resources are CRDs, outside the Kubernetes schemas.
+        if document["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("monitoring.coreos.com/"))
+        {
+            continue;
+        }
+        let file = dir.join(format!("{i}-{}.yaml", kind(document)));
+        std::fs::write(&file, serde_yaml_ng::to_string(document).unwrap()).unwrap();
+        files.push(file);
+    }
+    let output = Command::new(&validator)
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {validator}: {e}"));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn find<'a>(
+    documents: &'a [(String, serde_yaml_ng::Value)],
+    wanted: &str,
+) -> &'a serde_yaml_ng::Value {
+    &documents
+        .iter()
+        .find(|(_, d)| kind(d) == wanted)
+        .unwrap_or_else(|| panic!("no {wanted}"))
+        .1
+}
+
+fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str) {
+    let role = find(documents, "Role");
+    assert_eq!(
+        role["metadata"]["namespace"].as_str(),
+        Some(job_namespace),
+        "the Role lives in the job namespace"
+    );
+    assert!(
+        !documents
+            .iter()
+            .any(|(_, d)| kind(d).starts_with("Cluster")),
+        "nothing cluster-wide unless asked"
+    );
+    for rule in role["rules"].as_sequence().unwrap() {
+        for field in ["apiGroups", "resources", "verbs"] {
+            for item in rule[field].as_sequence().unwrap() {
+                assert_ne!(item.as_str(), Some("*"), "no wildcard in {field}: {rule:?}");
+            }
+        }
+    }
+    let resources: Vec<&str> = role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_sequence().unwrap())
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(resources, ["pods", "secrets", "events"]);
+}
+
+#[test]
+fn default_values_render_valid_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let documents = documents(&render("-", "gitlab"));
+    validate(&documents, dir.path());
+    check_rbac(&documents, "gitlab");
+    let deployment = find(&documents, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["eks.amazonaws.com/compute-type"].as_str(),
+        Some("ec2"),
+        "the runner stays off Fargate by default"
+    );
+    assert!(pod["metadata"]["labels"]["use-fargate"].is_null());
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["lifecycle"]["preStop"]["exec"]["command"][1].as_str(),
+        Some("drain")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        pod["spec"]["terminationGracePeriodSeconds"].as_i64(),
+        Some(3600)
+    );
+    assert!(
+        !documents.iter().any(|(_, d)| kind(d) == "Secret"),
+        "no token, no Secret"
+    );
+}
+
+#[test]
+fn the_seed_values_configure_fargate_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let documents = documents(&render("examples/seed-values.yaml", "gitlab-runner"));
+    validate(&documents, dir.path());
+    check_rbac(&documents, "gitlab-runner");
+    let values = find(&documents, "ConfigMap")["data"]["values.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args([
+            "config",
+            "check",
+            "--values",
+            file.to_str().unwrap(),
+            "--release-namespace",
+            "gitlab-runner",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let k = &report["runners"][0]["kubernetes"];
+    assert_eq!(k["namespace"], "gitlab-runner");
+    assert_eq!(k["resources"][0]["requests"]["cpu"], "2");
+    assert_eq!(k["resources"][0]["requests"]["memory"], "8Gi");
+    assert_eq!(k["pod_labels"]["use-fargate"], "true");
+    assert_eq!(k["poll_timeout_secs"], 600);
+    assert_eq!(
+        report["listen_address"], ":9252",
+        "the probes' endpoints are always served"
+    );
+}
+
+#[test]
+fn every_option_renders_valid_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = render("chart/tests/full-values.yaml", "platform");
+    let documents = documents(&rendered);
+    validate(&documents, dir.path());
+    check_rbac(&documents, "ci-jobs");
+    assert_eq!(
+        find(&documents, "Secret")["data"]["runner-token"].as_str(),
+        Some("Z2xydC1jaGFydC10ZXN0LXRva2Vu")
+    );
+    let kinds: Vec<&str> = documents.iter().map(|(_, d)| kind(d)).collect();
+    for wanted in [
+        "PodMonitor",
+        "ServiceMonitor",
+        "Service",
+        "ServiceAccount",
+        "RoleBinding",
+    ] {
+        assert!(kinds.contains(&wanted), "{wanted} missing from {kinds:?}");
+    }
+    let sa = find(&documents, "ServiceAccount");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].as_str(),
+        Some("arn:aws:iam::123456789012:role/podrunner")
+    );
+    let values = find(&documents, "ConfigMap")["data"]["values.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        values.contains("tls-ca-file = \"/etc/podrunner/certs/gitlab.crt\"")
+            && values.contains("release = \"ci-runner\""),
+        "{values}"
+    );
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["config", "check", "--values", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("concurrent 25"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // With cluster-wide access, a ClusterRole instead.
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(&cluster, "rbac:\n  clusterWideAccess: true\n").unwrap();
+    let documents = self::documents(&render(cluster.to_str().unwrap(), "gitlab"));
+    assert!(
+        documents.iter().any(|(_, d)| kind(d) == "ClusterRole")
+            && documents
+                .iter()
+                .any(|(_, d)| kind(d) == "ClusterRoleBinding")
+    );
+}
+
+#[test]
+fn the_chart_lints_clean_and_refuses_bad_values() {
+    let python =
+        std::env::var("PODRUNNER_CHART_PYTHON").expect("PODRUNNER_CHART_PYTHON is not set");
+    for values in [
+        "-",
+        "examples/seed-values.yaml",
+        "chart/tests/full-values.yaml",
+    ] {
+        let output = Command::new(&python)
+            .args([
+                "chart/tests/helm.py",
+                "lint",
+                "chart/podrunner",
+                values,
+                "gitlab-runner",
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            report["errors"],
+            serde_json::json!([]),
+            "{values}: {report}"
+        );
+        let serious: Vec<&Value> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_i64().unwrap_or(0) >= 2)
+            .collect();
+        assert!(serious.is_empty(), "{values}: {serious:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "concurrent: 0\nlogLevel: loud\n").unwrap();
+    let output = Command::new(&python)
+        .args([
+            "chart/tests/helm.py",
+            "render",
+            "chart/podrunner",
+            bad.to_str().unwrap(),
+            "gitlab",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "values.schema.json refuses concurrent 0 and an unknown log level"
+    );
+}
