@@ -162,6 +162,17 @@ fn default_values_render_valid_manifests() {
         pod["spec"]["terminationGracePeriodSeconds"].as_i64(),
         Some(3600)
     );
+    let init_image = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("PODRUNNER_INIT_IMAGE"))
+        .expect("the job pods' init image is passed to the manager");
+    assert_eq!(
+        init_image["value"].as_str(),
+        container["image"].as_str(),
+        "job pods install the agent from the runner's own image"
+    );
     assert!(
         !documents.iter().any(|(_, d)| kind(d) == "Secret"),
         "no token, no Secret"

@@ -30,8 +30,9 @@ pub(crate) struct PlanArgs {
     /// A job variable, after the payload's own (repeatable), e.g. KUBERNETES_CPU_REQUEST=1.
     #[arg(long = "var", value_name = "KEY=VALUE")]
     vars: Vec<String>,
-    /// The image of the init container that installs the agent.
-    #[arg(long, default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
+    /// The image of the init container that installs the agent (the chart sets it to the
+    /// runner's own image).
+    #[arg(long, env = "PODRUNNER_INIT_IMAGE", default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     init_image: String,
     /// Without declared Fargate profiles, assume the pods run on Fargate.
     #[arg(long)]
