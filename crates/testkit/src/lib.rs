@@ -4,5 +4,7 @@
 
 pub mod git_http;
 pub mod gitlab;
+pub mod kubernetes;
 
 pub use gitlab::{Endpoint, Fault, GitlabStandIn, JobSpec, JobView, RecordedRequest};
+pub use kubernetes::{Image, Injection, KubernetesStandIn};

@@ -1,0 +1,478 @@
+//! The Kubernetes stand-in, exercised over its HTTP API as a client would: pods with real
+//! processes under bubblewrap, Fargate scheduling, watches, garbage collection, failures.
+
+use std::time::Duration;
+
+use podrunner_testkit::{Image, Injection, KubernetesStandIn};
+use serde_json::{Value, json};
+
+const NS: &str = "gitlab-runner";
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(kube: &KubernetesStandIn) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1/namespaces/{NS}", kube.url()),
+        }
+    }
+
+    async fn create(&self, resource: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/{resource}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn delete(&self, path: &str, grace: Option<i64>) -> u16 {
+        let mut request = self.http.delete(format!("{}/{path}", self.base));
+        if let Some(grace) = grace {
+            request = request
+                .json(&json!({"gracePeriodSeconds": grace, "propagationPolicy": "Background"}));
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
+
+    /// Polls the pod until `check` holds (or fails the test after 20 s).
+    async fn wait_pod(&self, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..400 {
+            let (code, pod) = self.get(&format!("pods/{name}")).await;
+            if code == 200 && check(&pod) {
+                return pod;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "pod {name} never reached the expected state: {:#}",
+            self.get(&format!("pods/{name}")).await.1
+        );
+    }
+
+    async fn wait_gone(&self, path: &str) {
+        for _ in 0..400 {
+            if self.get(path).await.0 == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{path} was never removed");
+    }
+
+    async fn events_of(&self, pod: &str) -> Vec<Value> {
+        let (_, list) = self
+            .get(&format!("events?fieldSelector=involvedObject.name%3D{pod}"))
+            .await;
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn pod(name: &str, labels: Value, containers: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "containers": containers},
+    })
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or_default()
+}
+
+async fn stand_in() -> KubernetesStandIn {
+    let kube = KubernetesStandIn::start(2, 4.0).await;
+    kube.map_image("debian:12", Image::HostRoot);
+    kube.add_fargate_profile("gitlab-jobs", NS, &[("use-fargate", "true")]);
+    kube
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_pod_runs_its_containers_with_volumes_and_reports_their_end() {
+    let kube = stand_in().await;
+    let busybox = which("busybox");
+    kube.map_image(
+        "scratch-tools:1",
+        Image::Files(vec![(busybox, "/bin/busybox".into())]),
+    );
+    let client = Client::new(&kube);
+    let (code, secret) = client
+        .create(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "job-spec"},
+                   "data": {"job.json": "eyJoZWxsbyI6MX0="}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{secret}");
+    let mut body = pod(
+        "job-1",
+        json!({"use-fargate": "true"}),
+        json!([{
+            "name": "build", "image": "debian:12",
+            "command": ["/bin/sh", "-c", "cat /spec/job.json; cat /shared/from-init; echo report > /dev/termination-log; echo out; echo err >&2"],
+            "env": [{"name": "GREETING", "value": "hi"}],
+            "resources": {"requests": {"cpu": "2", "memory": "8Gi"}},
+            "volumeMounts": [{"name": "spec", "mountPath": "/spec", "readOnly": true},
+                             {"name": "shared", "mountPath": "/shared"}],
+        }]),
+    );
+    body["spec"]["initContainers"] = json!([{
+        "name": "init", "image": "scratch-tools:1",
+        "command": ["/bin/busybox", "sh", "-c", "echo from-init > /shared/from-init"],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+    }]);
+    body["spec"]["volumes"] = json!([
+        {"name": "spec", "secret": {"secretName": "job-spec", "defaultMode": 256}},
+        {"name": "shared", "emptyDir": {}},
+    ]);
+    let (code, created) = client.create("pods", body).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["schedulerName"], "fargate-scheduler");
+    assert_eq!(
+        created["metadata"]["labels"]["eks.amazonaws.com/fargate-profile"],
+        "gitlab-jobs"
+    );
+    // The Secret is owned by the pod, as podrunner's executor does it.
+    let patch = client
+        .http
+        .patch(format!("{}/secrets/job-spec", client.base))
+        .header("content-type", "application/merge-patch+json")
+        .body(
+            json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+                "name": "job-1", "uid": created["metadata"]["uid"]}]}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status().as_u16(), 200);
+
+    let done = client
+        .wait_pod("job-1", |p| phase(p) == "Succeeded" || phase(p) == "Failed")
+        .await;
+    assert_eq!(
+        phase(&done),
+        "Succeeded",
+        "{done:#}\n{}",
+        kube.logs(NS, "job-1", "build")
+    );
+    assert_eq!(
+        done["metadata"]["annotations"]["CapacityProvisioned"],
+        "2vCPU 9GB"
+    );
+    assert!(
+        done["spec"]["nodeName"]
+            .as_str()
+            .unwrap()
+            .starts_with("fargate-ip-")
+    );
+    let build = &done["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(build["exitCode"], 0);
+    assert_eq!(build["reason"], "Completed");
+    assert_eq!(build["message"], "report\n");
+    assert_eq!(
+        done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert_eq!(
+        kube.logs(NS, "job-1", "build"),
+        "{\"hello\":1}from-init\nout\nerr\n"
+    );
+    let log = client
+        .http
+        .get(format!("{}/pods/job-1/log?container=build", client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("from-init"));
+    let events = client.events_of("job-1").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "Scheduled" && e["source"]["component"] == "fargate-scheduler")
+    );
+
+    // Deleting the pod collects its Secret.
+    assert_eq!(client.delete("pods/job-1", Some(0)).await, 200);
+    client.wait_gone("pods/job-1").await;
+    client.wait_gone("secrets/job-spec").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_from_a_list_sees_every_change_and_bookmarks() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let (_, list) = client.get("pods?labelSelector=app%3Dpodrunner").await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut watch = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&labelSelector=app%3Dpodrunner&timeoutSeconds=20",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    // One pod the selector matches, one it does not.
+    let containers = json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]);
+    client
+        .create(
+            "pods",
+            pod("other", json!({"app": "else"}), containers.clone()),
+        )
+        .await;
+    client
+        .create("pods", pod("mine", json!({"app": "podrunner"}), containers))
+        .await;
+    let mut buffer = Vec::new();
+    let mut events: Vec<Value> = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = watch.chunk().await.unwrap() {
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                events.push(serde_json::from_slice(&line).unwrap());
+            }
+            let succeeded = events.iter().any(|e| phase(&e["object"]) == "Succeeded");
+            let bookmark = events.iter().any(|e| e["type"] == "BOOKMARK");
+            if succeeded && bookmark {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "events so far: {events:#?}");
+    let objects: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] != "BOOKMARK")
+        .map(|e| &e["object"])
+        .collect();
+    assert!(objects.iter().all(|o| o["metadata"]["name"] == "mine"));
+    assert_eq!(events[0]["type"], "ADDED");
+    // Resource versions only grow.
+    let versions: Vec<u64> = objects
+        .iter()
+        .map(|o| {
+            o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    // Field selectors on lists.
+    let (_, running_on) = client
+        .get("pods?fieldSelector=metadata.name%3Dmine,status.phase%3DSucceeded")
+        .await;
+    assert_eq!(running_on["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fargate_refuses_a_privileged_pod_and_it_stays_pending() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let body = pod(
+        "dind",
+        json!({"use-fargate": "true"}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"],
+                "securityContext": {"privileged": true}}]),
+    );
+    client.create("pods", body).await;
+    let pending = client
+        .wait_pod("dind", |p| !p["status"]["conditions"].is_null())
+        .await;
+    assert_eq!(phase(&pending), "Pending");
+    let condition = &pending["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "POD_UNSUPPORTED_ON_FARGATE");
+    let events = client.events_of("dind").await;
+    let failed = events
+        .iter()
+        .find(|e| e["reason"] == "FailedScheduling")
+        .expect("a FailedScheduling event");
+    assert_eq!(failed["type"], "Warning");
+    assert_eq!(failed["source"]["component"], "fargate-scheduler");
+    assert_eq!(
+        failed["message"],
+        "Pod not supported on Fargate: invalid SecurityContext fields: Privileged"
+    );
+    assert_eq!(client.delete("pods/dind", None).await, 200);
+    client.wait_gone("pods/dind").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ec2_pod_too_big_for_every_node_is_unschedulable() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let body = pod(
+        "huge",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"],
+                "resources": {"requests": {"cpu": "8"}}}]),
+    );
+    client.create("pods", body).await;
+    let pending = client
+        .wait_pod("huge", |p| !p["status"]["conditions"].is_null())
+        .await;
+    assert_eq!(
+        pending["status"]["conditions"][0]["reason"],
+        "Unschedulable"
+    );
+    assert_eq!(pending["spec"]["schedulerName"], "default-scheduler");
+    let events = client.events_of("huge").await;
+    assert!(events.iter().any(|e| e["reason"] == "FailedScheduling"
+        && e["message"].as_str().unwrap().contains("Insufficient cpu")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_image_fails_to_pull_then_backs_off() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let body = pod(
+        "pull",
+        json!({}),
+        json!([{"name": "build", "image": "registry.example.com/missing:1", "command": ["/bin/true"]}]),
+    );
+    client.create("pods", body).await;
+    let waiting = |reason: &'static str| {
+        move |p: &Value| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason
+    };
+    client.wait_pod("pull", waiting("ErrImagePull")).await;
+    client.wait_pod("pull", waiting("ImagePullBackOff")).await;
+    let body = pod(
+        "invalid",
+        json!({}),
+        json!([{"name": "build", "image": "Not A Name", "command": ["/bin/true"]}]),
+    );
+    client.create("pods", body).await;
+    client
+        .wait_pod("invalid", waiting("InvalidImageName"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oom_kills_evictions_and_deadlines_end_the_pod() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let sleeper = json!([{"name": "build", "image": "debian:12", "command": ["/bin/sleep", "60"]}]);
+    for name in ["oom", "evicted"] {
+        client
+            .create("pods", pod(name, json!({}), sleeper.clone()))
+            .await;
+        client.wait_pod(name, |p| phase(p) == "Running").await;
+    }
+    assert!(kube.inject(
+        NS,
+        "oom",
+        Injection::OomKill {
+            container: "build".into()
+        }
+    ));
+    let oom = client.wait_pod("oom", |p| phase(p) == "Failed").await;
+    let terminated = &oom["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled");
+    assert_eq!(terminated["exitCode"], 137);
+
+    assert!(kube.inject(NS, "evicted", Injection::Evict));
+    let evicted = client.wait_pod("evicted", |p| phase(p) == "Failed").await;
+    assert_eq!(evicted["status"]["reason"], "Evicted");
+
+    let mut body = pod("deadline", json!({}), sleeper);
+    body["spec"]["activeDeadlineSeconds"] = json!(1);
+    client.create("pods", body).await;
+    let ended = client.wait_pod("deadline", |p| phase(p) == "Failed").await;
+    assert_eq!(ended["status"]["reason"], "DeadlineExceeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_running_pod_sends_sigterm_and_waits_for_the_grace_period() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let body = pod(
+        "graceful",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12",
+                "command": ["/bin/bash", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 0.1; done"]}]),
+    );
+    client.create("pods", body).await;
+    client.wait_pod("graceful", |p| phase(p) == "Running").await;
+    for _ in 0..100 {
+        if kube.logs(NS, "graceful", "build").contains("ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.delete("pods/graceful", Some(30)).await, 200);
+    let (code, deleting) = client.get("pods/graceful").await;
+    assert!(code == 404 || !deleting["metadata"]["deletionTimestamp"].is_null());
+    client.wait_gone("pods/graceful").await;
+    assert!(kube.logs(NS, "graceful", "build").contains("got TERM"));
+    // Requests are recorded for counting.
+    assert!(
+        kube.requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.uri.ends_with("/pods/graceful"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_kubernetes_status_errors() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let containers = json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]);
+    let (code, _) = client
+        .create("pods", pod("dup", json!({}), containers.clone()))
+        .await;
+    assert_eq!(code, 201);
+    let (code, body) = client
+        .create("pods", pod("dup", json!({}), containers.clone()))
+        .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    let (code, body) = client
+        .create("pods", pod("Bad_Name", json!({}), containers))
+        .await;
+    assert_eq!((code, body["reason"].as_str()), (422, Some("Invalid")));
+    let (code, body) = client
+        .create(
+            "pods",
+            json!({"metadata": {"name": "x"}, "spec": {"containers": "nope"}}),
+        )
+        .await;
+    assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")));
+    let (code, body) = client.get("pods/absent").await;
+    assert_eq!((code, body["kind"].as_str()), (404, Some("Status")));
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
+}
