@@ -1,8 +1,10 @@
-//! podrunner's Kubernetes executor. Today: the pod plan, the pure builder of the job Pod
-//! from the runner's configuration and the job payload. The lifecycle on the API server comes
-//! next (see the issue tracker).
+//! podrunner's Kubernetes executor: the pod plan (pure: the job Pod from the runner's
+//! configuration and the job payload), the Fargate size and price model, and the executor that
+//! runs each job in its own pod.
 
+pub mod executor;
 pub mod fargate;
 pub mod plan;
 
+pub use executor::{ConnectError, KubernetesExecutor, connect};
 pub use plan::{PlanContext, PlanError, PodPlan, plan};

@@ -24,6 +24,9 @@ pub const MANAGER_LABEL: &str = "podrunner.io/manager";
 pub const JOB_LABEL: &str = "podrunner.io/job-id";
 /// Where the agent binary is installed in the pod.
 pub const AGENT_BIN_DIR: &str = "/podrunner/bin";
+/// Where the init container sees the agent's volume. Not under `/podrunner`: in the init
+/// image that path is the podrunner binary itself.
+pub const AGENT_INSTALL_DIR: &str = "/podrunner-install";
 /// Where the job spec Secret is mounted.
 pub const SPEC_DIR: &str = "/podrunner/spec";
 /// Extra seconds past the job timeout before the kubelet stops the pod: the agent enforces
@@ -753,7 +756,7 @@ pub fn plan(
         command: Some(vec![
             "/podrunner".into(),
             "install-agent".into(),
-            AGENT_BIN_DIR.into(),
+            AGENT_INSTALL_DIR.into(),
         ]),
         resources: resources(&config, ContainerRole::Helper, &variables, &mut warnings)?,
         security_context: Some(security_context(
@@ -762,7 +765,7 @@ pub fn plan(
         )),
         volume_mounts: Some(vec![VolumeMount {
             name: "podrunner-bin".into(),
-            mount_path: AGENT_BIN_DIR.into(),
+            mount_path: AGENT_INSTALL_DIR.into(),
             ..Default::default()
         }]),
         ..Default::default()

@@ -63,6 +63,15 @@ pub enum Event {
         /// GitLab has the final state.
         delivered: bool,
     },
+    /// The Kubernetes executor created a job's pod.
+    PodCreated {
+        /// Job ID.
+        job_id: i64,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
     /// The manager sent a job's final state itself because the agent could not.
     JobFailedByManager {
         /// Job ID.
@@ -150,6 +159,14 @@ impl Event {
                 format!(
                     "Job finished job={job_id} state={state} final_update_delivered={delivered}"
                 ),
+            ),
+            Event::PodCreated {
+                job_id,
+                namespace,
+                pod,
+            } => (
+                "info",
+                format!("Pod created job={job_id} pod={namespace}/{pod}"),
             ),
             Event::JobFailedByManager { job_id, reason } => (
                 "warning",

@@ -52,48 +52,18 @@ impl ShellExecutor {
         } else {
             project
         };
-        AgentSpec {
-            gitlab: GitlabConnection {
-                url: runner.url.clone().unwrap_or_default(),
-                tls_ca_file: runner.tls_ca_file.clone().map(PathBuf::from),
-                tls_cert_file: runner.tls_cert_file.clone().map(PathBuf::from),
-                tls_key_file: runner.tls_key_file.clone().map(PathBuf::from),
-            },
-            job: job.payload.raw.clone(),
-            trace_start_offset: 0,
-            project_dir: Some(
-                builds_dir
-                    .join(&short)
-                    .join(job.concurrent_id.to_string())
-                    .join(project),
-            ),
-            temp_dir: None,
+        let project_dir = builds_dir
+            .join(&short)
+            .join(job.concurrent_id.to_string())
+            .join(project);
+        agent_spec(
+            job,
+            "shell",
             builds_dir,
             cache_dir,
-            output_limit_kib: if runner.output_limit > 0 {
-                runner.output_limit as u64
-            } else {
-                4096
-            },
-            feature_flags: runner.feature_flags.clone(),
-            shell: runner.shell.map(|s| s.as_str().to_owned()),
-            pre_get_sources_script: runner.pre_get_sources_script.clone(),
-            post_get_sources_script: runner.post_get_sources_script.clone(),
-            pre_build_script: runner.pre_build_script.clone(),
-            post_build_script: runner.post_build_script.clone(),
-            environment: runner.environment.clone(),
-            clone_url: runner.clone_url.clone(),
-            custom_build_dir_enabled: runner.custom_build_dir_enabled(),
-            debug_trace_disabled: runner.debug_trace_disabled,
-            final_update_retry_limit: runner.job_status_final_update_retry_limit.clamp(1, 100)
-                as u32,
-            executor: "shell".to_owned(),
-            runner_name: runner.name.clone().unwrap_or_default(),
-            runner_short_token: short,
-            system_id: job.system_id.clone(),
-            termination_report: Some(report),
-            concurrent_id: job.concurrent_id,
-        }
+            Some(project_dir),
+            report,
+        )
     }
 
     async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
@@ -204,6 +174,55 @@ impl ShellExecutor {
             state: "failed".to_owned(),
             failure_reason: Some("runner_system_failure".to_owned()),
         }
+    }
+}
+
+/// The agent's spec for `job`: where GitLab is, the payload, the directories and the runner's
+/// settings that shape a job. The executor decides the layout.
+pub fn agent_spec(
+    job: &AcceptedJob,
+    executor: &str,
+    builds_dir: PathBuf,
+    cache_dir: PathBuf,
+    project_dir: Option<PathBuf>,
+    termination_report: PathBuf,
+) -> AgentSpec {
+    let runner = &job.runner;
+    AgentSpec {
+        gitlab: GitlabConnection {
+            url: runner.url.clone().unwrap_or_default(),
+            tls_ca_file: runner.tls_ca_file.clone().map(PathBuf::from),
+            tls_cert_file: runner.tls_cert_file.clone().map(PathBuf::from),
+            tls_key_file: runner.tls_key_file.clone().map(PathBuf::from),
+        },
+        job: job.payload.raw.clone(),
+        trace_start_offset: 0,
+        project_dir,
+        temp_dir: None,
+        builds_dir,
+        cache_dir,
+        output_limit_kib: if runner.output_limit > 0 {
+            runner.output_limit as u64
+        } else {
+            4096
+        },
+        feature_flags: runner.feature_flags.clone(),
+        shell: runner.shell.map(|s| s.as_str().to_owned()),
+        pre_get_sources_script: runner.pre_get_sources_script.clone(),
+        post_get_sources_script: runner.post_get_sources_script.clone(),
+        pre_build_script: runner.pre_build_script.clone(),
+        post_build_script: runner.post_build_script.clone(),
+        environment: runner.environment.clone(),
+        clone_url: runner.clone_url.clone(),
+        custom_build_dir_enabled: runner.custom_build_dir_enabled(),
+        debug_trace_disabled: runner.debug_trace_disabled,
+        final_update_retry_limit: runner.job_status_final_update_retry_limit.clamp(1, 100) as u32,
+        executor: executor.to_owned(),
+        runner_name: runner.name.clone().unwrap_or_default(),
+        runner_short_token: short_token(runner.token.as_deref().unwrap_or("")),
+        system_id: job.system_id.clone(),
+        termination_report: Some(termination_report),
+        concurrent_id: job.concurrent_id,
     }
 }
 

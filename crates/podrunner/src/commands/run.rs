@@ -32,6 +32,9 @@ pub(crate) struct RunArgs {
     /// GitLab's URL for runners whose entry has none.
     #[arg(long, env = "CI_SERVER_URL")]
     url: Option<String>,
+    /// The image job pods install the agent from (the chart sets it to the runner's own image).
+    #[arg(long, env = "PODRUNNER_INIT_IMAGE", default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
+    init_image: String,
 }
 
 /// Loads the configuration, then requests and runs jobs until a signal.
@@ -129,10 +132,18 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
                 podrunner_version: env!("CARGO_PKG_VERSION").to_owned(),
                 info: runner_info("shell"),
             })),
-            Some(ExecutorKind::Kubernetes) => bail!(
-                "runners[{index}] in {} uses the kubernetes executor, which this build of podrunner does not have yet; use executor = \"shell\"",
-                path.display()
-            ),
+            Some(ExecutorKind::Kubernetes) => {
+                let client = podrunner_kube::connect(runner)
+                    .await
+                    .with_context(|| format!("runners[{index}] in {}", path.display()))?;
+                executors.push(Arc::new(podrunner_kube::KubernetesExecutor::new(
+                    client,
+                    args.init_image.clone(),
+                    env!("CARGO_PKG_VERSION").to_owned(),
+                    runner_info("kubernetes"),
+                    system_id.clone(),
+                )));
+            }
             None => bail!("runners[{index}] in {} has no executor", path.display()),
         }
     }

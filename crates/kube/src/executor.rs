@@ -1,0 +1,671 @@
+//! The Kubernetes executor: one pod per job, the agent as PID 1 of its build container.
+//!
+//! Per job it makes four API requests on the happy path: create the spec Secret, create the
+//! Pod, make the Pod own the Secret, delete the Pod (the Secret goes with it). Pod states come
+//! from one shared watch per namespace over the manager's pods; there is no per-job watch, no
+//! polling, no exec and no log stream: the agent talks to GitLab itself and leaves its
+//! termination report as the build container's termination message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::config::{
+    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+    NamedContext,
+};
+use kube::runtime::{WatchStreamExt, watcher};
+use podrunner_agent::TerminationReport;
+use podrunner_config::RunnerConfig;
+use podrunner_gitlab::RunnerInfo;
+use podrunner_manager::{AcceptedJob, Event, Executor, JobEnd, agent_spec, fail_job};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
+
+/// How long a pod may report `ErrImagePull` before the job fails (the kubelet retries once
+/// quickly; `ImagePullBackOff` fails at once).
+const IMAGE_PULL_GRACE: Duration = Duration::from_secs(10);
+
+/// After asking the agent to stop (pod deletion), how long it gets to report.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the executor could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No way to reach a cluster.
+    #[error(
+        "cannot find a Kubernetes API server: set [runners.kubernetes] host (with bearer_token or cert_file/key_file), run in a pod with a service account, or provide a kubeconfig ($KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    NoCluster(String),
+    /// The configuration names an API server but it cannot be used.
+    #[error("[runners.kubernetes] host {host:?}: {reason}")]
+    BadHost {
+        /// The configured host.
+        host: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The last known state of each of the manager's pods, fed by one watch per namespace.
+#[derive(Default)]
+struct PodStates {
+    /// Subscribers by pod name; `None` once the pod is gone.
+    pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
+}
+
+impl PodStates {
+    fn subscribe(&self, name: &str) -> watch::Receiver<Option<Pod>> {
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.entry(name.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    fn forget(&self, name: &str) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    fn update(&self, name: &str, pod: Option<Pod>) {
+        if let Some(sender) = self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            sender.send_replace(pod);
+        }
+    }
+}
+
+/// Runs each job in its own pod.
+pub struct KubernetesExecutor {
+    client: kube::Client,
+    init_image: String,
+    podrunner_version: String,
+    info: RunnerInfo,
+    system_id: String,
+    watches: Mutex<HashMap<String, Arc<PodStates>>>,
+    cancel: CancellationToken,
+}
+
+impl Drop for KubernetesExecutor {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Connects the way gitlab-runner does: `host` (with `bearer_token`, `ca_file`,
+/// `cert_file`/`key_file`) when set, else the pod's service account, else the kubeconfig
+/// (`context` when set).
+pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError> {
+    let settings = runner.kubernetes.clone().unwrap_or_default();
+    let config = if let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) {
+        let kubeconfig = Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "podrunner".into(),
+                cluster: Some(Cluster {
+                    server: Some(host.to_owned()),
+                    certificate_authority: settings.ca_file.clone(),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: "podrunner".into(),
+                auth_info: Some(AuthInfo {
+                    token: settings.bearer_token.clone().map(Into::into),
+                    client_certificate: settings.cert_file.clone(),
+                    client_key: settings.key_file.clone(),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: "podrunner".into(),
+                context: Some(Context {
+                    cluster: "podrunner".into(),
+                    user: Some("podrunner".into()),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some("podrunner".into()),
+            ..Default::default()
+        };
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| ConnectError::BadHost {
+                host: host.to_owned(),
+                reason: e.to_string(),
+            })?
+    } else {
+        match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(in_cluster) => kube::Config::from_kubeconfig(&KubeConfigOptions {
+                context: settings.context.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                ConnectError::NoCluster(format!("not in a cluster ({in_cluster}); kubeconfig: {e}"))
+            })?,
+        }
+    };
+    kube::Client::try_from(config).map_err(|e| ConnectError::NoCluster(e.to_string()))
+}
+
+/// How a job's pod ended up, as far as the executor can tell.
+enum Outcome {
+    /// The build container ended; its termination message, exit code and reason.
+    BuildEnded {
+        report: Option<TerminationReport>,
+        why: String,
+    },
+    /// The pod cannot run the job; the reason for the trace.
+    Failed(String),
+}
+
+impl KubernetesExecutor {
+    /// An executor that uses `client`; job pods install the agent from `init_image`.
+    pub fn new(
+        client: kube::Client,
+        init_image: String,
+        podrunner_version: String,
+        info: RunnerInfo,
+        system_id: String,
+    ) -> Self {
+        KubernetesExecutor {
+            client,
+            init_image,
+            podrunner_version,
+            info,
+            system_id,
+            watches: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The shared watch over this manager's pods in `namespace`, started on first use.
+    fn states(&self, namespace: &str) -> Arc<PodStates> {
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(states) = watches.get(namespace) {
+            return states.clone();
+        }
+        let states = Arc::new(PodStates::default());
+        watches.insert(namespace.to_owned(), states.clone());
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("{MANAGER_LABEL}={}", self.system_id);
+        let cancel = self.cancel.clone();
+        let feed = states.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default().labels(&selector))
+                .default_backoff()
+                .take_until(cancel.cancelled_owned());
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        feed.update(&name, Some(pod));
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        feed.update(&name, None);
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Err(e) => tracing::warn!(error = %e, "pod watch interrupted; retrying"),
+                }
+            }
+        });
+        states
+    }
+
+    async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
+        let runner = job.runner.clone();
+        let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
+        let context = PlanContext {
+            system_id: &self.system_id,
+            init_image: &self.init_image,
+            runner_short_token: &short,
+        };
+        let planned = match plan(&runner, &job.payload, &context) {
+            Ok(planned) => planned,
+            Err(e) => return self.fail(&job, &e.to_string(), 0).await,
+        };
+        let namespace = planned.namespace.clone();
+        let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
+        let spec = agent_spec(
+            &job,
+            "kubernetes",
+            PathBuf::from(runner.builds_dir()),
+            PathBuf::from(runner.cache_dir()),
+            None,
+            PathBuf::from("/dev/termination-log"),
+        );
+        let labels: BTreeMap<String, String> = [
+            (MANAGER_LABEL.to_owned(), self.system_id.clone()),
+            (JOB_LABEL.to_owned(), job.payload.job.id.to_string()),
+        ]
+        .into();
+        let mut secrets = vec![Secret {
+            metadata: ObjectMeta {
+                name: Some(planned.spec_secret.clone()),
+                namespace: Some(namespace.clone()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    "job.json".to_owned(),
+                    ByteString(serde_json::to_vec(&spec).unwrap_or_default()),
+                )]
+                .into(),
+            ),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        }];
+        if let Some(name) = &planned.registry_secret {
+            secrets.push(Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.clone()),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                },
+                data: Some(
+                    [(
+                        ".dockerconfigjson".to_owned(),
+                        ByteString(docker_config(&job)),
+                    )]
+                    .into(),
+                ),
+                type_: Some("kubernetes.io/dockerconfigjson".into()),
+                ..Default::default()
+            });
+        }
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let states = self.states(&namespace);
+        let mut pod_state = states.subscribe(&pod_name);
+
+        for secret in &secrets {
+            if let Err(e) = secrets_api.create(&PostParams::default(), secret).await {
+                self.delete_secrets(&secrets_api, &secrets).await;
+                states.forget(&pod_name);
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot create Secret {namespace}/{}: {}",
+                            secret.metadata.name.as_deref().unwrap_or_default(),
+                            api_error(&e)
+                        ),
+                        0,
+                    )
+                    .await;
+            }
+        }
+        let created = match pods_api.create(&PostParams::default(), &planned.pod).await {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.delete_secrets(&secrets_api, &secrets).await;
+                states.forget(&pod_name);
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot create pod {namespace}/{pod_name}: {}",
+                            api_error(&e)
+                        ),
+                        0,
+                    )
+                    .await;
+            }
+        };
+        Event::PodCreated {
+            job_id: job.payload.job.id,
+            namespace: namespace.clone(),
+            pod: pod_name.clone(),
+        }
+        .emit();
+        // The pod owns its Secrets: whoever deletes the pod collects them.
+        let owner = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": pod_name,
+            "uid": created.metadata.uid, "blockOwnerDeletion": true,
+        }]}});
+        let mut owned = true;
+        for secret in &secrets {
+            let name = secret.metadata.name.as_deref().unwrap_or_default();
+            if secrets_api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&owner))
+                .await
+                .is_err()
+            {
+                owned = false;
+            }
+        }
+
+        let outcome = self
+            .follow(
+                &runner,
+                &namespace,
+                &mut pod_state,
+                &pods_api,
+                &pod_name,
+                &abort,
+            )
+            .await;
+        states.forget(&pod_name);
+        let grace = runner
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.cleanup_grace_period_seconds)
+            .map(|s| s.max(0) as u32);
+        let _ = pods_api
+            .delete(
+                &pod_name,
+                &DeleteParams {
+                    grace_period_seconds: grace,
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if !owned {
+            self.delete_secrets(&secrets_api, &secrets).await;
+        }
+        match outcome {
+            Outcome::BuildEnded {
+                report: Some(report),
+                ..
+            } if report.final_update_delivered || report.aborted => JobEnd {
+                final_update_delivered: report.final_update_delivered,
+                state: report.state,
+                failure_reason: report.failure_reason,
+            },
+            Outcome::BuildEnded { report, why } => {
+                let offset = report.map(|r| r.trace_bytes_sent).unwrap_or(0);
+                self.fail(&job, &why, offset).await
+            }
+            Outcome::Failed(why) => self.fail(&job, &why, 0).await,
+        }
+    }
+
+    /// Follows the pod through the shared watch until the build container ends or the pod
+    /// cannot run the job.
+    async fn follow(
+        &self,
+        runner: &RunnerConfig,
+        namespace: &str,
+        state: &mut watch::Receiver<Option<Pod>>,
+        pods_api: &Api<Pod>,
+        pod_name: &str,
+        abort: &CancellationToken,
+    ) -> Outcome {
+        let settings = runner.kubernetes.clone().unwrap_or_default();
+        let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
+        let started = tokio::time::Instant::now();
+        let mut seen = false;
+        let mut pull_error_since: Option<tokio::time::Instant> = None;
+        let mut stopping: Option<tokio::time::Instant> = None;
+        loop {
+            let pod = state.borrow_and_update().clone();
+            match &pod {
+                None if seen => {
+                    return Outcome::Failed(format!(
+                        "pod {namespace}/{pod_name} was deleted before the job finished"
+                    ));
+                }
+                None => {}
+                Some(pod) => {
+                    seen = true;
+                    if let Some(outcome) = judge(pod, &mut pull_error_since) {
+                        return outcome;
+                    }
+                    let scheduled = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some();
+                    if !scheduled && started.elapsed() >= poll_timeout {
+                        let why = scheduling_message(pod)
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default();
+                        return Outcome::Failed(format!(
+                            "pod {namespace}/{pod_name} was not scheduled within poll_timeout ({}s){why}",
+                            poll_timeout.as_secs()
+                        ));
+                    }
+                }
+            }
+            if stopping.is_some_and(|since| since.elapsed() >= AGENT_STOP_GRACE) {
+                return Outcome::Failed("the job was interrupted by the runner's shutdown".into());
+            }
+            tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Outcome::Failed("the pod watch ended".into());
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = abort.cancelled(), if stopping.is_none() => {
+                    // Deleting the pod sends the agent SIGTERM; it reports runner_interrupted.
+                    stopping = Some(tokio::time::Instant::now());
+                    let _ = pods_api
+                        .delete(pod_name, &DeleteParams { grace_period_seconds: Some(AGENT_STOP_GRACE.as_secs() as u32), ..Default::default() })
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn delete_secrets(&self, api: &Api<Secret>, secrets: &[Secret]) {
+        for secret in secrets {
+            let name = secret.metadata.name.as_deref().unwrap_or_default();
+            let _ = api.delete(name, &DeleteParams::default()).await;
+        }
+    }
+
+    async fn fail(&self, job: &AcceptedJob, reason: &str, offset: u64) -> JobEnd {
+        Event::JobFailedByManager {
+            job_id: job.payload.job.id,
+            reason: reason.to_owned(),
+        }
+        .emit();
+        let delivered = fail_job(job, &self.info, &self.podrunner_version, reason, offset).await;
+        JobEnd {
+            final_update_delivered: delivered,
+            state: "failed".to_owned(),
+            failure_reason: Some("runner_system_failure".to_owned()),
+        }
+    }
+}
+
+/// What the pod's state says about the job, if it says it is over.
+fn judge(pod: &Pod, pull_error_since: &mut Option<tokio::time::Instant>) -> Option<Outcome> {
+    let status = pod.status.as_ref()?;
+    for condition in status.conditions.iter().flatten() {
+        if condition.type_ == "PodScheduled"
+            && condition.status == "False"
+            && condition.reason.as_deref() == Some("POD_UNSUPPORTED_ON_FARGATE")
+        {
+            return Some(Outcome::Failed(format!(
+                "Fargate cannot run this pod: {}",
+                condition
+                    .message
+                    .as_deref()
+                    .unwrap_or("POD_UNSUPPORTED_ON_FARGATE")
+            )));
+        }
+    }
+    let statuses: Vec<&ContainerStatus> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .collect();
+    let mut pulling = false;
+    for container in &statuses {
+        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let message = waiting.message.clone().unwrap_or_default();
+        let image = &container.image;
+        match waiting.reason.as_deref() {
+            Some("InvalidImageName") => {
+                return Some(Outcome::Failed(format!(
+                    "container {}: invalid image name {image:?}: {message}",
+                    container.name
+                )));
+            }
+            Some("CreateContainerConfigError" | "CreateContainerError") => {
+                return Some(Outcome::Failed(format!(
+                    "container {} cannot be created: {message}",
+                    container.name
+                )));
+            }
+            Some("ImagePullBackOff") => {
+                return Some(Outcome::Failed(format!(
+                    "container {}: cannot pull image {image:?}: {message}",
+                    container.name
+                )));
+            }
+            Some("ErrImagePull") => {
+                pulling = true;
+                let since = pull_error_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= IMAGE_PULL_GRACE {
+                    return Some(Outcome::Failed(format!(
+                        "container {}: cannot pull image {image:?}: {message}",
+                        container.name
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !pulling {
+        *pull_error_since = None;
+    }
+    // The build container is the first container.
+    let build = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "build");
+    if let Some(terminated) = build.and_then(|b| b.state.as_ref()?.terminated.as_ref()) {
+        let report: Option<TerminationReport> = terminated
+            .message
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok());
+        let reason = terminated.reason.clone().unwrap_or_default();
+        let pod_reason = status
+            .reason
+            .as_deref()
+            .map(|r| {
+                format!(
+                    "; pod {r}: {}",
+                    status.message.as_deref().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let why = if reason == "OOMKilled" {
+            format!(
+                "the build container was killed for using more memory than its limit (OOMKilled, exit code {}){pod_reason}",
+                terminated.exit_code
+            )
+        } else {
+            format!(
+                "the build container ended ({reason}, exit code {}) before the job reached a final state{pod_reason}",
+                terminated.exit_code
+            )
+        };
+        return Some(Outcome::BuildEnded { report, why });
+    }
+    // Init container failures and pod-level endings (eviction, deadline) before the build ends.
+    for init in status.init_container_statuses.iter().flatten() {
+        if let Some(terminated) = init.state.as_ref().and_then(|s| s.terminated.as_ref())
+            && terminated.exit_code != 0
+        {
+            return Some(Outcome::Failed(format!(
+                "init container {} failed (exit code {}): the agent could not be installed from {:?}",
+                init.name, terminated.exit_code, init.image
+            )));
+        }
+    }
+    if status.phase.as_deref() == Some("Failed") {
+        return Some(Outcome::Failed(format!(
+            "the pod failed: {} {}",
+            status.reason.as_deref().unwrap_or_default(),
+            status.message.as_deref().unwrap_or_default()
+        )));
+    }
+    None
+}
+
+fn scheduling_message(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .and_then(|c| c.message.clone())
+}
+
+fn api_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
+}
+
+/// `.dockerconfigjson` from the job's registry credentials.
+fn docker_config(job: &AcceptedJob) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut auths = serde_json::Map::new();
+    for credentials in job
+        .payload
+        .job
+        .credentials
+        .iter()
+        .filter(|c| c.kind == "registry")
+    {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            credentials.username,
+            credentials.password.expose()
+        ));
+        auths.insert(
+            credentials.url.clone(),
+            serde_json::json!({"username": credentials.username, "password": credentials.password.expose(), "auth": auth}),
+        );
+    }
+    serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+}
+
+impl Executor for KubernetesExecutor {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: AcceptedJob,
+        abort: CancellationToken,
+    ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
+        Box::pin(self.run_job(job, abort))
+    }
+}
