@@ -299,7 +299,7 @@ impl KubernetesExecutor {
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let states = self.states(&namespace);
-        let mut pod_state = states.subscribe(&pod_name);
+        let pod_state = states.subscribe(&pod_name);
 
         for secret in &secrets {
             if let Err(e) = secrets_api.create(&PostParams::default(), secret).await {
@@ -358,17 +358,42 @@ impl KubernetesExecutor {
             }
         }
 
+        self.finish(
+            &job,
+            &namespace,
+            &pod_name,
+            pod_state,
+            if owned { Vec::new() } else { secrets },
+            &abort,
+        )
+        .await
+    }
+
+    /// Follows a created pod to its end, deletes it (and `orphan_secrets`, the Secrets it
+    /// does not own), and makes sure GitLab has the job's final state.
+    async fn finish(
+        &self,
+        job: &AcceptedJob,
+        namespace: &str,
+        pod_name: &str,
+        mut pod_state: watch::Receiver<Option<Pod>>,
+        orphan_secrets: Vec<Secret>,
+        abort: &CancellationToken,
+    ) -> JobEnd {
+        let runner = job.runner.clone();
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let outcome = self
             .follow(
                 &runner,
-                &namespace,
+                namespace,
                 &mut pod_state,
                 &pods_api,
-                &pod_name,
-                &abort,
+                pod_name,
+                abort,
             )
             .await;
-        states.forget(&pod_name);
+        self.states(namespace).forget(pod_name);
         let grace = runner
             .kubernetes
             .as_ref()
@@ -376,7 +401,7 @@ impl KubernetesExecutor {
             .map(|s| s.max(0) as u32);
         let _ = pods_api
             .delete(
-                &pod_name,
+                pod_name,
                 &DeleteParams {
                     grace_period_seconds: grace,
                     propagation_policy: Some(PropagationPolicy::Background),
@@ -384,9 +409,7 @@ impl KubernetesExecutor {
                 },
             )
             .await;
-        if !owned {
-            self.delete_secrets(&secrets_api, &secrets).await;
-        }
+        self.delete_secrets(&secrets_api, &orphan_secrets).await;
         match outcome {
             Outcome::BuildEnded {
                 report: Some(report),
@@ -398,9 +421,94 @@ impl KubernetesExecutor {
             },
             Outcome::BuildEnded { report, why } => {
                 let offset = report.map(|r| r.trace_bytes_sent).unwrap_or(0);
-                self.fail(&job, &why, offset).await
+                self.fail(job, &why, offset).await
             }
-            Outcome::Failed(why) => self.fail(&job, &why, 0).await,
+            Outcome::Failed(why) => self.fail(job, &why, 0).await,
+        }
+    }
+
+    /// Takes over the job pods a previous run of this manager left in `runner`'s namespace
+    /// (same system ID): each is followed to its end and cleaned up like a job of this run.
+    /// The agents inside kept running the jobs and sending their traces meanwhile.
+    pub async fn adopt(self: Arc<Self>, runner: Arc<RunnerConfig>, system_id: String) {
+        let namespace = runner
+            .kubernetes
+            .as_ref()
+            .map(|k| k.namespace().to_owned())
+            .unwrap_or_else(|| "default".to_owned());
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let selector = format!("{MANAGER_LABEL}={}", self.system_id);
+        let pods = match pods_api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(error = %api_error(&e), "cannot list pods to adopt");
+                return;
+            }
+        };
+        let states = self.states(&namespace);
+        let mut tasks = Vec::new();
+        for pod in pods {
+            let Some(pod_name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let pod_state = states.subscribe(&pod_name);
+            states.update(&pod_name, Some(pod));
+            // The job, as this pod's agent has it.
+            let job = match secrets_api.get(&format!("{pod_name}-spec")).await {
+                Ok(secret) => secret
+                    .data
+                    .and_then(|d| d.get("job.json").cloned())
+                    .and_then(|bytes| {
+                        serde_json::from_slice::<podrunner_agent::AgentSpec>(&bytes.0).ok()
+                    })
+                    .and_then(|spec| podrunner_gitlab::JobPayload::from_value(spec.job).ok()),
+                Err(_) => None,
+            };
+            let Some(payload) = job else {
+                tracing::warn!(pod = %pod_name, "an earlier pod of this manager has no readable job spec; deleting it");
+                states.forget(&pod_name);
+                let _ = pods_api
+                    .delete(&pod_name, &DeleteParams::background())
+                    .await;
+                continue;
+            };
+            let accepted = AcceptedJob {
+                runner: runner.clone(),
+                payload,
+                system_id: system_id.clone(),
+                concurrent_id: 0,
+            };
+            Event::PodAdopted {
+                job_id: accepted.payload.job.id,
+                namespace: namespace.clone(),
+                pod: pod_name.clone(),
+            }
+            .emit();
+            let executor = self.clone();
+            let namespace = namespace.clone();
+            let cancel = self.cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                executor
+                    .finish(
+                        &accepted,
+                        &namespace,
+                        &pod_name,
+                        pod_state,
+                        Vec::new(),
+                        &cancel,
+                    )
+                    .await
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 

@@ -72,6 +72,15 @@ pub enum Event {
         /// The pod's name.
         pod: String,
     },
+    /// The Kubernetes executor took over a job pod an earlier run of this manager created.
+    PodAdopted {
+        /// Job ID.
+        job_id: i64,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
     /// The manager sent a job's final state itself because the agent could not.
     JobFailedByManager {
         /// Job ID.
@@ -167,6 +176,14 @@ impl Event {
             } => (
                 "info",
                 format!("Pod created job={job_id} pod={namespace}/{pod}"),
+            ),
+            Event::PodAdopted {
+                job_id,
+                namespace,
+                pod,
+            } => (
+                "info",
+                format!("Pod adopted job={job_id} pod={namespace}/{pod}"),
             ),
             Event::JobFailedByManager { job_id, reason } => (
                 "warning",

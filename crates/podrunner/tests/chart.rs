@@ -121,14 +121,45 @@ fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str)
             }
         }
     }
-    let resources: Vec<&str> = role["rules"]
+    // Exactly the executor's requests (see crates/kube/src/executor.rs).
+    let rules: Vec<(String, Vec<String>)> = role["rules"]
         .as_sequence()
         .unwrap()
         .iter()
-        .flat_map(|r| r["resources"].as_sequence().unwrap())
-        .filter_map(|r| r.as_str())
+        .map(|r| {
+            let strings = |v: &serde_yaml_ng::Value| -> Vec<String> {
+                v.as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            (strings(&r["resources"]).join(","), strings(&r["verbs"]))
+        })
         .collect();
-    assert_eq!(resources, ["pods", "secrets", "events"]);
+    assert_eq!(
+        rules,
+        [
+            (
+                "pods".to_owned(),
+                vec![
+                    "create".to_owned(),
+                    "list".into(),
+                    "watch".into(),
+                    "delete".into()
+                ]
+            ),
+            (
+                "secrets".to_owned(),
+                vec![
+                    "create".to_owned(),
+                    "get".into(),
+                    "patch".into(),
+                    "delete".into()
+                ]
+            ),
+        ]
+    );
 }
 
 #[test]

@@ -30,7 +30,27 @@ struct Harness {
     gitlab: GitlabStandIn,
     kube: KubernetesStandIn,
     _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    args: Vec<String>,
     child: tokio::process::Child,
+}
+
+fn spawn_manager(
+    args: &[String],
+    gitlab: &GitlabStandIn,
+    kubeconfig: &Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("run")
+        .args(args)
+        .args(["--url", gitlab.url(), "--token", TOKEN])
+        .env("KUBECONFIG", kubeconfig)
+        .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("CONFIG_FILE")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 impl Harness {
@@ -49,21 +69,13 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = kube.write_kubeconfig(dir.path());
         let args = config(dir.path());
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
-            .arg("run")
-            .args(&args)
-            .args(["--url", gitlab.url(), "--token", TOKEN])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("CONFIG_FILE")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let child = spawn_manager(&args, &gitlab, &kubeconfig);
         Harness {
             gitlab,
             kube,
             _dir: dir,
+            kubeconfig,
+            args,
             child,
         }
     }
@@ -114,6 +126,22 @@ impl Harness {
             self.kube.objects("Pod"),
             self.kube.objects("Secret")
         );
+    }
+
+    /// Kills the manager with SIGKILL and starts it again with the same configuration.
+    async fn kill_and_restart(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        self.child = spawn_manager(&self.args, &self.gitlab, &self.kubeconfig);
+    }
+
+    /// Waits until the job's trace contains `text`.
+    async fn trace_contains(&self, id: i64, text: &str) {
+        self.gitlab
+            .wait_for_job(id, Duration::from_secs(60), |j| {
+                String::from_utf8_lossy(&j.trace).contains(text)
+            })
+            .await;
     }
 
     async fn stop(mut self) {
@@ -272,11 +300,7 @@ async fn oom_killed_build_container_fails_the_job_with_the_reason() {
         ),
     );
     // Wait until the script runs, then let the kernel kill it.
-    h.gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            String::from_utf8_lossy(&j.trace).contains("started")
-        })
-        .await;
+    h.trace_contains(id, "started").await;
     let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -293,6 +317,105 @@ async fn oom_killed_build_container_fails_the_job_with_the_reason() {
     assert_eq!(view.status, "failed", "{text}");
     assert!(text.contains("started"), "{text}");
     assert!(text.contains("OOMKilled"), "{text}");
+    h.clean().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
+    let mut h = Harness::seed().await;
+    let id = h.gitlab.enqueue(
+        JobSpec::new("long", &["echo first half", "sleep 3", "echo second half"]).variable(
+            "GIT_STRATEGY",
+            "none",
+            false,
+        ),
+    );
+    h.trace_contains(id, "first half").await;
+    h.kill_and_restart().await;
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("first half") && text.contains("second half"),
+        "{text}"
+    );
+    // The restarted manager adopted the pod and removed it.
+    h.clean().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_deleted_mid_job_fails_the_job_and_says_so() {
+    let h = Harness::seed().await;
+    let id = h.gitlab.enqueue(
+        JobSpec::new("doomed", &["echo running", "sleep 60"]).variable(
+            "GIT_STRATEGY",
+            "none",
+            false,
+        ),
+    );
+    h.trace_contains(id, "running").await;
+    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/namespaces/gitlab-runner/pods/{pod}",
+            h.kube.url()
+        ))
+        .json(&serde_json::json!({"gracePeriodSeconds": 2}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "failed", "{text}");
+    assert!(text.contains("running"), "{text}");
+    // Deleting the pod sent the agent SIGTERM: it says so and reports the failure itself.
+    assert!(text.contains("Job failed: runner interrupted"), "{text}");
+    h.clean().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_and_cancel_end_the_pod() {
+    let h = Harness::seed().await;
+    let slow = h.gitlab.enqueue(
+        JobSpec::new("slow", &["echo waiting", "sleep 60"])
+            .variable("GIT_STRATEGY", "none", false)
+            .timeout(2),
+    );
+    let cancelled = h.gitlab.enqueue(
+        JobSpec::new("cancelled", &["echo cancel me", "sleep 60"]).variable(
+            "GIT_STRATEGY",
+            "none",
+            false,
+        ),
+    );
+    h.trace_contains(cancelled, "cancel me").await;
+    h.gitlab.set_status(cancelled, "canceling");
+    let view = h
+        .gitlab
+        .wait_for_job(cancelled, Duration::from_secs(60), |j| {
+            j.updates.iter().any(|u| u["state"] == "failed")
+        })
+        .await;
+    assert!(
+        trace(&view).contains("WARNING: script canceled externally (UI, API)"),
+        "{}",
+        trace(&view)
+    );
+    let view = h.finished(slow).await;
+    assert_eq!(view.status, "failed", "{}", trace(&view));
+    assert!(
+        trace(&view).contains("execution took longer than"),
+        "{}",
+        trace(&view)
+    );
     h.clean().await;
     h.stop().await;
 }

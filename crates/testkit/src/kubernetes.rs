@@ -1741,10 +1741,7 @@ async fn kubelet(
             }
         }
     }
-    // Containers, together.
-    update_pod(shared, namespace, name, uid, |p| {
-        p["status"]["phase"] = json!("Running");
-    });
+    // Containers, together; the pod is Running once one of them runs.
     let mut tasks = Vec::new();
     for (index, container) in containers.iter().enumerate() {
         if pod_gone_or_deleting(shared, namespace, name, uid) {
@@ -2086,6 +2083,9 @@ async fn supervise(
             &image,
             json!({"running": {"startedAt": started_at}}),
         );
+        if !init {
+            p["status"]["phase"] = json!("Running");
+        }
     });
     let status = loop {
         let until_deadline =

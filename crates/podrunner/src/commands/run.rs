@@ -136,13 +136,20 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
                 let client = podrunner_kube::connect(runner)
                     .await
                     .with_context(|| format!("runners[{index}] in {}", path.display()))?;
-                executors.push(Arc::new(podrunner_kube::KubernetesExecutor::new(
+                let executor = Arc::new(podrunner_kube::KubernetesExecutor::new(
                     client,
                     args.init_image.clone(),
                     env!("CARGO_PKG_VERSION").to_owned(),
                     runner_info("kubernetes"),
                     system_id.clone(),
-                )));
+                ));
+                // Pods an earlier run of this manager left behind finish their lifecycle.
+                tokio::spawn(
+                    executor
+                        .clone()
+                        .adopt(Arc::new(runner.clone()), system_id.clone()),
+                );
+                executors.push(executor);
             }
             None => bail!("runners[{index}] in {} has no executor", path.display()),
         }
