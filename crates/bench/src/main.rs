@@ -1,13 +1,23 @@
-//! Runs the real `podrunner run` (shell executor) against the testkit GitLab and measures:
-//! manager RSS idle and with 20 running jobs, agent RSS while a job runs, and the median
-//! time from a job being queued to its first script output.
+//! Runs the real `podrunner run` against the testkit stand-ins and measures it from outside.
 //!
-//! `cargo build --release -p podrunner && cargo run --release -p podrunner-bench -- target/release/podrunner`
+//! Shell executor: manager RSS idle and with 20 running jobs, agent RSS while a job runs, and
+//! the median time from a job being queued to its first script output.
+//!
+//!     cargo build --release -p podrunner
+//!     cargo run --release -p podrunner-bench -- target/release/podrunner
+//!
+//! Kubernetes executor (the testkit API server, Fargate scheduler and bubblewrap kubelet; the
+//! binary must be static because it is the init image): API requests per job, manager RSS with
+//! N concurrent job pods (default 200), and the time from the build container running to
+//! GitLab receiving the agent's first trace bytes.
+//!
+//!     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p podrunner --target x86_64-unknown-linux-gnu
+//!     cargo run --release -p podrunner-bench -- kubernetes target/x86_64-unknown-linux-gnu/release/podrunner [PODS]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use podrunner_testkit::{GitlabStandIn, JobSpec};
+use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
 
 const TOKEN: &str = "glrt-bench-runner";
 
@@ -79,9 +89,19 @@ fn now() -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("kubernetes") {
+        let program = program(args.get(1));
+        let pods = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
+        kubernetes(&program, pods).await;
+    } else {
+        shell(&program(args.first())).await;
+    }
+}
+
+fn program(arg: Option<&String>) -> PathBuf {
     let program = PathBuf::from(
-        std::env::args()
-            .nth(1)
+        arg.cloned()
             .unwrap_or_else(|| "target/release/podrunner".to_owned()),
     );
     let program = std::path::absolute(&program).expect("program path");
@@ -90,6 +110,11 @@ async fn main() {
         "{} does not exist: build it with cargo build --release -p podrunner",
         program.display()
     );
+    program
+}
+
+async fn shell(program: &Path) {
+    let program = program.to_owned();
     let gitlab = GitlabStandIn::start().await;
     gitlab.add_runner_token(TOKEN);
     gitlab.set_long_poll(Duration::from_secs(50));
@@ -172,6 +197,135 @@ async fn main() {
         "agent_rss_max_kib": agent_max,
         "queued_to_first_output_ms_median": if latencies.is_empty() { 0.0 } else { median(&mut latencies) },
         "queued_to_first_output_ms_samples": latencies.len(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
+
+async fn kubernetes(program: &Path, pods: usize) {
+    const INIT_IMAGE: &str = "podrunner:bench";
+    const NS: &str = "gitlab-runner";
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    gitlab.set_long_poll(Duration::from_secs(50));
+    let kube = KubernetesStandIn::start(2, 4.0).await;
+    kube.add_fargate_profile("gitlab-jobs", NS, &[("use-fargate", "true")]);
+    kube.map_image(
+        INIT_IMAGE,
+        Image::Files(vec![(program.to_owned(), "/podrunner".into())]),
+    );
+    kube.map_image("alpine:3.20", Image::HostRoot);
+    let dir = std::env::temp_dir().join(format!("podrunner-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let kubeconfig = kube.write_kubeconfig(&dir);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("concurrent = {pods}\ncheck_interval = 1\n[[runners]]\n  url = \"{}\"\n  token = \"{TOKEN}\"\n  executor = \"kubernetes\"\n  request_concurrency = 4\n  [runners.kubernetes]\n    namespace = \"{NS}\"\n    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n", gitlab.url()),
+    )
+    .expect("config");
+    let mut manager = tokio::process::Command::new(program)
+        .args(["run", "-c", config.to_str().expect("utf-8 path")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start podrunner run");
+    let pid = manager.id().expect("pid");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid).unwrap_or(0);
+
+    // One job at a time: build container running -> first trace bytes at GitLab.
+    let writes_before = kube.requests().iter().filter(|r| r.method != "GET").count();
+    let mut latencies = Vec::new();
+    let samples = 10;
+    for i in 0..samples {
+        let id = gitlab.enqueue(
+            JobSpec::new(&format!("latency-{i}"), &["echo first-output"]).variable(
+                "GIT_STRATEGY",
+                "none",
+                false,
+            ),
+        );
+        gitlab
+            .wait_for_job(id, Duration::from_secs(60), |j| j.status == "success")
+            .await;
+        let started = kube.container_started(NS, &format!("podrunner-job-{id}"), "build");
+        let first_trace = gitlab
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PATCH" && r.path.contains(&format!("/jobs/{id}/trace")))
+            .map(|r| r.at);
+        if let (Some(started), Some(first)) = (started, first_trace)
+            && let Ok(delta) = first.duration_since(started)
+        {
+            latencies.push(delta.as_secs_f64() * 1000.0);
+        }
+        // Let the pod go before the next one, so the numbers are per job.
+        for _ in 0..100 {
+            if kube.objects("Pod").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let requests = kube.requests();
+    let writes = requests.iter().filter(|r| r.method != "GET").count() - writes_before;
+    let reads: Vec<String> = requests
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.uri.clone())
+        .collect();
+
+    // Many jobs at once.
+    let ids: Vec<i64> = (0..pods)
+        .map(|i| {
+            gitlab.enqueue(JobSpec::new(&format!("load-{i}"), &["sleep 45"]).variable(
+                "GIT_STRATEGY",
+                "none",
+                false,
+            ))
+        })
+        .collect();
+    let mut busy_manager = 0;
+    let mut running_max = 0;
+    let load_started = now();
+    while now() - load_started < 180.0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        busy_manager = busy_manager.max(rss_kib(pid).unwrap_or(0));
+        let running = kube
+            .objects("Pod")
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        running_max = running_max.max(running);
+        if running_max >= pods && now() - load_started > 10.0 {
+            break;
+        }
+    }
+    let all_running_after_s = now() - load_started;
+    for id in ids {
+        gitlab
+            .wait_for_job(id, Duration::from_secs(300), |j| j.status == "success")
+            .await;
+    }
+    let _ = tokio::process::Command::new("kill")
+        .args(["-QUIT", &pid.to_string()])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), manager.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let report = serde_json::json!({
+        "manager_rss_idle_kib": idle,
+        "concurrent_job_pods_running_max": running_max,
+        "seconds_until_all_running": all_running_after_s,
+        "manager_rss_with_concurrent_job_pods_kib": busy_manager,
+        "api_writes_per_job": writes as f64 / samples as f64,
+        "api_reads_total_before_load": reads,
+        "build_running_to_first_trace_ms_median": if latencies.is_empty() { 0.0 } else { median(&mut latencies) },
+        "build_running_to_first_trace_ms_samples": latencies.len(),
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

@@ -383,16 +383,37 @@ impl KubernetesExecutor {
         let runner = job.runner.clone();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let mut provisioned = None;
         let outcome = self
             .follow(
                 &runner,
                 namespace,
                 &mut pod_state,
-                &pods_api,
                 pod_name,
                 abort,
+                &mut provisioned,
             )
             .await;
+        if let Some((capacity, since)) = provisioned
+            && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
+        {
+            let prices = runner
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.fargate.clone())
+                .unwrap_or_default();
+            let price =
+                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
+            let seconds = since.elapsed().as_secs_f64();
+            Event::FargateCost {
+                job_id: job.payload.job.id,
+                capacity,
+                seconds,
+                usd_per_hour: price.usd_per_hour,
+                usd: price.cost(seconds),
+            }
+            .emit();
+        }
         self.states(namespace).forget(pod_name);
         let grace = runner
             .kubernetes
@@ -519,10 +540,11 @@ impl KubernetesExecutor {
         runner: &RunnerConfig,
         namespace: &str,
         state: &mut watch::Receiver<Option<Pod>>,
-        pods_api: &Api<Pod>,
         pod_name: &str,
         abort: &CancellationToken,
+        provisioned: &mut Option<(String, tokio::time::Instant)>,
     ) -> Outcome {
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let settings = runner.kubernetes.clone().unwrap_or_default();
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
         let started = tokio::time::Instant::now();
@@ -540,6 +562,15 @@ impl KubernetesExecutor {
                 None => {}
                 Some(pod) => {
                     seen = true;
+                    if provisioned.is_none()
+                        && let Some(capacity) = pod
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get("CapacityProvisioned"))
+                    {
+                        *provisioned = Some((capacity.clone(), tokio::time::Instant::now()));
+                    }
                     if let Some(outcome) = judge(pod, &mut pull_error_since) {
                         return outcome;
                     }

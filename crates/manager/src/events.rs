@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 /// Something the manager did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The job loop started.
     Started {
@@ -80,6 +80,19 @@ pub enum Event {
         namespace: String,
         /// The pod's name.
         pod: String,
+    },
+    /// What a job's Fargate pod cost: the size Fargate provisioned and the billed time.
+    FargateCost {
+        /// Job ID.
+        job_id: i64,
+        /// `CapacityProvisioned`, e.g. `2vCPU 9GB`.
+        capacity: String,
+        /// Seconds from provisioning to the end of the job.
+        seconds: f64,
+        /// USD per hour of that size (configured prices).
+        usd_per_hour: f64,
+        /// USD for this job (per second, at least one minute).
+        usd: f64,
     },
     /// The manager sent a job's final state itself because the agent could not.
     JobFailedByManager {
@@ -184,6 +197,18 @@ impl Event {
             } => (
                 "info",
                 format!("Pod adopted job={job_id} pod={namespace}/{pod}"),
+            ),
+            Event::FargateCost {
+                job_id,
+                capacity,
+                seconds,
+                usd_per_hour,
+                usd,
+            } => (
+                "info",
+                format!(
+                    "Fargate cost job={job_id} capacity={capacity:?} seconds={seconds:.1} usd_per_hour={usd_per_hour:.6} usd={usd:.6}"
+                ),
             ),
             Event::JobFailedByManager { job_id, reason } => (
                 "warning",

@@ -40,7 +40,14 @@ fn spawn_manager(
     gitlab: &GitlabStandIn,
     kubeconfig: &Path,
 ) -> tokio::process::Child {
+    // The manager's log, kept next to the kubeconfig for the tests to read.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(kubeconfig.with_file_name("manager.log"))
+        .unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .stderr(log)
         .arg("run")
         .args(args)
         .args(["--url", gitlab.url(), "--token", TOKEN])
@@ -135,6 +142,11 @@ impl Harness {
         self.child = spawn_manager(&self.args, &self.gitlab, &self.kubeconfig);
     }
 
+    /// What the manager logged so far.
+    fn manager_log(&self) -> String {
+        std::fs::read_to_string(self.kubeconfig.with_file_name("manager.log")).unwrap_or_default()
+    }
+
     /// Waits until the job's trace contains `text`.
     async fn trace_contains(&self, id: i64, text: &str) {
         self.gitlab
@@ -213,7 +225,20 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
     assert_eq!(per_pod_reads, 0, "{requests:#?}");
     let watches = requests.iter().filter(|r| r.watch).count();
     assert!(watches >= 1, "{requests:#?}");
-    // The job token and the masked variable are not in any pod spec.
+    // The manager logged what the job's Fargate pod cost, and never a secret.
+    let log = h.manager_log();
+    assert!(
+        log.contains(&format!("Fargate cost job={id} capacity=\"2vCPU 9GB\""))
+            && log.contains("usd_per_hour=0.120965"),
+        "{log}"
+    );
+    let job_token = h.gitlab.job_token(id).unwrap();
+    assert!(
+        !log.contains(&job_token)
+            && !log.contains("very-secret-deploy-key")
+            && !log.contains(TOKEN),
+        "{log}"
+    );
     h.stop().await;
 }
 

@@ -64,6 +64,8 @@ pub struct RecordedRequest {
     pub headers: BTreeMap<String, String>,
     /// Body, when JSON.
     pub json: Option<Value>,
+    /// When it arrived.
+    pub at: std::time::SystemTime,
 }
 
 /// A job to queue.
@@ -542,6 +544,7 @@ fn record(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap, body
         path: uri.to_string(),
         headers,
         json,
+        at: std::time::SystemTime::now(),
     });
 }
 

@@ -138,6 +138,8 @@ struct Inner {
     next_ip: u32,
     requests: Vec<ApiRequest>,
     runtimes: HashMap<String, PodRuntime>,
+    /// When each container started running, by (namespace, pod, container).
+    started: HashMap<(String, String, String), std::time::SystemTime>,
     uid_counter: u64,
 }
 
@@ -301,6 +303,20 @@ impl KubernetesStandIn {
             .filter(|((k, _, _), _)| *k == kind)
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// When `container` of pod `namespace/name` started running (kept after the pod is gone).
+    pub fn container_started(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+    ) -> Option<std::time::SystemTime> {
+        self.shared
+            .lock()
+            .started
+            .get(&(namespace.to_owned(), name.to_owned(), container.to_owned()))
+            .copied()
     }
 
     /// The combined output of `container` of pod `namespace/name`.
@@ -2067,6 +2083,14 @@ async fn supervise(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    shared.lock().started.insert(
+        (
+            namespace.to_owned(),
+            name.to_owned(),
+            container.name.clone(),
+        ),
+        std::time::SystemTime::now(),
+    );
     if let Some(pid) = pid {
         shared
             .lock()
