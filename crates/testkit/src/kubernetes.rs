@@ -367,6 +367,34 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Records the request and resolves the resource it names, or answers 404.
+fn accept(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    resource: &str,
+) -> Result<Kind, Box<Response>> {
+    record(shared, method, uri);
+    Kind::from_resource(resource).ok_or_else(|| {
+        Box::new(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        ))
+    })
+}
+
+/// A JSON request body, or a 400 answer.
+fn json_body(body: &[u8]) -> Result<Value, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("invalid JSON: {e}"),
+        ))
+    })
+}
+
 fn not_found(kind: Kind, name: &str) -> Response {
     status(
         StatusCode::NOT_FOUND,
@@ -451,23 +479,13 @@ async fn create(
     UrlPath((namespace, resource)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
-    let mut object: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("invalid JSON: {e}"),
-            );
-        }
+    let mut object = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return *response,
     };
     // The typed model is the schema.
     let typed = match kind {
@@ -779,13 +797,9 @@ async fn list_or_watch_in(
     resource: String,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
     let filter = match (
         Selector::parse(query.label_selector.as_deref()),
@@ -908,13 +922,9 @@ async fn read(
     uri: Uri,
     UrlPath((namespace, resource, name)): UrlPath<(String, String, String)>,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
     match shared.lock().objects.get(&(kind, namespace, name.clone())) {
         Some(object) => axum::Json(object.clone()).into_response(),
@@ -950,13 +960,9 @@ async fn patch(
     UrlPath((namespace, resource, name)): UrlPath<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
     let content_type = headers
         .get("content-type")
@@ -972,15 +978,9 @@ async fn patch(
             &format!("the stand-in accepts merge patches only, not {content_type:?}"),
         );
     }
-    let patch: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("invalid JSON: {e}"),
-            );
-        }
+    let patch = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return *response,
     };
     let mut inner = shared.lock();
     let Some(mut object) = inner
@@ -1008,23 +1008,13 @@ async fn replace(
     UrlPath((namespace, resource, name)): UrlPath<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
-    let mut object: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("invalid JSON: {e}"),
-            );
-        }
+    let mut object = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return *response,
     };
     let mut inner = shared.lock();
     let Some(current) = inner
@@ -1072,13 +1062,9 @@ async fn delete(
     Query(query): Query<DeleteQuery>,
     body: Bytes,
 ) -> Response {
-    record(&shared, &method, &uri);
-    let Some(kind) = Kind::from_resource(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let kind = match accept(&shared, &method, &uri, &resource) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
     let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let grace = options["gracePeriodSeconds"]
