@@ -1078,6 +1078,12 @@ impl Job {
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
         self.out.line(&format!("Running on {host}..."));
+        for note in &self.spec.notes {
+            match note.strip_prefix("WARNING: ") {
+                Some(warning) => self.out.raw(&log::warning_line(warning)),
+                None => self.out.line(note),
+            }
+        }
         let created = std::fs::create_dir_all(&self.spec.builds_dir)
             .and_then(|_| create_private_dir(&self.temp_dir));
         self.section_end("prepare_script");

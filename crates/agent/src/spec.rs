@@ -74,6 +74,10 @@ pub struct AgentSpec {
     pub termination_report: Option<PathBuf>,
     /// Slot of this job among the runner's concurrent jobs (`CI_CONCURRENT_ID`).
     pub concurrent_id: u32,
+    /// What the executor wants the job's log to say while preparing (e.g. the Fargate size
+    /// and price of the pod, ignored overwrites). A line starting with `WARNING: ` is shown
+    /// as a warning.
+    pub notes: Vec<String>,
 }
 
 impl Default for AgentSpec {
@@ -104,6 +108,7 @@ impl Default for AgentSpec {
             system_id: String::new(),
             termination_report: None,
             concurrent_id: 0,
+            notes: Vec::new(),
         }
     }
 }

@@ -247,7 +247,44 @@ impl KubernetesExecutor {
         };
         let namespace = planned.namespace.clone();
         let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
-        let spec = agent_spec(
+        // Fargate: refuse before creating anything when a declared profile takes the pod and
+        // Fargate cannot run it; otherwise tell the job what it will get and cost.
+        let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
+        let prediction = crate::fargate::predict(&planned.pod, fargate, false);
+        if let (Some(prediction), Some(config)) = (&prediction, fargate)
+            && config.reject_unsupported
+            && !prediction.problems.is_empty()
+        {
+            return self
+                .fail(
+                    &job,
+                    &format!(
+                        "Fargate profile {} takes this job's pod, but Fargate cannot run it: {} (nothing was created; set reject_unsupported = false in [runners.kubernetes.fargate] to try anyway)",
+                        prediction.profile.as_deref().unwrap_or("(assumed)"),
+                        prediction.problems.join("; ")
+                    ),
+                    0,
+                )
+                .await;
+        }
+        let mut notes: Vec<String> = planned
+            .warnings
+            .iter()
+            .map(|w| format!("WARNING: {w}"))
+            .collect();
+        if let Some(prediction) = &prediction {
+            notes.push(format!(
+                "Fargate: profile {}, pod sized {}vCPU {}GB (requests {} vCPU, {:.2} GB), ${:.6}/h",
+                prediction.profile.as_deref().unwrap_or("(assumed)"),
+                prediction.vcpu,
+                prediction.memory_gb,
+                prediction.requested_vcpu,
+                prediction.requested_memory_gb,
+                prediction.usd_per_hour
+            ));
+            notes.extend(prediction.warnings.iter().map(|w| format!("WARNING: {w}")));
+        }
+        let mut spec = agent_spec(
             &job,
             "kubernetes",
             PathBuf::from(runner.builds_dir()),
@@ -255,6 +292,7 @@ impl KubernetesExecutor {
             None,
             PathBuf::from("/dev/termination-log"),
         );
+        spec.notes = notes;
         let labels: BTreeMap<String, String> = [
             (MANAGER_LABEL.to_owned(), self.system_id.clone()),
             (JOB_LABEL.to_owned(), job.payload.job.id.to_string()),

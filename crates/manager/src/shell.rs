@@ -223,6 +223,7 @@ pub fn agent_spec(
         system_id: job.system_id.clone(),
         termination_report: Some(termination_report),
         concurrent_id: job.concurrent_id,
+        notes: Vec::new(),
     }
 }
 

@@ -97,7 +97,8 @@ impl Harness {
         .await
     }
 
-    async fn with_config(kubernetes: &'static str) -> Harness {
+    async fn with_config(kubernetes: impl Into<String>) -> Harness {
+        let kubernetes = kubernetes.into();
         Harness::start(move |dir| {
             let path = dir.join("config.toml");
             std::fs::write(
@@ -442,5 +443,59 @@ async fn timeout_and_cancel_end_the_pod() {
         trace(&view)
     );
     h.clean().await;
+    h.stop().await;
+}
+
+const DECLARED_PROFILE: &str = "    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n    [runners.kubernetes.fargate]\n      [[runners.kubernetes.fargate.profiles]]\n        name = \"gitlab-jobs\"\n        [[runners.kubernetes.fargate.profiles.selectors]]\n          namespace = \"gitlab-runner\"\n          labels = { use-fargate = \"true\" }\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_profile_refuses_an_unsupported_pod_before_creating_anything() {
+    let h = Harness::with_config(format!("    privileged = true\n{DECLARED_PROFILE}")).await;
+    let id =
+        h.gitlab
+            .enqueue(JobSpec::new("dind", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "failed", "{text}");
+    assert!(
+        text.contains(
+            "Fargate profile gitlab-jobs takes this job's pod, but Fargate cannot run it"
+        ) && text.contains("privileged"),
+        "{text}"
+    );
+    let writes: Vec<String> = h
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| r.uri.clone())
+        .collect();
+    assert!(writes.is_empty(), "nothing is created: {writes:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trace_tells_the_fargate_size_and_price() {
+    let h = Harness::with_config(format!(
+        "    cpu_request = \"1\"\n    memory_request = \"1Gi\"\n{DECLARED_PROFILE}"
+    ))
+    .await;
+    let id =
+        h.gitlab
+            .enqueue(JobSpec::new("sized", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(
+        text.contains("Fargate: profile gitlab-jobs, pod sized 1vCPU 2GB (requests 1 vCPU, 1.00 GB), $0.049370/h"),
+        "{text}"
+    );
+    // The cost is logged before the pod is deleted.
+    h.clean().await;
+    assert!(
+        h.manager_log().contains("capacity=\"1vCPU 2GB\""),
+        "{}",
+        h.manager_log()
+    );
     h.stop().await;
 }
