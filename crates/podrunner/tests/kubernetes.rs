@@ -460,7 +460,8 @@ async fn a_declared_profile_refuses_an_unsupported_pod_before_creating_anything(
     assert!(
         text.contains(
             "Fargate profile gitlab-jobs takes this job's pod, but Fargate cannot run it"
-        ) && text.contains("privileged"),
+        ) && text.contains("privileged")
+            && text.contains("kaniko or buildah"),
         "{text}"
     );
     let writes: Vec<String> = h
