@@ -500,3 +500,35 @@ async fn the_trace_tells_the_fargate_size_and_price() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_is_reachable_by_its_alias() {
+    let h = Harness::seed().await;
+    let id = h.gitlab.enqueue(
+        JobSpec::new(
+            "with-service",
+            &[
+                "for i in $(seq 100); do exec 3<>/dev/tcp/web/18733 && break; sleep 0.1; done",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3",
+                "head -n 1 <&3",
+            ],
+        )
+        .variable("GIT_STRATEGY", "none", false)
+        .payload_field(
+            "services",
+            serde_json::json!([{
+                "name": "alpine:3.20", "alias": "web",
+                // PID 1 of its container: it must handle SIGTERM itself to stop at once.
+                "entrypoint": ["/bin/sh", "-c", "trap 'exit 0' TERM; python3 -m http.server 18733 --bind 127.0.0.1 & wait"],
+                "command": [],
+            }]),
+        ),
+    );
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(text.contains("HTTP/1.0 200 OK"), "{text}");
+    // The service kept running after the build; deleting the pod stopped it.
+    h.clean().await;
+    h.stop().await;
+}

@@ -1695,6 +1695,16 @@ async fn kubelet(
             return;
         }
     };
+    // /etc/hosts as the kubelet writes it: localhost, the pod's name, then hostAliases.
+    let mut hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{name}\n");
+    for alias in spec.host_aliases.iter().flatten() {
+        hosts.push_str(&format!(
+            "{}\t{}\n",
+            alias.ip,
+            alias.hostnames.clone().unwrap_or_default().join("\t")
+        ));
+    }
+    let _ = std::fs::write(pod_dir.join("hosts"), hosts);
     // Init containers, in order.
     let init_names: Vec<String> = init_containers.iter().map(|c| c.name.clone()).collect();
     update_pod(shared, namespace, name, uid, |p| {
@@ -1967,6 +1977,10 @@ fn start_container(
         Image::PullFails(_) => return Err("image cannot be pulled".into()),
     }
     command.args(["--proc", "/proc", "--dev", "/dev"]);
+    let hosts = pod_dir.join("hosts");
+    if hosts.is_file() {
+        command.arg("--ro-bind").arg(&hosts).arg("/etc/hosts");
+    }
     for mount in container.volume_mounts.iter().flatten() {
         let Some(host) = volumes.get(&mount.name) else {
             return Err(format!(
