@@ -35,6 +35,9 @@ use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
 /// quickly; `ImagePullBackOff` fails at once).
 const IMAGE_PULL_GRACE: Duration = Duration::from_secs(10);
 
+/// How often the manager looks for its stray pods and Secrets.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
 /// After asking the agent to stop (pod deletion), how long it gets to report.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -69,6 +72,13 @@ impl PodStates {
         pods.entry(name.to_owned())
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
+    }
+
+    fn is_followed(&self, name: &str) -> bool {
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
     }
 
     fn forget(&self, name: &str) {
@@ -505,6 +515,7 @@ impl KubernetesExecutor {
             Ok(list) => list.items,
             Err(e) => {
                 tracing::warn!(error = %api_error(&e), "cannot list pods to adopt");
+                tokio::spawn(self.clone().sweep_forever(namespace));
                 return;
             }
         };
@@ -566,8 +577,61 @@ impl KubernetesExecutor {
                     .await
             }));
         }
+        // From now on every pod of this manager is followed by someone; what is not is stray.
+        tokio::spawn(self.clone().sweep_forever(namespace.clone()));
         for task in tasks {
             let _ = task.await;
+        }
+    }
+
+    /// Every [`SWEEP_INTERVAL`], deletes this manager's pods that no job follows and the spec
+    /// and registry Secrets whose pod is gone (left by a crash between creating the Secret and
+    /// the pod, or by a lost delete).
+    async fn sweep_forever(self: Arc<Self>, namespace: String) {
+        loop {
+            self.sweep(&namespace).await;
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn sweep(&self, namespace: &str) {
+        let states = self.states(namespace);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("{MANAGER_LABEL}={}", self.system_id);
+        let params = kube::api::ListParams::default().labels(&selector);
+        let (Ok(pods), Ok(secrets)) = (
+            pods_api.list(&params).await,
+            secrets_api.list(&params).await,
+        ) else {
+            return;
+        };
+        let mut existing = std::collections::HashSet::new();
+        for pod in pods.items {
+            let Some(name) = pod.metadata.name else {
+                continue;
+            };
+            if !states.is_followed(&name) && pod.metadata.deletion_timestamp.is_none() {
+                tracing::warn!(pod = %name, "deleting a job pod no job follows");
+                let _ = pods_api.delete(&name, &DeleteParams::background()).await;
+            }
+            existing.insert(name);
+        }
+        for secret in secrets.items {
+            let Some(name) = secret.metadata.name else {
+                continue;
+            };
+            let pod = name
+                .strip_suffix("-spec")
+                .or_else(|| name.strip_suffix("-registry"))
+                .unwrap_or(&name);
+            if !existing.contains(pod) && !states.is_followed(pod) {
+                tracing::warn!(secret = %name, "deleting a job Secret whose pod is gone");
+                let _ = secrets_api.delete(&name, &DeleteParams::default()).await;
+            }
         }
     }
 

@@ -532,3 +532,46 @@ async fn a_service_is_reachable_by_its_alias() {
     h.clean().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_manager_removes_its_stray_pods_and_secrets() {
+    let mut h = Harness::with_config("").await;
+    let id_file = h.kubeconfig.with_file_name(".runner_system_id");
+    for _ in 0..100 {
+        if id_file.is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let system_id = std::fs::read_to_string(&id_file).unwrap().trim().to_owned();
+    let base = format!("{}/api/v1/namespaces/gitlab-runner", h.kube.url());
+    let labels = serde_json::json!({"podrunner.io/manager": system_id});
+    let http = reqwest::Client::new();
+    // A Secret whose pod was never created, and a pod whose job cannot be known.
+    for (resource, body) in [
+        (
+            "secrets",
+            serde_json::json!({"metadata": {"name": "podrunner-job-4242-spec", "labels": labels},
+                               "data": {"job.json": "e30="}}),
+        ),
+        (
+            "pods",
+            serde_json::json!({"metadata": {"name": "podrunner-job-4243", "labels": labels},
+                               "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                                        "containers": [{"name": "build", "image": "alpine:3.20",
+                                                        "command": ["/bin/sleep", "60"]}]}}),
+        ),
+    ] {
+        let status = http
+            .post(format!("{base}/{resource}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 201);
+    }
+    h.kill_and_restart().await;
+    h.clean().await;
+    h.stop().await;
+}
