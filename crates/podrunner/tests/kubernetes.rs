@@ -143,6 +143,14 @@ impl Harness {
         self.child = spawn_manager(&self.args, &self.gitlab, &self.kubeconfig);
     }
 
+    /// The name of the first job pod.
+    fn first_pod(&self) -> String {
+        self.kube.objects("Pod")[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// What the manager logged so far.
     fn manager_log(&self) -> String {
         std::fs::read_to_string(self.kubeconfig.with_file_name("manager.log")).unwrap_or_default()
@@ -169,6 +177,11 @@ impl Harness {
     }
 }
 
+/// A job that needs no sources.
+fn job(name: &str, script: &[&str]) -> JobSpec {
+    JobSpec::new(name, script).variable("GIT_STRATEGY", "none", false)
+}
+
 fn trace(view: &JobView) -> String {
     String::from_utf8_lossy(&view.trace).into_owned()
 }
@@ -177,14 +190,13 @@ fn trace(view: &JobView) -> String {
 async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
     let h = Harness::seed().await;
     let id = h.gitlab.enqueue(
-        JobSpec::new(
+        job(
             "build",
             &[
                 "echo \"hello from pod $HOSTNAME as pid $$\"",
                 "echo \"secret is $DEPLOY_KEY\"",
             ],
         )
-        .variable("GIT_STRATEGY", "none", false)
         .variable("DEPLOY_KEY", "very-secret-deploy-key", true),
     );
     let view = h.finished(id).await;
@@ -246,21 +258,15 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_script_and_image_pull_failure() {
     let h = Harness::seed().await;
-    let failing = h.gitlab.enqueue(
-        JobSpec::new("fails", &["echo about to fail", "exit 7"]).variable(
-            "GIT_STRATEGY",
-            "none",
-            false,
-        ),
-    );
-    let missing = h.gitlab.enqueue(
-        JobSpec::new("missing-image", &["true"])
-            .variable("GIT_STRATEGY", "none", false)
-            .payload_field(
-                "image",
-                serde_json::json!({"name": "registry.example.com/nope:1"}),
-            ),
-    );
+    let failing = h
+        .gitlab
+        .enqueue(job("fails", &["echo about to fail", "exit 7"]));
+    let missing = h
+        .gitlab
+        .enqueue(job("missing-image", &["true"]).payload_field(
+            "image",
+            serde_json::json!({"name": "registry.example.com/nope:1"}),
+        ));
     let view = h.finished(failing).await;
     let text = trace(&view);
     assert_eq!(view.status, "failed", "{text}");
@@ -283,9 +289,7 @@ async fn a_pod_fargate_refuses_fails_fast_with_the_reason() {
         "    privileged = true\n    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n",
     )
     .await;
-    let id =
-        h.gitlab
-            .enqueue(JobSpec::new("dind", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let id = h.gitlab.enqueue(job("dind", &["true"]));
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "failed", "{text}");
@@ -300,9 +304,7 @@ async fn a_pod_fargate_refuses_fails_fast_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unschedulable_pod_fails_after_poll_timeout() {
     let h = Harness::with_config("    cpu_request = \"16\"\n").await;
-    let id =
-        h.gitlab
-            .enqueue(JobSpec::new("huge", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let id = h.gitlab.enqueue(job("huge", &["true"]));
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "failed", "{text}");
@@ -318,19 +320,12 @@ async fn an_unschedulable_pod_fails_after_poll_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oom_killed_build_container_fails_the_job_with_the_reason() {
     let h = Harness::seed().await;
-    let id = h.gitlab.enqueue(
-        JobSpec::new("hungry", &["echo started", "sleep 60"]).variable(
-            "GIT_STRATEGY",
-            "none",
-            false,
-        ),
-    );
+    let id = h
+        .gitlab
+        .enqueue(job("hungry", &["echo started", "sleep 60"]));
     // Wait until the script runs, then let the kernel kill it.
     h.trace_contains(id, "started").await;
-    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let pod = h.first_pod();
     assert!(h.kube.inject(
         "gitlab-runner",
         &pod,
@@ -350,13 +345,10 @@ async fn oom_killed_build_container_fails_the_job_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
     let mut h = Harness::seed().await;
-    let id = h.gitlab.enqueue(
-        JobSpec::new("long", &["echo first half", "sleep 3", "echo second half"]).variable(
-            "GIT_STRATEGY",
-            "none",
-            false,
-        ),
-    );
+    let id = h.gitlab.enqueue(job(
+        "long",
+        &["echo first half", "sleep 3", "echo second half"],
+    ));
     h.trace_contains(id, "first half").await;
     h.kill_and_restart().await;
     let view = h.finished(id).await;
@@ -374,18 +366,11 @@ async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_deleted_mid_job_fails_the_job_and_says_so() {
     let h = Harness::seed().await;
-    let id = h.gitlab.enqueue(
-        JobSpec::new("doomed", &["echo running", "sleep 60"]).variable(
-            "GIT_STRATEGY",
-            "none",
-            false,
-        ),
-    );
+    let id = h
+        .gitlab
+        .enqueue(job("doomed", &["echo running", "sleep 60"]));
     h.trace_contains(id, "running").await;
-    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let pod = h.first_pod();
     let status = reqwest::Client::new()
         .delete(format!(
             "{}/api/v1/namespaces/gitlab-runner/pods/{pod}",
@@ -410,18 +395,12 @@ async fn a_pod_deleted_mid_job_fails_the_job_and_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_and_cancel_end_the_pod() {
     let h = Harness::seed().await;
-    let slow = h.gitlab.enqueue(
-        JobSpec::new("slow", &["echo waiting", "sleep 60"])
-            .variable("GIT_STRATEGY", "none", false)
-            .timeout(2),
-    );
-    let cancelled = h.gitlab.enqueue(
-        JobSpec::new("cancelled", &["echo cancel me", "sleep 60"]).variable(
-            "GIT_STRATEGY",
-            "none",
-            false,
-        ),
-    );
+    let slow = h
+        .gitlab
+        .enqueue(job("slow", &["echo waiting", "sleep 60"]).timeout(2));
+    let cancelled = h
+        .gitlab
+        .enqueue(job("cancelled", &["echo cancel me", "sleep 60"]));
     h.trace_contains(cancelled, "cancel me").await;
     h.gitlab.set_status(cancelled, "canceling");
     let view = h
@@ -451,9 +430,7 @@ const DECLARED_PROFILE: &str = "    [runners.kubernetes.pod_labels]\n      use-f
 #[tokio::test(flavor = "multi_thread")]
 async fn a_declared_profile_refuses_an_unsupported_pod_before_creating_anything() {
     let h = Harness::with_config(format!("    privileged = true\n{DECLARED_PROFILE}")).await;
-    let id =
-        h.gitlab
-            .enqueue(JobSpec::new("dind", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let id = h.gitlab.enqueue(job("dind", &["true"]));
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "failed", "{text}");
@@ -481,9 +458,7 @@ async fn the_trace_tells_the_fargate_size_and_price() {
         "    cpu_request = \"1\"\n    memory_request = \"1Gi\"\n{DECLARED_PROFILE}"
     ))
     .await;
-    let id =
-        h.gitlab
-            .enqueue(JobSpec::new("sized", &["true"]).variable("GIT_STRATEGY", "none", false));
+    let id = h.gitlab.enqueue(job("sized", &["true"]));
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "success", "{text}");
@@ -505,15 +480,11 @@ async fn the_trace_tells_the_fargate_size_and_price() {
 async fn a_service_is_reachable_by_its_alias() {
     let h = Harness::seed().await;
     let id = h.gitlab.enqueue(
-        JobSpec::new(
-            "with-service",
-            &[
+        job("with-service", &[
                 "for i in $(seq 100); do exec 3<>/dev/tcp/web/18733 && break; sleep 0.1; done",
                 "printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3",
                 "head -n 1 <&3",
-            ],
-        )
-        .variable("GIT_STRATEGY", "none", false)
+            ])
         .payload_field(
             "services",
             serde_json::json!([{

@@ -409,11 +409,11 @@ async fn version(State(shared): State<Shared>, method: Method, uri: Uri) -> Resp
 }
 
 fn now() -> String {
-    httpdate_rfc3339(std::time::SystemTime::now())
+    rfc3339(std::time::SystemTime::now())
 }
 
 /// RFC 3339 in UTC with second precision, as the API server writes times.
-fn httpdate_rfc3339(time: std::time::SystemTime) -> String {
+fn rfc3339(time: std::time::SystemTime) -> String {
     let secs = time
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -1376,6 +1376,30 @@ async fn wait_until_gone(shared: &Shared, namespace: &str, name: &str, uid: &str
     }
 }
 
+/// Leaves the pod Pending: `PodScheduled` false with `reason`, and a FailedScheduling event
+/// from the scheduler `source`.
+fn failed_scheduling(
+    shared: &Shared,
+    (namespace, name, uid): (&str, &str, &str),
+    stored: &Value,
+    reason: &str,
+    message: &str,
+    source: &str,
+) {
+    update_pod(shared, namespace, name, uid, |p| {
+        p["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": reason, "message": message, "lastTransitionTime": now()}]);
+    });
+    event(
+        shared,
+        namespace,
+        stored,
+        "Warning",
+        "FailedScheduling",
+        message,
+        source,
+    );
+}
+
 /// Scheduler and kubelet for one pod, from creation to its end.
 async fn run_pod(shared: Shared, namespace: String, name: String, uid: String) {
     let stop = Arc::new(Notify::new());
@@ -1424,7 +1448,7 @@ async fn schedule_and_run(
     let memory = pod_request(&pod, "memory");
     let on_fargate = stored["spec"]["schedulerName"].as_str() == Some("fargate-scheduler");
     // Scheduling.
-    let node = if on_fargate {
+    if on_fargate {
         let mut problems = fargate_unsupported(&pod);
         let size = fargate_size(cpu, memory);
         if size.is_none() {
@@ -1434,15 +1458,11 @@ async fn schedule_and_run(
         }
         if !problems.is_empty() {
             let message = format!("Pod not supported on Fargate: {}", problems.join(", "));
-            update_pod(shared, namespace, name, uid, |p| {
-                p["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "POD_UNSUPPORTED_ON_FARGATE", "message": message, "lastTransitionTime": now()}]);
-            });
-            event(
+            failed_scheduling(
                 shared,
-                namespace,
+                (namespace, name, uid),
                 &stored,
-                "Warning",
-                "FailedScheduling",
+                "POD_UNSUPPORTED_ON_FARGATE",
                 &message,
                 "fargate-scheduler",
             );
@@ -1477,7 +1497,6 @@ async fn schedule_and_run(
             &format!("Successfully assigned {namespace}/{name} to {node}"),
             "fargate-scheduler",
         );
-        node
     } else {
         let mut warned = false;
         loop {
@@ -1515,22 +1534,18 @@ async fn schedule_and_run(
                     &format!("Successfully assigned {namespace}/{name} to {node}"),
                     "default-scheduler",
                 );
-                break node;
+                break;
             }
             if !warned {
                 let nodes = shared.lock().ec2_nodes;
                 let message = format!(
                     "0/{nodes} nodes are available: {nodes} Insufficient cpu. preemption: 0/{nodes} nodes are available: {nodes} No preemption victims found for incoming pod."
                 );
-                update_pod(shared, namespace, name, uid, |p| {
-                    p["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastTransitionTime": now()}]);
-                });
-                event(
+                failed_scheduling(
                     shared,
-                    namespace,
+                    (namespace, name, uid),
                     &stored,
-                    "Warning",
-                    "FailedScheduling",
+                    "Unschedulable",
                     &message,
                     "default-scheduler",
                 );
@@ -1545,7 +1560,6 @@ async fn schedule_and_run(
             }
         }
     };
-    let _ = node;
     kubelet(shared, namespace, name, uid, &pod, &stored, stop).await;
 }
 
@@ -1728,9 +1742,9 @@ async fn kubelet(
             return;
         }
         let run = start_container(
-            shared, namespace, name, uid, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir,
         );
-        let result = match run {
+        let exit_code = match run {
             Ok(child) => {
                 supervise(
                     shared, namespace, name, uid, container, child, true, index, deadline, stop,
@@ -1738,19 +1752,16 @@ async fn kubelet(
                 )
                 .await
             }
-            Err(message) => Some((128, "StartError".to_owned(), message)),
+            Err(_) => 128,
         };
-        match result {
-            Some((0, _, _)) => continue,
-            _ => {
-                let reason = shared
-                    .lock()
-                    .runtimes
-                    .get(uid)
-                    .and_then(|r| r.stopped.clone());
-                finish_pod(shared, namespace, name, uid, reason);
-                return;
-            }
+        if exit_code != 0 {
+            let reason = shared
+                .lock()
+                .runtimes
+                .get(uid)
+                .and_then(|r| r.stopped.clone());
+            finish_pod(shared, namespace, name, uid, reason);
+            return;
         }
     }
     // Containers, together; the pod is Running once one of them runs.
@@ -1760,7 +1771,7 @@ async fn kubelet(
             break;
         }
         match start_container(
-            shared, namespace, name, uid, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir,
         ) {
             Ok(child) => {
                 let shared = shared.clone();
@@ -1917,7 +1928,6 @@ fn start_container(
     shared: &Shared,
     namespace: &str,
     name: &str,
-    _uid: &str,
     container: &Container,
     images: &HashMap<String, Image>,
     volumes: &HashMap<String, PathBuf>,
@@ -2062,7 +2072,7 @@ async fn supervise(
     deadline: Option<tokio::time::Instant>,
     stop: &Arc<Notify>,
     pod_dir: &Path,
-) -> Option<(i32, String, String)> {
+) -> i32 {
     let started_at = now();
     let image = container.image.clone().unwrap_or_default();
     let field = if init {
@@ -2132,14 +2142,11 @@ async fn supervise(
         }
     };
     let code = status.and_then(|s| s.code()).unwrap_or(137);
-    let (oom, stopped) = {
+    let oom = {
         let mut inner = shared.lock();
         let runtime = inner.runtimes.entry(uid.to_owned()).or_default();
         runtime.pids.remove(&container.name);
-        (
-            runtime.oom_killed.contains(&container.name),
-            runtime.stopped.clone(),
-        )
+        runtime.oom_killed.contains(&container.name)
     };
     let reason = if oom {
         "OOMKilled"
@@ -2155,7 +2162,6 @@ async fn supervise(
     let message = String::from_utf8_lossy(&message).into_owned();
     let finished_at = now();
     let cname = container.name.clone();
-    let _ = stopped;
     update_pod(shared, namespace, name, uid, |p| {
         let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at});
         if !message.is_empty() {
@@ -2164,5 +2170,5 @@ async fn supervise(
         p["status"][field][index] =
             container_status(&cname, &image, json!({"terminated": terminated}));
     });
-    Some((code, reason.to_owned(), message))
+    code
 }
