@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use podrunner_gitlab::api::{FailureReason, JobState};
 use podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION;
 use podrunner_gitlab::log::{self, LogSettings, Stream, SystemClock, Trace, TraceWriter};
@@ -46,6 +48,9 @@ pub enum AgentError {
     /// The job payload inside the spec is not valid.
     #[error("the job payload in the spec is not valid: {0}")]
     BadPayload(#[from] serde_json::Error),
+    /// The trace prelude handed over in the environment is not base64.
+    #[error("{TRACE_PRELUDE_ENV} is not base64: {0}")]
+    BadPrelude(String),
     /// GitLab cannot be reached with the spec's settings.
     #[error("cannot talk to GitLab: {0}")]
     Client(#[from] podrunner_gitlab::ClientError),
@@ -102,7 +107,151 @@ pub async fn run_from_file(
         path: path.to_owned(),
         source,
     })?;
-    run(spec, interrupt).await
+    let prelude = match std::env::var(TRACE_PRELUDE_ENV) {
+        Ok(text) if !text.is_empty() => BASE64
+            .decode(text.trim())
+            .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
+        _ => Vec::new(),
+    };
+    run(spec, prelude, interrupt).await
+}
+
+/// The environment variable that hands the agent the start of its job's log that the
+/// manager already sent to GitLab (base64 of the exact bytes). In a job pod it comes from the
+/// pod annotation [`TRACE_PRELUDE_ANNOTATION`] when the build container starts.
+pub const TRACE_PRELUDE_ENV: &str = "PODRUNNER_TRACE_PRELUDE";
+
+/// The job pod annotation the manager keeps equal to the log it has sent so far (base64).
+pub const TRACE_PRELUDE_ANNOTATION: &str = "podrunner.io/trace-prelude";
+
+/// The start of a job's log, written by the manager while the job's pod starts: the header,
+/// the opening of "Preparing environment" with the executor's notes, then whatever the
+/// manager adds (what the pod waits for). The agent continues it where it ends, with the same
+/// masking, timestamps, output limit and checksum.
+pub struct Prelude {
+    trace: Trace,
+    out: TraceWriter,
+}
+
+impl Prelude {
+    /// Opens the log of `spec`'s job.
+    pub fn open(spec: &AgentSpec) -> Result<Self, AgentError> {
+        let payload = JobPayload::from_value(spec.job.clone())?;
+        let (project_dir, temp_dir) = job_dirs(spec, &payload);
+        let variables = build_variables(spec, &payload, &project_dir, &temp_dir);
+        let trace = Trace::new(&log_settings(spec, &payload, &variables));
+        let mut out = trace.writer(Stream::RUNNER);
+        write_opening(
+            &mut out,
+            spec,
+            &variables,
+            payload.job.features.trace_sections,
+        );
+        Ok(Prelude { trace, out })
+    }
+
+    /// Adds a line.
+    pub fn line(&mut self, text: &str) {
+        write_line(&mut self.out, text);
+    }
+
+    /// Adds a warning line.
+    pub fn warning(&mut self, text: &str) {
+        write_raw(&mut self.out, &log::warning_line(text));
+    }
+
+    /// Every byte of the log so far, exactly as GitLab gets them.
+    pub fn bytes(&self) -> Vec<u8> {
+        let sink = self.trace.sink();
+        let store = sink.store();
+        store.read(0, store.len() as usize).unwrap_or_default()
+    }
+}
+
+fn write_line(out: &mut TraceWriter, text: &str) {
+    let _ = out.write_bytes(text.as_bytes());
+    let _ = out.write_bytes(b"\n");
+    let _ = out.flush_all();
+}
+
+fn write_raw(out: &mut TraceWriter, text: &str) {
+    let _ = out.write_bytes(text.as_bytes());
+    let _ = out.flush_all();
+}
+
+/// The header, then "Preparing environment" opened with the executor's notes.
+fn write_opening(out: &mut TraceWriter, spec: &AgentSpec, variables: &Variables, sections: bool) {
+    let name = if spec.runner_name.is_empty() {
+        "podrunner"
+    } else {
+        &spec.runner_name
+    };
+    write_line(
+        out,
+        &format!(
+            "Running with podrunner {} (gitlab-runner {COMPATIBLE_RUNNER_VERSION} compatible)",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+    write_line(
+        out,
+        &format!(
+            "  on {name} {}, system ID: {}",
+            spec.runner_short_token, spec.system_id
+        ),
+    );
+    if spec.debug_trace_disabled && variables.flag("CI_DEBUG_TRACE") == Some(true) {
+        write_raw(
+            out,
+            &log::warning_line(
+                "CI_DEBUG_TRACE is disabled on this runner (debug_trace_disabled); the job runs without it",
+            ),
+        );
+    }
+    if sections {
+        write_raw(out, &log::section_start("prepare_script", now_unix()));
+    }
+    write_raw(out, &log::section_header("Preparing environment"));
+    for note in &spec.notes {
+        match note.strip_prefix("WARNING: ") {
+            Some(warning) => write_raw(out, &log::warning_line(warning)),
+            None => write_line(out, note),
+        }
+    }
+}
+
+/// The project and temp directories of a job.
+fn job_dirs(spec: &AgentSpec, payload: &JobPayload) -> (PathBuf, PathBuf) {
+    let project_dir = project_dir(spec, payload);
+    let temp_dir = spec
+        .temp_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.tmp", project_dir.display())));
+    (project_dir, temp_dir)
+}
+
+/// How the job's log is masked, stamped and limited.
+fn log_settings(spec: &AgentSpec, payload: &JobPayload, variables: &Variables) -> LogSettings {
+    let job = &payload.job;
+    let flag = |name: &str| {
+        variables
+            .flag(name)
+            .or_else(|| spec.feature_flags.get(name).copied())
+            .unwrap_or_else(|| default_flag(name))
+    };
+    let mut masked = variables.masked_values();
+    masked.push(job.token.expose().to_owned());
+    LogSettings {
+        masked_phrases: masked,
+        token_prefixes: LogSettings::token_prefixes(
+            flag("FF_MASK_ALL_DEFAULT_TOKENS"),
+            &job.features.token_mask_prefixes,
+        ),
+        timestamps: flag("FF_TIMESTAMPS"),
+        output_limit_bytes: (spec.output_limit_kib.max(1) * 1024) as usize,
+        spill_threshold: log::DEFAULT_SPILL_THRESHOLD,
+        clock: Arc::new(SystemClock),
+    }
 }
 
 struct Writers {
@@ -113,14 +262,11 @@ struct Writers {
 
 impl Writers {
     fn line(&mut self, text: &str) {
-        let _ = self.runner.write_bytes(text.as_bytes());
-        let _ = self.runner.write_bytes(b"\n");
-        let _ = self.runner.flush_all();
+        write_line(&mut self.runner, text);
     }
 
     fn raw(&mut self, text: &str) {
-        let _ = self.runner.write_bytes(text.as_bytes());
-        let _ = self.runner.flush_all();
+        write_raw(&mut self.runner, text);
     }
 
     fn flush(&mut self) {
@@ -145,11 +291,15 @@ struct Job {
     control: watch::Receiver<RemoteControl>,
     interrupt: CancellationToken,
     out: Writers,
+    /// The manager already wrote the header and opened "Preparing environment".
+    opened: bool,
 }
 
-/// Runs a job to its final state and reports how it went.
+/// Runs a job to its final state and reports how it went. `prelude`: the start of the log
+/// the manager already sent (see [`Prelude`]); empty when the agent writes the whole log.
 pub async fn run(
     spec: AgentSpec,
+    prelude: Vec<u8>,
     interrupt: CancellationToken,
 ) -> Result<TerminationReport, AgentError> {
     let payload = JobPayload::from_value(spec.job.clone())?;
@@ -161,31 +311,13 @@ pub async fn run(
         podrunner_version: env!("CARGO_PKG_VERSION").to_owned(),
     })?;
     let job = &payload.job;
-    let project_dir = project_dir(&spec, &payload);
-    let temp_dir = spec
-        .temp_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.tmp", project_dir.display())));
+    let (project_dir, temp_dir) = job_dirs(&spec, &payload);
     let variables = build_variables(&spec, &payload, &project_dir, &temp_dir);
-    let flag = |name: &str| {
-        variables
-            .flag(name)
-            .or_else(|| spec.feature_flags.get(name).copied())
-            .unwrap_or_else(|| default_flag(name))
-    };
-    let mut masked = variables.masked_values();
-    masked.push(job.token.expose().to_owned());
-    let trace = Trace::new(&LogSettings {
-        masked_phrases: masked,
-        token_prefixes: LogSettings::token_prefixes(
-            flag("FF_MASK_ALL_DEFAULT_TOKENS"),
-            &job.features.token_mask_prefixes,
-        ),
-        timestamps: flag("FF_TIMESTAMPS"),
-        output_limit_bytes: (spec.output_limit_kib.max(1) * 1024) as usize,
-        spill_threshold: log::DEFAULT_SPILL_THRESHOLD,
-        clock: Arc::new(SystemClock),
-    });
+    let trace = Trace::new(&log_settings(&spec, &payload, &variables));
+    if !prelude.is_empty() {
+        // The manager's bytes are already masked and stamped; they count like any others.
+        let _ = trace.sink().write(&prelude);
+    }
     let info = RunnerInfo::new(COMPATIBLE_RUNNER_VERSION, &spec.executor, agent_features());
     let debug_trace =
         variables.flag("CI_DEBUG_TRACE").unwrap_or(false) && !spec.debug_trace_disabled;
@@ -194,7 +326,10 @@ pub async fn run(
         token: job.token.clone(),
         debug_trace,
         info,
-        start_offset: spec.trace_start_offset,
+        // GitLab accepts a patch that starts at or before its end; when the manager's last
+        // patch has not arrived yet, a 416 says where GitLab's log ends and the agent resends
+        // the prelude's tail itself.
+        start_offset: spec.trace_start_offset.max(prelude.len() as u64),
         final_update_retry_limit: spec.final_update_retry_limit.max(1),
         supported_failure_reasons: job.features.failure_reasons.clone(),
     };
@@ -229,6 +364,7 @@ pub async fn run(
         temp_dir,
         payload,
         spec,
+        opened: !prelude.is_empty(),
     };
     let outcome = run.execute().await;
     run.out.flush();
@@ -409,23 +545,14 @@ fn now_unix() -> u64 {
 
 impl Job {
     async fn execute(&mut self) -> Outcome {
-        let name = if self.spec.runner_name.is_empty() {
-            "podrunner".to_owned()
-        } else {
-            self.spec.runner_name.clone()
-        };
-        self.out.line(&format!(
-            "Running with podrunner {} (gitlab-runner {COMPATIBLE_RUNNER_VERSION} compatible)",
-            env!("CARGO_PKG_VERSION")
-        ));
-        self.out.line(&format!(
-            "  on {name} {}, system ID: {}",
-            self.spec.runner_short_token, self.spec.system_id
-        ));
-        if self.spec.debug_trace_disabled && self.variables.flag("CI_DEBUG_TRACE") == Some(true) {
-            self.out.raw(&log::warning_line("CI_DEBUG_TRACE is disabled on this runner (debug_trace_disabled); the job runs without it"));
+        if !self.opened {
+            write_opening(
+                &mut self.out.runner,
+                &self.spec,
+                &self.variables,
+                self.sections,
+            );
         }
-
         if let Err(outcome) = self.prepare().await {
             return self.finish(outcome).await;
         }
@@ -1073,17 +1200,11 @@ impl Job {
         if let Some(outcome) = self.stop_now(Phase::Preparation) {
             return Err(outcome);
         }
-        self.section_start("prepare_script", "Preparing environment");
+        // "Preparing environment" was opened with the header (write_opening).
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default();
         self.out.line(&format!("Running on {host}..."));
-        for note in &self.spec.notes {
-            match note.strip_prefix("WARNING: ") {
-                Some(warning) => self.out.raw(&log::warning_line(warning)),
-                None => self.out.line(note),
-            }
-        }
         let created = std::fs::create_dir_all(&self.spec.builds_dir)
             .and_then(|_| create_private_dir(&self.temp_dir));
         self.section_end("prepare_script");

@@ -11,5 +11,8 @@ pub mod sources;
 pub mod spec;
 pub mod variables;
 
-pub use job::{AgentError, agent_features, run, run_from_file};
+pub use job::{
+    AgentError, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, agent_features, run,
+    run_from_file,
+};
 pub use spec::{AgentSpec, GitlabConnection, TerminationReport};

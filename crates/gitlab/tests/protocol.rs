@@ -485,10 +485,13 @@ async fn patch_trace_status_rows() {
         format!("/api/v4/jobs/{id}/trace?debug_trace=false")
     );
 
-    // Sending from a stale offset: 416 says how much GitLab has.
-    let (outcome, _) = client.patch_trace(id, &token, 2, b"llo world", false).await;
+    // Sending from past the end: 416 says how much GitLab has.
+    let (outcome, _) = client.patch_trace(id, &token, 9, b"ld", false).await;
     assert_eq!(outcome, PatchOutcome::RangeMismatch { offset: 6 });
-    let (outcome, signals) = client.patch_trace(id, &token, 6, b"world", false).await;
+    // Sending from before the end replaces what follows, as GitLab does.
+    let (outcome, _) = client.patch_trace(id, &token, 2, b"llo w", false).await;
+    assert_eq!(outcome, PatchOutcome::Accepted { offset: 7 });
+    let (outcome, signals) = client.patch_trace(id, &token, 7, b"orld", false).await;
     assert_eq!(outcome, PatchOutcome::Accepted { offset: 11 });
     assert_eq!(signals.job_status, Some(RemoteJobStatus::Running));
     assert_eq!(gitlab.job(id).unwrap().trace, b"hello world");
@@ -538,7 +541,7 @@ async fn patch_trace_status_rows() {
             .iter()
             .filter(|r| r.method == "PATCH")
             .count(),
-        8
+        9
     );
 }
 
@@ -581,7 +584,7 @@ fn stored(trace: &Trace) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn uploader_resyncs_on_416_without_losing_or_duplicating_bytes() {
+async fn uploader_survives_lost_answers_without_losing_or_duplicating_bytes() {
     let (gitlab, client) = started().await;
     let (id, token) = take_job(&gitlab, &client).await;
     let trace = new_trace(1 << 20);
@@ -594,7 +597,7 @@ async fn uploader_resyncs_on_416_without_losing_or_duplicating_bytes() {
     );
     let mut writer = trace.writer(Stream::JOB);
     // The first answers are lost after GitLab stored the bytes: the client retries the same
-    // range, GitLab answers 416 with what it has, and the uploader continues from there.
+    // range, GitLab replaces it with the same bytes, and the uploader continues from there.
     gitlab.fault(Endpoint::PatchTrace, Fault::ApplyThenStatus(502));
     gitlab.fault(Endpoint::PatchTrace, Fault::ApplyThenStatus(500));
     for i in 0..200 {
@@ -626,6 +629,64 @@ async fn uploader_resyncs_on_416_without_losing_or_duplicating_bytes() {
     assert_eq!(text.matches(" 01O line ").count(), 200);
     assert!(!text.contains("hunter2-secret") && text.contains("[MASKED]"));
     assert!(gitlab.requests().iter().any(|r| r.method == "PATCH") && job.patches >= 2);
+}
+
+/// The agent continues a log the manager started (the prelude), whatever GitLab has of it:
+/// less (the manager's last patch is late), exactly it, or more (a manager line sent after
+/// the agent took the prelude). Every case ends with GitLab holding exactly the agent's bytes
+/// and the final update's checksum accepted.
+#[tokio::test]
+async fn uploader_continues_a_prelude_whatever_gitlab_has_of_it() {
+    let prelude = b"Running with podrunner\nWaiting for pod ns/p, status is Pending\n";
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("behind", prelude[..10].to_vec()),
+        ("equal", prelude.to_vec()),
+        (
+            "ahead",
+            [&prelude[..], b"Waiting for pod ns/p, late line\n"].concat(),
+        ),
+    ];
+    for (case, gitlab_has) in cases {
+        let (gitlab, client) = started().await;
+        let (id, token) = take_job(&gitlab, &client).await;
+        let (outcome, _) = client.patch_trace(id, &token, 0, &gitlab_has, false).await;
+        assert!(matches!(outcome, PatchOutcome::Accepted { .. }), "{case}");
+        let trace = new_trace(1 << 20);
+        trace.sink().write(prelude).unwrap();
+        let uploader = TraceUploader::start(
+            client.clone(),
+            TraceTarget {
+                start_offset: prelude.len() as u64,
+                ..target(id, &token)
+            },
+            trace.clone(),
+            fast(),
+            &CancellationToken::new(),
+        );
+        let mut writer = trace.writer(Stream::JOB);
+        writer.write_bytes(b"the agent's own output\n").unwrap();
+        writer.flush_all().unwrap();
+        let report = uploader
+            .finish(FinalState {
+                state: JobState::Success,
+                failure_reason: None,
+                exit_code: None,
+            })
+            .await;
+        assert!(report.delivered, "{case}: {report:?}");
+        let job = gitlab.job(id).unwrap();
+        assert_eq!(job.status, "success", "{case}");
+        assert_eq!(
+            String::from_utf8_lossy(&job.trace),
+            String::from_utf8_lossy(&stored(&trace)),
+            "{case}"
+        );
+        assert!(job.trace.starts_with(prelude), "{case}");
+        assert!(
+            !String::from_utf8_lossy(&job.trace).contains("late line"),
+            "{case}"
+        );
+    }
 }
 
 #[tokio::test]

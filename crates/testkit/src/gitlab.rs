@@ -929,8 +929,10 @@ async fn patch_trace(
             json!({"message": format!("400 Bad request - Content-Range {range:?} does not match the body")}),
         );
     };
+    // GitLab's rule (Ci::AppendBuildTraceService): a patch may start at or before the end of
+    // the log, replacing what follows; one that starts past the end is a 416 with the length.
     let have = job.trace.len();
-    let mut response = if start != have {
+    let mut response = if start > have {
         let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
         response.headers_mut().insert(
             "range",
@@ -938,6 +940,7 @@ async fn patch_trace(
         );
         response
     } else {
+        job.trace.truncate(start);
         job.trace.extend_from_slice(&body);
         job.patches += 1;
         if let Some(Fault::ApplyThenStatus(status)) = fault {
