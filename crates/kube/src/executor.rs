@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
@@ -22,9 +24,9 @@ use kube::config::{
     NamedContext,
 };
 use kube::runtime::{WatchStreamExt, watcher};
-use podrunner_agent::TerminationReport;
+use podrunner_agent::{Prelude, TRACE_PRELUDE_ANNOTATION, TerminationReport};
 use podrunner_config::RunnerConfig;
-use podrunner_gitlab::RunnerInfo;
+use podrunner_gitlab::{PatchOutcome, RunnerInfo};
 use podrunner_manager::{AcceptedJob, Event, Executor, JobEnd, agent_spec, fail_job};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -251,9 +253,9 @@ impl KubernetesExecutor {
             init_image: &self.init_image,
             runner_short_token: &short,
         };
-        let planned = match plan(&runner, &job.payload, &context) {
+        let mut planned = match plan(&runner, &job.payload, &context) {
             Ok(planned) => planned,
-            Err(e) => return self.fail(&job, &e.to_string(), 0).await,
+            Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
         };
         let namespace = planned.namespace.clone();
         let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
@@ -273,7 +275,7 @@ impl KubernetesExecutor {
                         prediction.profile.as_deref().unwrap_or("(assumed)"),
                         prediction.problems.join("; ")
                     ),
-                    0,
+                    Some(0),
                 )
                 .await;
         }
@@ -303,6 +305,16 @@ impl KubernetesExecutor {
             PathBuf::from("/dev/termination-log"),
         );
         spec.notes = notes;
+        // The log starts here, written by the manager until the agent takes it over.
+        let mut log = PodLog::open(&job, &spec, &self.podrunner_version);
+        if let Some(log) = &log {
+            planned
+                .pod
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
+        }
         let labels: BTreeMap<String, String> = [
             (MANAGER_LABEL.to_owned(), self.system_id.clone()),
             (JOB_LABEL.to_owned(), job.payload.job.id.to_string()),
@@ -361,7 +373,7 @@ impl KubernetesExecutor {
                             secret.metadata.name.as_deref().unwrap_or_default(),
                             api_error(&e)
                         ),
-                        0,
+                        Some(0),
                     )
                     .await;
             }
@@ -378,7 +390,7 @@ impl KubernetesExecutor {
                             "cannot create pod {namespace}/{pod_name}: {}",
                             api_error(&e)
                         ),
-                        0,
+                        Some(0),
                     )
                     .await;
             }
@@ -389,6 +401,9 @@ impl KubernetesExecutor {
             pod: pod_name.clone(),
         }
         .emit();
+        if let Some(log) = &mut log {
+            log.send().await;
+        }
         // The pod owns its Secrets: whoever deletes the pod collects them.
         let owner = serde_json::json!({"metadata": {"ownerReferences": [{
             "apiVersion": "v1", "kind": "Pod", "name": pod_name,
@@ -406,41 +421,32 @@ impl KubernetesExecutor {
             }
         }
 
-        self.finish(
-            &job,
-            &namespace,
-            &pod_name,
-            pod_state,
-            if owned { Vec::new() } else { secrets },
-            &abort,
-        )
-        .await
+        let pod = JobPod {
+            namespace,
+            name: pod_name,
+            state: pod_state,
+            orphan_secrets: if owned { Vec::new() } else { secrets },
+            log,
+        };
+        self.finish(&job, pod, &abort).await
     }
 
-    /// Follows a created pod to its end, deletes it (and `orphan_secrets`, the Secrets it
-    /// does not own), and makes sure GitLab has the job's final state.
+    /// Follows a created pod to its end, deletes it (and the Secrets it does not own), and
+    /// makes sure GitLab has the job's final state.
     async fn finish(
         &self,
         job: &AcceptedJob,
-        namespace: &str,
-        pod_name: &str,
-        mut pod_state: watch::Receiver<Option<Pod>>,
-        orphan_secrets: Vec<Secret>,
+        mut pod: JobPod,
         abort: &CancellationToken,
     ) -> JobEnd {
         let runner = job.runner.clone();
+        let (namespace, pod_name) = (pod.namespace.clone(), pod.name.clone());
+        let (namespace, pod_name) = (namespace.as_str(), pod_name.as_str());
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let mut provisioned = None;
         let outcome = self
-            .follow(
-                &runner,
-                namespace,
-                &mut pod_state,
-                pod_name,
-                abort,
-                &mut provisioned,
-            )
+            .follow(&runner, &mut pod, abort, &mut provisioned)
             .await;
         if let Some((capacity, since)) = provisioned
             && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
@@ -478,7 +484,7 @@ impl KubernetesExecutor {
                 },
             )
             .await;
-        self.delete_secrets(&secrets_api, &orphan_secrets).await;
+        self.delete_secrets(&secrets_api, &pod.orphan_secrets).await;
         match outcome {
             Outcome::BuildEnded {
                 report: Some(report),
@@ -489,10 +495,11 @@ impl KubernetesExecutor {
                 failure_reason: report.failure_reason,
             },
             Outcome::BuildEnded { report, why } => {
-                let offset = report.map(|r| r.trace_bytes_sent).unwrap_or(0);
-                self.fail(job, &why, offset).await
+                self.fail(job, &why, report.map(|r| r.trace_bytes_sent))
+                    .await
             }
-            Outcome::Failed(why) => self.fail(job, &why, 0).await,
+            // Whether the agent wrote anything is unknown: GitLab says where the log ends.
+            Outcome::Failed(why) => self.fail(job, &why, None).await,
         }
     }
 
@@ -568,10 +575,13 @@ impl KubernetesExecutor {
                 executor
                     .finish(
                         &accepted,
-                        &namespace,
-                        &pod_name,
-                        pod_state,
-                        Vec::new(),
+                        JobPod {
+                            namespace,
+                            name: pod_name,
+                            state: pod_state,
+                            orphan_secrets: Vec::new(),
+                            log: None,
+                        },
                         &cancel,
                     )
                     .await
@@ -640,12 +650,13 @@ impl KubernetesExecutor {
     async fn follow(
         &self,
         runner: &RunnerConfig,
-        namespace: &str,
-        state: &mut watch::Receiver<Option<Pod>>,
-        pod_name: &str,
+        job_pod: &mut JobPod,
         abort: &CancellationToken,
         provisioned: &mut Option<(String, tokio::time::Instant)>,
     ) -> Outcome {
+        let (namespace, pod_name) = (job_pod.namespace.as_str(), job_pod.name.as_str());
+        let state = &mut job_pod.state;
+        let mut log = job_pod.log.as_mut();
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let settings = runner.kubernetes.clone().unwrap_or_default();
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
@@ -675,6 +686,9 @@ impl KubernetesExecutor {
                     }
                     if let Some(outcome) = judge(pod, &mut pull_error_since) {
                         return outcome;
+                    }
+                    if let Some(log) = log.as_deref_mut() {
+                        log.observe(&pods_api, pod, runner).await;
                     }
                     let scheduled = pod
                         .spec
@@ -720,13 +734,13 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn fail(&self, job: &AcceptedJob, reason: &str, offset: u64) -> JobEnd {
+    async fn fail(&self, job: &AcceptedJob, reason: &str, trace_end: Option<u64>) -> JobEnd {
         Event::JobFailedByManager {
             job_id: job.payload.job.id,
             reason: reason.to_owned(),
         }
         .emit();
-        let delivered = fail_job(job, &self.info, &self.podrunner_version, reason, offset).await;
+        let delivered = fail_job(job, &self.info, &self.podrunner_version, reason, trace_end).await;
         JobEnd {
             final_update_delivered: delivered,
             state: "failed".to_owned(),
@@ -909,4 +923,196 @@ impl Executor for KubernetesExecutor {
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
         Box::pin(self.run_job(job, abort))
     }
+}
+
+/// A job's pod as its job follows it.
+struct JobPod {
+    namespace: String,
+    name: String,
+    /// The pod as the shared watch last saw it.
+    state: watch::Receiver<Option<Pod>>,
+    /// Secrets the pod does not own (making it their owner failed): deleted with it.
+    orphan_secrets: Vec<Secret>,
+    /// The log while the pod starts; absent for pods adopted from an earlier run.
+    log: Option<PodLog>,
+}
+
+/// The most the manager writes into a job's log while its pod starts (the prelude travels in a
+/// pod annotation; all of a pod's annotations must fit in 256 KiB).
+const PRELUDE_LIMIT: usize = 64 * 1024;
+
+/// A job's log while its pod starts. The manager writes it (header, "Preparing environment",
+/// the executor's notes, what the pod waits for) and keeps the pod annotation
+/// [`TRACE_PRELUDE_ANNOTATION`] equal to it, annotation first; the build container receives
+/// the annotation when it starts and its agent continues the log from there. A line the
+/// manager sends after that moment is replaced by the agent's output, which starts at the
+/// end of the prelude it received (GitLab lets a patch start before the end of the log).
+struct PodLog {
+    prelude: Prelude,
+    client: podrunner_gitlab::GitlabClient,
+    job: AcceptedJob,
+    /// Bytes GitLab acknowledged.
+    sent: u64,
+    /// The last "waiting" status written, to write only changes.
+    last_status: Vec<String>,
+    /// The Fargate size the pod got is in the log.
+    capacity_noted: bool,
+    /// The build container started: the log is the agent's now.
+    closed: bool,
+}
+
+impl PodLog {
+    fn open(job: &AcceptedJob, spec: &podrunner_agent::AgentSpec, version: &str) -> Option<Self> {
+        let prelude = Prelude::open(spec).ok()?;
+        let client = podrunner_manager::job_client(job, version)?;
+        Some(PodLog {
+            prelude,
+            client,
+            job: job.clone(),
+            sent: 0,
+            last_status: Vec::new(),
+            capacity_noted: false,
+            closed: false,
+        })
+    }
+
+    fn encoded(&self) -> String {
+        BASE64.encode(self.prelude.bytes())
+    }
+
+    /// Sends what GitLab does not have yet.
+    async fn send(&mut self) {
+        let bytes = self.prelude.bytes();
+        let Some(unsent) = bytes.get(self.sent as usize..) else {
+            return;
+        };
+        let payload = &self.job.payload.job;
+        match self
+            .client
+            .patch_trace(payload.id, &payload.token, self.sent, unsent, false)
+            .await
+            .0
+        {
+            PatchOutcome::Accepted { offset } => self.sent = offset,
+            PatchOutcome::RangeMismatch { offset } if offset < self.sent => {
+                // GitLab lost our last patch; the next change resends from its end.
+                self.sent = offset;
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds what `pod` waits for, when it changed, and hands it to the pod and to GitLab.
+    async fn observe(&mut self, pods: &Api<Pod>, pod: &Pod, runner: &RunnerConfig) {
+        if self.closed {
+            return;
+        }
+        if build_started(pod) {
+            self.closed = true;
+            return;
+        }
+        let before = self.prelude.bytes().len();
+        let status = waiting_lines(pod);
+        if status != self.last_status {
+            for line in &status {
+                self.prelude.line(line);
+            }
+            self.last_status = status;
+        }
+        if !self.capacity_noted
+            && let Some(capacity) = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("CapacityProvisioned"))
+            && let Some(size) = crate::fargate::parse_capacity_provisioned(capacity)
+        {
+            self.capacity_noted = true;
+            let prices = runner
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.fargate.clone())
+                .unwrap_or_default();
+            let price =
+                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
+            self.prelude.line(&format!(
+                "Fargate: provisioned {capacity}, ${:.6}/h, billed per second with a one-minute minimum",
+                price.usd_per_hour
+            ));
+        }
+        let bytes = self.prelude.bytes();
+        if bytes.len() == before {
+            return;
+        }
+        if bytes.len() > PRELUDE_LIMIT {
+            // Enough said; the agent takes the log from what the pod already has.
+            self.closed = true;
+            return;
+        }
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let annotation = serde_json::json!({"metadata": {"annotations": {
+            TRACE_PRELUDE_ANNOTATION: BASE64.encode(&bytes),
+        }}});
+        // Annotation first: an agent that starts now must know every byte GitLab may get.
+        if pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&annotation))
+            .await
+            .is_err()
+        {
+            self.closed = true;
+            return;
+        }
+        self.send().await;
+    }
+}
+
+/// The build container runs or ran: its agent owns the log.
+fn build_started(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    !matches!(status.phase.as_deref(), None | Some("Pending"))
+        || status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter(|c| c.name == "build")
+            .any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            })
+}
+
+/// gitlab-runner's lines for a pod that is not running yet: where it is and, tab-indented,
+/// each condition that holds it back.
+fn waiting_lines(pod: &Pod) -> Vec<String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("<unknown>");
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let mut lines = vec![format!(
+        "Waiting for pod {namespace}/{name} to be running on the node {node}, status is {phase}"
+    )];
+    for condition in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if condition.status == "True" {
+            continue;
+        }
+        if let Some(reason) = &condition.reason {
+            lines.push(format!(
+                "\t{reason}: {:?}",
+                condition.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    lines
 }

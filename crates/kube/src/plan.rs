@@ -739,6 +739,22 @@ pub fn plan(
             "--spec".into(),
             format!("{SPEC_DIR}/job.json"),
         ]),
+        // The start of the job's log, as the pod annotation holds it when the container
+        // starts (the executor sets and updates the annotation while the pod is pending).
+        env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: podrunner_agent::TRACE_PRELUDE_ENV.into(),
+            value: None,
+            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: format!(
+                        "metadata.annotations['{}']",
+                        podrunner_agent::TRACE_PRELUDE_ANNOTATION
+                    ),
+                }),
+                ..Default::default()
+            }),
+        }]),
         resources: resources(&config, ContainerRole::Build, &variables, &mut warnings)?,
         security_context: Some(security_context(
             &config,

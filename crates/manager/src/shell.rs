@@ -81,7 +81,7 @@ impl ShellExecutor {
                             "cannot create a work directory in {}: {e}",
                             self.work_dir.display()
                         ),
-                        None,
+                        Some(0),
                     )
                     .await;
             }
@@ -91,13 +91,15 @@ impl ShellExecutor {
         let spec = self.spec(&job, report_path.clone());
         if let Err(e) = write_private(&spec_path, &serde_json::to_vec(&spec).unwrap_or_default()) {
             return self
-                .fail(&job, &format!("cannot write the job spec: {e}"), None)
+                .fail(&job, &format!("cannot write the job spec: {e}"), Some(0))
                 .await;
         }
         let mut child = match tokio::process::Command::new(&self.agent_program)
             .arg("agent")
             .arg("--spec")
             .arg(&spec_path)
+            // The agent writes the whole log here; a prelude is for job pods only.
+            .env_remove(podrunner_agent::TRACE_PRELUDE_ENV)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -111,7 +113,7 @@ impl ShellExecutor {
                             "cannot start the agent {}: {e}",
                             self.agent_program.display()
                         ),
-                        None,
+                        Some(0),
                     )
                     .await;
             }
@@ -166,7 +168,7 @@ impl ShellExecutor {
             &self.info,
             &self.podrunner_version,
             reason,
-            trace_offset.unwrap_or(0),
+            trace_offset,
         )
         .await;
         JobEnd {
@@ -241,31 +243,46 @@ impl Executor for ShellExecutor {
     }
 }
 
-/// Appends `ERROR: Job failed (system failure): <reason>` to the trace (from whatever GitLab
-/// has) and sends `failed` with `runner_system_failure`, retrying a few times. Used when the
-/// agent cannot report itself.
-pub async fn fail_job(
-    job: &AcceptedJob,
-    info: &RunnerInfo,
-    version: &str,
-    reason: &str,
-    mut offset: u64,
-) -> bool {
-    let Ok(client) = GitlabClient::new(&ClientOptions {
+/// A GitLab client for one job's requests, with the runner's TLS settings.
+pub fn job_client(job: &AcceptedJob, version: &str) -> Option<GitlabClient> {
+    GitlabClient::new(&ClientOptions {
         url: job.runner.url.clone().unwrap_or_default(),
         tls_ca_file: job.runner.tls_ca_file.clone().map(PathBuf::from),
         tls_cert_file: job.runner.tls_cert_file.clone().map(PathBuf::from),
         tls_key_file: job.runner.tls_key_file.clone().map(PathBuf::from),
         podrunner_version: version.to_owned(),
-    }) else {
+    })
+    .ok()
+}
+
+/// Fails a job whose agent could not report: appends the reason to the trace and sends
+/// `runner_system_failure`. `trace_end`: how many trace bytes GitLab has, when known. When it
+/// is not (the agent died without a report), the first patch starts past any log the job
+/// could have written (its output limit plus room for the limit message and the manager's
+/// prelude) and GitLab's 416 tells where the log ends: a patch that starts early would
+/// replace the agent's output.
+pub async fn fail_job(
+    job: &AcceptedJob,
+    info: &RunnerInfo,
+    version: &str,
+    reason: &str,
+    trace_end: Option<u64>,
+) -> bool {
+    let Some(client) = job_client(job, version) else {
         return false;
     };
+    let limit_kib = if job.runner.output_limit > 0 {
+        job.runner.output_limit as u64
+    } else {
+        podrunner_config::DEFAULT_OUTPUT_LIMIT_KIB as u64
+    };
+    let mut offset = trace_end.unwrap_or(limit_kib * 1024 + 128 * 1024);
     let payload = &job.payload.job;
     let message = format!(
         "\n{}",
         podrunner_gitlab::log::error_line(&format!("Job failed (system failure): {reason}"))
     );
-    for _ in 0..3 {
+    for _ in 0..4 {
         match client
             .patch_trace(
                 payload.id,

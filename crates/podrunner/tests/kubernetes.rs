@@ -223,14 +223,54 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
         scheduled[0]
     );
 
-    // Four writes per job, one shared watch, no per-job reads, no exec, no logs.
+    // While the pod started, the manager wrote the log: what the pod waited for, then the
+    // Fargate size it got; the agent continued it (the stand-in checked the checksum).
+    let order = [
+        "Running with podrunner",
+        "Preparing environment",
+        "Waiting for pod gitlab-runner/podrunner-job-1000 to be running on the node <unknown>, status is Pending",
+        "Waiting for pod gitlab-runner/podrunner-job-1000 to be running on the node fargate-ip-",
+        "Fargate: provisioned 2vCPU 9GB, $0.",
+        "Running on podrunner-job-1000...",
+        "hello from pod podrunner-job-",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|s| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s:?} is not in:\n{text}"))
+        })
+        .collect();
+    assert!(positions.is_sorted(), "{positions:?} in:\n{text}");
+    assert_eq!(text.matches("Running with podrunner").count(), 1, "{text}");
+
+    // Per job: create the Secret and the Pod, the Pod owns the Secret, the prelude annotation
+    // follows what the log says (here: unscheduled, then on its node), delete the Pod. One
+    // shared watch, no per-job reads, no exec, no logs.
     let requests = h.kube.requests();
     let writes: Vec<String> = requests
         .iter()
         .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.uri))
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.method,
+                r.uri.split('?').next().unwrap_or_default()
+            )
+        })
         .collect();
-    assert_eq!(writes.len(), 4, "{writes:#?}");
+    let pod = "/api/v1/namespaces/gitlab-runner/pods/podrunner-job-1000";
+    assert_eq!(
+        writes,
+        [
+            "POST /api/v1/namespaces/gitlab-runner/secrets".to_owned(),
+            "POST /api/v1/namespaces/gitlab-runner/pods".to_owned(),
+            "PATCH /api/v1/namespaces/gitlab-runner/secrets/podrunner-job-1000-spec".to_owned(),
+            format!("PATCH {pod}"),
+            format!("PATCH {pod}"),
+            format!("DELETE {pod}"),
+        ]
+    );
     let per_pod_reads = requests
         .iter()
         .filter(|r| r.method == "GET" && (r.uri.contains("/pods/") || r.uri.contains("/secrets/")))
@@ -313,6 +353,13 @@ async fn an_unschedulable_pod_fails_after_poll_timeout() {
             && text.contains("Insufficient cpu"),
         "{text}"
     );
+    // While it waited, the log said why, as gitlab-runner does.
+    let waiting = text
+        .find("Waiting for pod gitlab-runner/podrunner-job-")
+        .expect(&text);
+    let condition = text.find("\tUnschedulable: \"").expect(&text);
+    let failure = text.find("was not scheduled within").expect(&text);
+    assert!(waiting < condition && condition < failure, "{text}");
     h.clean().await;
     h.stop().await;
 }
@@ -368,8 +415,8 @@ async fn a_pod_deleted_mid_job_fails_the_job_and_says_so() {
     let h = Harness::seed().await;
     let id = h
         .gitlab
-        .enqueue(job("doomed", &["echo running", "sleep 60"]));
-    h.trace_contains(id, "running").await;
+        .enqueue(job("doomed", &["echo the-script-runs", "sleep 60"]));
+    h.trace_contains(id, "the-script-runs").await;
     let pod = h.first_pod();
     let status = reqwest::Client::new()
         .delete(format!(
@@ -385,7 +432,7 @@ async fn a_pod_deleted_mid_job_fails_the_job_and_says_so() {
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "failed", "{text}");
-    assert!(text.contains("running"), "{text}");
+    assert!(text.contains("the-script-runs"), "{text}");
     // Deleting the pod sent the agent SIGTERM: it says so and reports the failure itself.
     assert!(text.contains("Job failed: runner interrupted"), "{text}");
     h.clean().await;

@@ -1923,6 +1923,28 @@ fn prepare_volumes(
     Ok(volumes)
 }
 
+/// The downward API's value of `path` for `pod`: a missing label or annotation is empty.
+fn field_value(pod: &Value, path: &str) -> Option<String> {
+    let metadata = &pod["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    match path {
+        "metadata.name" | "metadata.namespace" | "metadata.uid" => {
+            Some(text(&metadata[path.trim_start_matches("metadata.")]))
+        }
+        _ => {
+            let (map, key) = path
+                .strip_prefix("metadata.labels['")
+                .map(|rest| ("labels", rest))
+                .or_else(|| {
+                    path.strip_prefix("metadata.annotations['")
+                        .map(|rest| ("annotations", rest))
+                })?;
+            let key = key.strip_suffix("']")?;
+            Some(text(&metadata[map][key]))
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn start_container(
     shared: &Shared,
@@ -1953,6 +1975,8 @@ fn start_container(
         "--unshare-ipc",
         "--unshare-uts",
     ]);
+    // A pod's hostname is its name.
+    command.args(["--hostname", name]);
     match &image {
         Image::HostRoot => {
             // A writable tmpfs root with the host's top-level entries bound read-only, so
@@ -2024,13 +2048,28 @@ fn start_container(
     command.env("HOSTNAME", name);
     command.env("KUBERNETES_SERVICE_HOST", "10.100.0.1");
     command.env("KUBERNETES_SERVICE_PORT", "443");
+    // Like the kubelet, downward-API values are read from the pod as it is when the
+    // container starts.
+    let pod = shared
+        .lock()
+        .objects
+        .get(&(Kind::Pod, namespace.to_owned(), name.to_owned()))
+        .cloned()
+        .unwrap_or(Value::Null);
     for var in container.env.iter().flatten() {
         match (&var.value, &var.value_from) {
-            (_, Some(_)) => {
-                return Err(format!(
-                    "container {}: env {}: valueFrom is not supported by the stand-in",
-                    container.name, var.name
-                ));
+            (_, Some(from)) => {
+                let value = from
+                    .field_ref
+                    .as_ref()
+                    .and_then(|field| field_value(&pod, &field.field_path))
+                    .ok_or_else(|| {
+                        format!(
+                            "container {}: env {}: the stand-in resolves only fieldRef to metadata.name, metadata.namespace, metadata.uid, metadata.labels['…'] and metadata.annotations['…']",
+                            container.name, var.name
+                        )
+                    })?;
+                command.env(&var.name, value);
             }
             (value, None) => {
                 command.env(&var.name, value.clone().unwrap_or_default());
