@@ -146,6 +146,7 @@ fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str)
                     "create".to_owned(),
                     "list".into(),
                     "watch".into(),
+                    "patch".into(),
                     "delete".into()
                 ]
             ),
@@ -208,6 +209,28 @@ fn default_values_render_valid_manifests() {
         !documents.iter().any(|(_, d)| kind(d) == "Secret"),
         "no token, no Secret"
     );
+    // A system ID per release, so a replacement runner pod adopts its predecessor's jobs.
+    let system_id = |rendered: &serde_json::Map<String, Value>| -> String {
+        let all = self::documents(rendered);
+        let (_, deployment) = all.iter().find(|(_, d)| kind(d) == "Deployment").unwrap();
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some("PODRUNNER_SYSTEM_ID"))
+            .and_then(|e| e["value"].as_str())
+            .expect("the chart sets the system ID")
+            .to_owned()
+    };
+    let id = system_id(&render("-", "gitlab"));
+    assert!(
+        id.len() == 14
+            && id.starts_with("s_")
+            && id[2..].bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    assert_eq!(id, system_id(&render("-", "gitlab")), "stable");
+    assert_ne!(id, system_id(&render("-", "other")), "one per release");
 }
 
 #[test]

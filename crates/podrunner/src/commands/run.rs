@@ -35,6 +35,21 @@ pub(crate) struct RunArgs {
     /// The image job pods install the agent from (the chart sets it to the runner's own image).
     #[arg(long, env = "PODRUNNER_INIT_IMAGE", default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     init_image: String,
+    /// This manager's system ID (`s_` or `r_` and 12 letters or digits) instead of the one kept
+    /// beside the configuration. The chart derives it from the release, so a replaced runner
+    /// pod keeps it and adopts (or sweeps) the job pods its predecessor left.
+    #[arg(long, env = "PODRUNNER_SYSTEM_ID", value_name = "ID", value_parser = parse_system_id)]
+    system_id: Option<String>,
+}
+
+fn parse_system_id(text: &str) -> Result<String, String> {
+    if podrunner_gitlab::system_id::is_valid(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a system ID: it is `s_` or `r_` followed by 12 letters or digits, e.g. s_0123456789ab"
+        ))
+    }
 }
 
 /// Loads the configuration, then requests and runs jobs until a signal.
@@ -53,18 +68,21 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
         );
     }
     // The config may sit on a read-only mount (a ConfigMap): then the ID lives in /tmp.
-    let system_id = podrunner_gitlab::system_id::load_or_create(&path)
-        .or_else(|_| {
-            podrunner_gitlab::system_id::load_or_create(
-                &std::env::temp_dir().join("podrunner").join("config.toml"),
-            )
-        })
-        .with_context(|| {
-            format!(
-                "cannot keep the system ID beside {} (nor in the temporary directory)",
-                path.display()
-            )
-        })?;
+    let system_id = match &args.system_id {
+        Some(id) => Ok(id.clone()),
+        None => podrunner_gitlab::system_id::load_or_create(&path),
+    }
+    .or_else(|_| {
+        podrunner_gitlab::system_id::load_or_create(
+            &std::env::temp_dir().join("podrunner").join("config.toml"),
+        )
+    })
+    .with_context(|| {
+        format!(
+            "cannot keep the system ID beside {} (nor in the temporary directory)",
+            path.display()
+        )
+    })?;
     // The health endpoint answers while the runners get their tokens; /readyz waits.
     let server = match config.listen_address.as_deref() {
         Some(address) => {
