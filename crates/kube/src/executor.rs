@@ -31,6 +31,7 @@ use podrunner_manager::{AcceptedJob, Event, Executor, JobEnd, agent_spec, fail_j
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::calls::{ApiCalls, RateLimit, RetryPolicy};
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
 
 /// How long a pod may report `ErrImagePull` before the job fails (the kubelet retries once
@@ -110,6 +111,8 @@ pub struct KubernetesExecutor {
     info: RunnerInfo,
     system_id: String,
     watches: Mutex<HashMap<String, Arc<PodStates>>>,
+    /// One bucket for every API call of this executor.
+    limit: Arc<RateLimit>,
     cancel: CancellationToken,
 }
 
@@ -206,8 +209,21 @@ impl KubernetesExecutor {
             info,
             system_id,
             watches: Mutex::new(HashMap::new()),
+            limit: Arc::new(RateLimit::default()),
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// How calls for `runner` are made: its retry policy, this executor's rate limit.
+    fn calls(&self, runner: &RunnerConfig) -> ApiCalls {
+        ApiCalls::new(
+            self.limit.clone(),
+            runner
+                .kubernetes
+                .as_ref()
+                .map(RetryPolicy::from_config)
+                .unwrap_or_default(),
+        )
     }
 
     /// The shared watch over this manager's pods in `namespace`, started on first use.
@@ -238,7 +254,11 @@ impl KubernetesExecutor {
                         feed.update(&name, None);
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                    Err(e) => tracing::warn!(error = %e, "pod watch interrupted; retrying"),
+                    Err(e) => Event::KubernetesProblem {
+                        doing: "watching job pods (the watch restarts)".into(),
+                        error: e.to_string(),
+                    }
+                    .emit(),
                 }
             }
         });
@@ -306,7 +326,7 @@ impl KubernetesExecutor {
         );
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
-        let mut log = PodLog::open(&job, &spec, &self.podrunner_version);
+        let mut log = PodLog::open(&job, &spec, &self.podrunner_version, self.calls(&runner));
         if let Some(log) = &log {
             planned
                 .pod
@@ -358,12 +378,18 @@ impl KubernetesExecutor {
         }
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let calls = self.calls(&runner);
         let states = self.states(&namespace);
         let pod_state = states.subscribe(&pod_name);
 
+        let post = PostParams::default();
         for secret in &secrets {
-            if let Err(e) = secrets_api.create(&PostParams::default(), secret).await {
-                self.delete_secrets(&secrets_api, &secrets).await;
+            let created = calls
+                .run("create Secret", || secrets_api.create(&post, secret))
+                .await;
+            // 409 after a retry: the lost answer's create went through (names are per job).
+            if let Err(e) = created.map(|_| ()).or_else(already_exists) {
+                self.delete_secrets(&calls, &secrets_api, &secrets).await;
                 states.forget(&pod_name);
                 return self
                     .fail(
@@ -378,10 +404,19 @@ impl KubernetesExecutor {
                     .await;
             }
         }
-        let created = match pods_api.create(&PostParams::default(), &planned.pod).await {
+        let created = match calls
+            .run("create Pod", || pods_api.create(&post, &planned.pod))
+            .await
+        {
+            Ok(pod) => Ok(pod),
+            // 409 after a retry: the lost answer's create went through; find that pod.
+            Err(e) if is_conflict(&e) => self.find_job_pod(&calls, &pods_api, &job).await.ok_or(e),
+            Err(e) => Err(e),
+        };
+        let created = match created {
             Ok(pod) => pod,
             Err(e) => {
-                self.delete_secrets(&secrets_api, &secrets).await;
+                self.delete_secrets(&calls, &secrets_api, &secrets).await;
                 states.forget(&pod_name);
                 return self
                     .fail(
@@ -409,11 +444,15 @@ impl KubernetesExecutor {
             "apiVersion": "v1", "kind": "Pod", "name": pod_name,
             "uid": created.metadata.uid, "blockOwnerDeletion": true,
         }]}});
+        let owner = Patch::Merge(&owner);
+        let patch = PatchParams::default();
         let mut owned = true;
         for secret in &secrets {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
-            if secrets_api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&owner))
+            if calls
+                .run("make the Pod own its Secret", || {
+                    secrets_api.patch(name, &patch, &owner)
+                })
                 .await
                 .is_err()
             {
@@ -474,17 +513,17 @@ impl KubernetesExecutor {
             .as_ref()
             .and_then(|k| k.cleanup_grace_period_seconds)
             .map(|s| s.max(0) as u32);
-        let _ = pods_api
-            .delete(
-                pod_name,
-                &DeleteParams {
-                    grace_period_seconds: grace,
-                    propagation_policy: Some(PropagationPolicy::Background),
-                    ..Default::default()
-                },
-            )
+        let calls = self.calls(&runner);
+        let delete = DeleteParams {
+            grace_period_seconds: grace,
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let _ = calls
+            .run("delete Pod", || pods_api.delete(pod_name, &delete))
             .await;
-        self.delete_secrets(&secrets_api, &pod.orphan_secrets).await;
+        self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
+            .await;
         match outcome {
             Outcome::BuildEnded {
                 report: Some(report),
@@ -515,14 +554,20 @@ impl KubernetesExecutor {
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
-        let pods = match pods_api
-            .list(&kube::api::ListParams::default().labels(&selector))
+        let calls = self.calls(&runner);
+        let params = kube::api::ListParams::default().labels(&selector);
+        let pods = match calls
+            .run("list Pods to adopt", || pods_api.list(&params))
             .await
         {
             Ok(list) => list.items,
             Err(e) => {
-                tracing::warn!(error = %api_error(&e), "cannot list pods to adopt");
-                tokio::spawn(self.clone().sweep_forever(namespace));
+                Event::KubernetesProblem {
+                    doing: format!("listing the pods an earlier run left in {namespace}"),
+                    error: api_error(&e),
+                }
+                .emit();
+                tokio::spawn(self.clone().sweep_forever(namespace, calls));
                 return;
             }
         };
@@ -538,7 +583,11 @@ impl KubernetesExecutor {
             let pod_state = states.subscribe(&pod_name);
             states.update(&pod_name, Some(pod));
             // The job, as this pod's agent has it.
-            let job = match secrets_api.get(&format!("{pod_name}-spec")).await {
+            let spec_name = format!("{pod_name}-spec");
+            let job = match calls
+                .run("read a job spec", || secrets_api.get(&spec_name))
+                .await
+            {
                 Ok(secret) => secret
                     .data
                     .and_then(|d| d.get("job.json").cloned())
@@ -549,10 +598,16 @@ impl KubernetesExecutor {
                 Err(_) => None,
             };
             let Some(payload) = job else {
-                tracing::warn!(pod = %pod_name, "an earlier pod of this manager has no readable job spec; deleting it");
+                Event::KubernetesProblem {
+                    doing: format!("adopting pod {namespace}/{pod_name}"),
+                    error: "its job spec Secret is missing or unreadable; the pod is deleted"
+                        .into(),
+                }
+                .emit();
                 states.forget(&pod_name);
-                let _ = pods_api
-                    .delete(&pod_name, &DeleteParams::background())
+                let background = DeleteParams::background();
+                let _ = calls
+                    .run("delete Pod", || pods_api.delete(&pod_name, &background))
                     .await;
                 continue;
             };
@@ -588,7 +643,7 @@ impl KubernetesExecutor {
             }));
         }
         // From now on every pod of this manager is followed by someone; what is not is stray.
-        tokio::spawn(self.clone().sweep_forever(namespace.clone()));
+        tokio::spawn(self.clone().sweep_forever(namespace.clone(), calls));
         for task in tasks {
             let _ = task.await;
         }
@@ -597,9 +652,9 @@ impl KubernetesExecutor {
     /// Every [`SWEEP_INTERVAL`], deletes this manager's pods that no job follows and the spec
     /// and registry Secrets whose pod is gone (left by a crash between creating the Secret and
     /// the pod, or by a lost delete).
-    async fn sweep_forever(self: Arc<Self>, namespace: String) {
+    async fn sweep_forever(self: Arc<Self>, namespace: String, calls: ApiCalls) {
         loop {
-            self.sweep(&namespace).await;
+            self.sweep(&namespace, &calls).await;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(SWEEP_INTERVAL) => {}
@@ -607,26 +662,36 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn sweep(&self, namespace: &str) {
+    async fn sweep(&self, namespace: &str, calls: &ApiCalls) {
         let states = self.states(namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
         let params = kube::api::ListParams::default().labels(&selector);
         let (Ok(pods), Ok(secrets)) = (
-            pods_api.list(&params).await,
-            secrets_api.list(&params).await,
+            calls.run("list Pods", || pods_api.list(&params)).await,
+            calls
+                .run("list Secrets", || secrets_api.list(&params))
+                .await,
         ) else {
             return;
         };
+        let (background, plain) = (DeleteParams::background(), DeleteParams::default());
         let mut existing = std::collections::HashSet::new();
         for pod in pods.items {
             let Some(name) = pod.metadata.name else {
                 continue;
             };
             if !states.is_followed(&name) && pod.metadata.deletion_timestamp.is_none() {
-                tracing::warn!(pod = %name, "deleting a job pod no job follows");
-                let _ = pods_api.delete(&name, &DeleteParams::background()).await;
+                Event::StrayDeleted {
+                    kind: "Pod",
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                }
+                .emit();
+                let _ = calls
+                    .run("delete Pod", || pods_api.delete(&name, &background))
+                    .await;
             }
             existing.insert(name);
         }
@@ -639,8 +704,15 @@ impl KubernetesExecutor {
                 .or_else(|| name.strip_suffix("-registry"))
                 .unwrap_or(&name);
             if !existing.contains(pod) && !states.is_followed(pod) {
-                tracing::warn!(secret = %name, "deleting a job Secret whose pod is gone");
-                let _ = secrets_api.delete(&name, &DeleteParams::default()).await;
+                Event::StrayDeleted {
+                    kind: "Secret",
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                }
+                .emit();
+                let _ = calls
+                    .run("delete Secret", || secrets_api.delete(&name, &plain))
+                    .await;
             }
         }
     }
@@ -719,19 +791,40 @@ impl KubernetesExecutor {
                 () = abort.cancelled(), if stopping.is_none() => {
                     // Deleting the pod sends the agent SIGTERM; it reports runner_interrupted.
                     stopping = Some(tokio::time::Instant::now());
-                    let _ = pods_api
-                        .delete(pod_name, &DeleteParams { grace_period_seconds: Some(AGENT_STOP_GRACE.as_secs() as u32), ..Default::default() })
-                        .await;
+                    let params = DeleteParams { grace_period_seconds: Some(AGENT_STOP_GRACE.as_secs() as u32), ..Default::default() };
+                    let _ = self.calls(runner).run("delete Pod", || pods_api.delete(pod_name, &params)).await;
                 }
             }
         }
     }
 
-    async fn delete_secrets(&self, api: &Api<Secret>, secrets: &[Secret]) {
+    async fn delete_secrets(&self, calls: &ApiCalls, api: &Api<Secret>, secrets: &[Secret]) {
+        let params = DeleteParams::default();
         for secret in secrets {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
-            let _ = api.delete(name, &DeleteParams::default()).await;
+            let _ = calls
+                .run("delete Secret", || api.delete(name, &params))
+                .await;
         }
+    }
+
+    /// This manager's pod of `job`, found by its labels.
+    async fn find_job_pod(
+        &self,
+        calls: &ApiCalls,
+        api: &Api<Pod>,
+        job: &AcceptedJob,
+    ) -> Option<Pod> {
+        let selector = format!(
+            "{MANAGER_LABEL}={},{JOB_LABEL}={}",
+            self.system_id, job.payload.job.id
+        );
+        let params = kube::api::ListParams::default().labels(&selector);
+        let list = calls
+            .run("find the job's Pod", || api.list(&params))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
     }
 
     async fn fail(&self, job: &AcceptedJob, reason: &str, trace_end: Option<u64>) -> JobEnd {
@@ -880,6 +973,20 @@ fn scheduling_message(pod: &Pod) -> Option<String> {
         .and_then(|c| c.message.clone())
 }
 
+/// A 409: the object exists.
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// Treats "already exists" as done.
+fn already_exists(error: kube::Error) -> Result<(), kube::Error> {
+    if is_conflict(&error) {
+        Ok(())
+    } else {
+        Err(error)
+    }
+}
+
 fn api_error(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
@@ -949,6 +1056,7 @@ const PRELUDE_LIMIT: usize = 64 * 1024;
 /// end of the prelude it received (GitLab lets a patch start before the end of the log).
 struct PodLog {
     prelude: Prelude,
+    calls: ApiCalls,
     client: podrunner_gitlab::GitlabClient,
     job: AcceptedJob,
     /// Bytes GitLab acknowledged.
@@ -962,11 +1070,17 @@ struct PodLog {
 }
 
 impl PodLog {
-    fn open(job: &AcceptedJob, spec: &podrunner_agent::AgentSpec, version: &str) -> Option<Self> {
+    fn open(
+        job: &AcceptedJob,
+        spec: &podrunner_agent::AgentSpec,
+        version: &str,
+        calls: ApiCalls,
+    ) -> Option<Self> {
         let prelude = Prelude::open(spec).ok()?;
         let client = podrunner_manager::job_client(job, version)?;
         Some(PodLog {
             prelude,
+            calls,
             client,
             job: job.clone(),
             sent: 0,
@@ -1053,9 +1167,13 @@ impl PodLog {
         let annotation = serde_json::json!({"metadata": {"annotations": {
             TRACE_PRELUDE_ANNOTATION: BASE64.encode(&bytes),
         }}});
+        let (params, annotation) = (PatchParams::default(), Patch::Merge(&annotation));
         // Annotation first: an agent that starts now must know every byte GitLab may get.
-        if pods
-            .patch(name, &PatchParams::default(), &Patch::Merge(&annotation))
+        if self
+            .calls
+            .run("update the trace prelude", || {
+                pods.patch(name, &params, &annotation)
+            })
             .await
             .is_err()
         {

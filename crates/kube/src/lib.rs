@@ -2,6 +2,7 @@
 //! configuration and the job payload), the Fargate size and price model, and the executor that
 //! runs each job in its own pod.
 
+pub mod calls;
 pub mod executor;
 pub mod fargate;
 pub mod plan;

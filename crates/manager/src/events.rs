@@ -129,6 +129,33 @@ pub enum Event {
         /// Every job ended before the deadline.
         all_jobs_finished: bool,
     },
+    /// A Kubernetes API call failed in a way worth another try.
+    KubernetesRetry {
+        /// What the call does (`create Pod`).
+        call: String,
+        /// The failed try, from 1.
+        attempt: u32,
+        /// The error, with its causes.
+        error: String,
+        /// The pause before the next try.
+        retry_in: Duration,
+    },
+    /// Something went wrong on the Kubernetes side that the executor works around.
+    KubernetesProblem {
+        /// What the executor was doing.
+        doing: String,
+        /// The error.
+        error: String,
+    },
+    /// A pod or Secret of this manager that no job follows was deleted.
+    StrayDeleted {
+        /// `Pod` or `Secret`.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl Event {
@@ -215,6 +242,30 @@ impl Event {
                 format!("Job failed by the manager job={job_id} reason={reason:?}"),
             ),
             Event::ShuttingDown { mode } => ("info", format!("Shutting down mode={mode}")),
+            Event::KubernetesRetry {
+                call,
+                attempt,
+                error,
+                retry_in,
+            } => (
+                "warning",
+                format!(
+                    "Kubernetes API call failed; retrying call={call:?} attempt={attempt} retry_in={}ms error={error:?}",
+                    retry_in.as_millis()
+                ),
+            ),
+            Event::KubernetesProblem { doing, error } => (
+                "warning",
+                format!("Kubernetes problem doing={doing:?} error={error:?}"),
+            ),
+            Event::StrayDeleted {
+                kind,
+                namespace,
+                name,
+            } => (
+                "warning",
+                format!("Deleted a stray {kind} no job follows name={namespace}/{name}"),
+            ),
             Event::Stopped { all_jobs_finished } => (
                 "info",
                 format!("Job loop stopped all_jobs_finished={all_jobs_finished}"),
@@ -227,7 +278,7 @@ impl Event {
 }
 
 impl Event {
-    fn count(&self) {
+    pub(crate) fn count(&self) {
         use std::sync::atomic::Ordering;
         let m = crate::metrics::metrics();
         match self {
@@ -290,6 +341,19 @@ impl Event {
                     .or_default() += 1;
             }
             Event::Stopped { .. } => m.ready.store(false, Ordering::Relaxed),
+            Event::FargateCost { seconds, usd, .. } => {
+                let mut fargate = m.fargate.lock().unwrap_or_else(|p| p.into_inner());
+                fargate.jobs += 1;
+                fargate.seconds += seconds;
+                fargate.usd += usd;
+            }
+            Event::KubernetesRetry { call, .. } => {
+                *m.kubernetes_retries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(call.clone())
+                    .or_default() += 1;
+            }
             _ => {}
         }
     }

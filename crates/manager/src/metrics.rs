@@ -16,6 +16,16 @@ pub struct Metrics {
     pub(crate) jobs_total: Mutex<BTreeMap<String, u64>>,
     pub(crate) failed_total: Mutex<BTreeMap<(String, String), u64>>,
     pub(crate) api_statuses: Mutex<BTreeMap<(String, String, String), u64>>,
+    pub(crate) fargate: Mutex<FargateTotals>,
+    pub(crate) kubernetes_retries: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What the jobs that ran on Fargate used, summed.
+#[derive(Debug, Default)]
+pub(crate) struct FargateTotals {
+    pub(crate) jobs: u64,
+    pub(crate) seconds: f64,
+    pub(crate) usd: f64,
 }
 
 /// The process's metrics.
@@ -92,6 +102,30 @@ impl Metrics {
                 escape(status)
             ));
         }
+        let fargate = lock(&self.fargate);
+        out.push_str("# HELP podrunner_fargate_jobs_total Jobs whose pod ran on Fargate.\n# TYPE podrunner_fargate_jobs_total counter\n");
+        out.push_str(&format!(
+            "podrunner_fargate_jobs_total{{system_id=\"{system_id}\"}} {}\n",
+            fargate.jobs
+        ));
+        out.push_str("# HELP podrunner_fargate_pod_seconds_total Seconds jobs' Fargate pods ran, from scheduling to deletion.\n# TYPE podrunner_fargate_pod_seconds_total counter\n");
+        out.push_str(&format!(
+            "podrunner_fargate_pod_seconds_total{{system_id=\"{system_id}\"}} {:.3}\n",
+            fargate.seconds
+        ));
+        out.push_str("# HELP podrunner_fargate_cost_usd_total What jobs' Fargate pods cost, in US dollars at the configured prices.\n# TYPE podrunner_fargate_cost_usd_total counter\n");
+        out.push_str(&format!(
+            "podrunner_fargate_cost_usd_total{{system_id=\"{system_id}\"}} {:.6}\n",
+            fargate.usd
+        ));
+        drop(fargate);
+        out.push_str("# HELP podrunner_kubernetes_api_retries_total Kubernetes API calls retried, by call.\n# TYPE podrunner_kubernetes_api_retries_total counter\n");
+        for (call, total) in lock(&self.kubernetes_retries).iter() {
+            out.push_str(&format!(
+                "podrunner_kubernetes_api_retries_total{{system_id=\"{system_id}\",call=\"{}\"}} {total}\n",
+                escape(call)
+            ));
+        }
         out
     }
 }
@@ -132,5 +166,42 @@ pub fn bind_address(listen_address: &str) -> String {
         format!("0.0.0.0{listen_address}")
     } else {
         listen_address.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+
+    #[test]
+    fn fargate_costs_and_kubernetes_retries_are_counted() {
+        for (seconds, usd) in [(30.0, 0.002), (90.5, 0.003)] {
+            Event::FargateCost {
+                job_id: 1,
+                capacity: "2vCPU 9GB".into(),
+                seconds,
+                usd_per_hour: 0.12,
+                usd,
+            }
+            .count();
+        }
+        Event::KubernetesRetry {
+            call: "create Pod".into(),
+            attempt: 1,
+            error: "connection refused".into(),
+            retry_in: std::time::Duration::from_millis(500),
+        }
+        .count();
+        let text = metrics().render();
+        for line in [
+            "podrunner_fargate_jobs_total{system_id=\"\"} 2\n",
+            "podrunner_fargate_pod_seconds_total{system_id=\"\"} 120.500\n",
+            "podrunner_fargate_cost_usd_total{system_id=\"\"} 0.005000\n",
+            "podrunner_kubernetes_api_retries_total{system_id=\"\",call=\"create Pod\"} 1\n",
+            "# TYPE podrunner_fargate_cost_usd_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} is not in:\n{text}");
+        }
     }
 }

@@ -389,6 +389,40 @@ async fn oom_killed_build_container_fails_the_job_with_the_reason() {
     h.stop().await;
 }
 
+/// gitlab-runner retries API calls that fail on the network or on a busy etcd; a create whose
+/// answer was lost is not made twice (the retry's 409 means it went through).
+#[tokio::test(flavor = "multi_thread")]
+async fn api_calls_survive_lost_connections_and_etcd_timeouts() {
+    use podrunner_testkit::ConnectionFault::{DropAfterHandling, EtcdTimeout};
+    let h = Harness::seed().await;
+    h.kube.fault("POST", "/secrets", DropAfterHandling);
+    h.kube.fault("POST", "/pods", EtcdTimeout);
+    h.kube.fault("POST", "/pods", DropAfterHandling);
+    h.kube.fault("DELETE", "/pods/", EtcdTimeout);
+    let id = h.gitlab.enqueue(job("flaky", &["echo made-it"]));
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    let log = h.manager_log();
+    assert_eq!(view.status, "success", "{text}\n{log}");
+    assert!(text.contains("made-it"), "{text}");
+    // One pod, and it is gone at the end although the first delete failed.
+    h.clean().await;
+    let log = h.manager_log();
+    let requests = h.kube.requests();
+    let pods_created = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.uri.contains("/pods?"))
+        .count();
+    assert!(pods_created >= 2, "{requests:#?}");
+    assert_eq!(
+        log.matches("Kubernetes API call failed; retrying").count(),
+        4,
+        "one per fault:\n{log}"
+    );
+    assert!(log.contains("etcdserver: request timed out"), "{log}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
     let mut h = Harness::seed().await;

@@ -124,8 +124,28 @@ struct PodRuntime {
     stop: Arc<Notify>,
 }
 
+/// A failure one API request suffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFault {
+    /// The connection closes before the request is handled: nothing happens.
+    DropBeforeHandling,
+    /// The request is carried out, then the connection closes before the answer.
+    DropAfterHandling,
+    /// The API server answers 500 `etcdserver: request timed out` without carrying it out.
+    EtcdTimeout,
+}
+
+/// A queued connection fault for the next request with this method and path part.
+#[derive(Clone, Debug)]
+struct QueuedFault {
+    method: String,
+    path_contains: String,
+    fault: ConnectionFault,
+}
+
 #[derive(Default)]
 struct Inner {
+    faults: Vec<QueuedFault>,
     resource_version: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
     history: Vec<Change>,
@@ -276,6 +296,16 @@ impl KubernetesStandIn {
         true
     }
 
+    /// Makes the next `method` request whose path contains `path_contains` suffer `fault`
+    /// (faults queue up and are used once each).
+    pub fn fault(&self, method: &str, path_contains: &str, fault: ConnectionFault) {
+        self.shared.lock().faults.push(QueuedFault {
+            method: method.to_owned(),
+            path_contains: path_contains.to_owned(),
+            fault,
+        });
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<ApiRequest> {
         self.shared.lock().requests.clone()
@@ -342,7 +372,45 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
             get(pod_log),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            connection_faults,
+        ))
         .with_state(shared)
+}
+
+/// Carries out queued [`ConnectionFault`]s: the connection's task unwinds, so the client sees
+/// the connection close without an answer.
+async fn connection_faults(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let fault = {
+        let mut inner = shared.lock();
+        let method = request.method().as_str();
+        let path = request.uri().path();
+        let found = inner
+            .faults
+            .iter()
+            .position(|f| f.method == method && path.contains(&f.path_contains));
+        found.map(|i| inner.faults.remove(i).fault)
+    };
+    let drop_connection =
+        || -> ! { std::panic::resume_unwind(Box::new("injected connection fault")) };
+    match fault {
+        Some(ConnectionFault::DropBeforeHandling) => drop_connection(),
+        Some(ConnectionFault::DropAfterHandling) => {
+            let _ = next.run(request).await;
+            drop_connection()
+        }
+        Some(ConnectionFault::EtcdTimeout) => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request timed out",
+        ),
+        None => next.run(request).await,
+    }
 }
 
 fn record(shared: &Shared, method: &Method, uri: &Uri) {

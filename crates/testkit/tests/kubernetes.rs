@@ -476,3 +476,34 @@ fn which(program: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_faults_close_the_connection_before_or_after_the_request_is_carried_out() {
+    use podrunner_testkit::ConnectionFault;
+    let kube = KubernetesStandIn::start(1, 4.0).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1"}});
+    let url = format!("{}/api/v1/namespaces/ns/secrets", kube.url());
+    kube.fault("POST", "/secrets", ConnectionFault::DropBeforeHandling);
+    let error = client.post(&url).json(&secret).send().await.unwrap_err();
+    assert!(error.is_request(), "{error:?}");
+    assert!(
+        kube.object("Secret", "ns", "s1").is_none(),
+        "not carried out"
+    );
+    kube.fault("POST", "/secrets", ConnectionFault::DropAfterHandling);
+    let error = client.post(&url).json(&secret).send().await.unwrap_err();
+    assert!(error.is_request(), "{error:?}");
+    assert!(kube.object("Secret", "ns", "s1").is_some(), "carried out");
+    kube.fault("POST", "/secrets", ConnectionFault::EtcdTimeout);
+    let response = client.post(&url).json(&secret).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "etcdserver: request timed out");
+    // Faults are used once: the next request is answered (409: it exists).
+    let response = client.post(&url).json(&secret).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 409);
+}
