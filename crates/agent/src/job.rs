@@ -107,14 +107,64 @@ pub async fn run_from_file(
         path: path.to_owned(),
         source,
     })?;
-    let prelude = match std::env::var(TRACE_PRELUDE_ENV) {
-        Ok(text) if !text.is_empty() => BASE64
-            .decode(text.trim())
-            .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
-        _ => Vec::new(),
-    };
-    run(spec, prelude, interrupt).await
+    run(spec, Handover::from_env()?, interrupt).await
 }
+
+/// What a job pod hands its agent besides the spec, through the downward API.
+#[derive(Debug, Clone, Default)]
+pub struct Handover {
+    /// The start of the log the manager already sent (see [`Prelude`]); empty when the agent
+    /// writes the whole log.
+    pub trace_prelude: Vec<u8>,
+    /// The pod's Fargate size and price, when it runs on Fargate.
+    pub fargate: Option<FargateBilling>,
+}
+
+/// The Fargate size of a job's pod and what it costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FargateBilling {
+    /// As `CapacityProvisioned` says it: `2vCPU 9GB`.
+    pub capacity: String,
+    /// USD per hour at the runner's prices.
+    pub usd_per_hour: f64,
+}
+
+impl Handover {
+    /// Reads [`TRACE_PRELUDE_ENV`], [`FARGATE_CAPACITY_ENV`] and [`FARGATE_PRICE_ENV`].
+    pub fn from_env() -> Result<Self, AgentError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let trace_prelude = match var(TRACE_PRELUDE_ENV) {
+            Some(text) => BASE64
+                .decode(text.trim())
+                .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let fargate = var(FARGATE_CAPACITY_ENV)
+            .zip(var(FARGATE_PRICE_ENV).and_then(|p| p.trim().parse::<f64>().ok()))
+            .map(|(capacity, usd_per_hour)| FargateBilling {
+                capacity,
+                usd_per_hour,
+            });
+        Ok(Handover {
+            trace_prelude,
+            fargate,
+        })
+    }
+}
+
+/// The environment variable with the job pod's `CapacityProvisioned` annotation (Fargate's
+/// size for it).
+pub const FARGATE_CAPACITY_ENV: &str = "PODRUNNER_FARGATE_CAPACITY";
+
+/// The environment variable with the pod's Fargate price per hour, from
+/// [`FARGATE_PRICE_ANNOTATION`].
+pub const FARGATE_PRICE_ENV: &str = "PODRUNNER_FARGATE_USD_PER_HOUR";
+
+/// The pod annotation where the manager puts the price of the size Fargate provisioned.
+pub const FARGATE_PRICE_ANNOTATION: &str = "podrunner.io/fargate-usd-per-hour";
+
+/// Fargate bills per second, at least one minute.
+const FARGATE_MINIMUM_SECONDS: u64 = 60;
 
 /// The environment variable that hands the agent the start of its job's log that the
 /// manager already sent to GitLab (base64 of the exact bytes). In a job pod it comes from the
@@ -293,15 +343,20 @@ struct Job {
     out: Writers,
     /// The manager already wrote the header and opened "Preparing environment".
     opened: bool,
+    /// The pod's Fargate size and price, for the cost line at the end.
+    fargate: Option<FargateBilling>,
+    /// When the agent started.
+    started: Instant,
 }
 
-/// Runs a job to its final state and reports how it went. `prelude`: the start of the log
-/// the manager already sent (see [`Prelude`]); empty when the agent writes the whole log.
+/// Runs a job to its final state and reports how it went.
 pub async fn run(
     spec: AgentSpec,
-    prelude: Vec<u8>,
+    handover: Handover,
     interrupt: CancellationToken,
 ) -> Result<TerminationReport, AgentError> {
+    let started = Instant::now();
+    let prelude = handover.trace_prelude;
     let payload = JobPayload::from_value(spec.job.clone())?;
     let client = GitlabClient::new(&ClientOptions {
         url: spec.gitlab.url.clone(),
@@ -365,6 +420,8 @@ pub async fn run(
         payload,
         spec,
         opened: !prelude.is_empty(),
+        fargate: handover.fargate,
+        started,
     };
     let outcome = run.execute().await;
     run.out.flush();
@@ -1586,6 +1643,16 @@ impl Job {
         );
         let _ = std::fs::remove_dir_all(&self.temp_dir);
         self.section_end("cleanup_file_variables");
+        if let Some(fargate) = &self.fargate {
+            let seconds = self.started.elapsed().as_secs_f64().ceil() as u64;
+            let billed = seconds.max(FARGATE_MINIMUM_SECONDS);
+            self.out.line(&format!(
+                "Fargate: {} at ${:.6}/h, {seconds} s since the job started: about ${:.6} (billed per second, at least one minute, until the pod is gone)",
+                fargate.capacity,
+                fargate.usd_per_hour,
+                fargate.usd_per_hour * billed as f64 / 3600.0
+            ));
+        }
         match &outcome {
             Outcome::Success => {
                 self.out

@@ -12,7 +12,8 @@ pub mod spec;
 pub mod variables;
 
 pub use job::{
-    AgentError, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, agent_features, run,
+    AgentError, FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling,
+    Handover, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, agent_features, run,
     run_from_file,
 };
 pub use spec::{AgentSpec, GitlabConnection, TerminationReport};

@@ -739,22 +739,20 @@ pub fn plan(
             "--spec".into(),
             format!("{SPEC_DIR}/job.json"),
         ]),
-        // The start of the job's log, as the pod annotation holds it when the container
-        // starts (the executor sets and updates the annotation while the pod is pending).
-        env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
-            name: podrunner_agent::TRACE_PRELUDE_ENV.into(),
-            value: None,
-            value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
-                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
-                    api_version: Some("v1".into()),
-                    field_path: format!(
-                        "metadata.annotations['{}']",
-                        podrunner_agent::TRACE_PRELUDE_ANNOTATION
-                    ),
-                }),
-                ..Default::default()
-            }),
-        }]),
+        // What the executor hands the agent through pod annotations, as they are when the
+        // container starts: the start of the job's log (the executor sets and updates it while
+        // the pod is pending), Fargate's size for the pod and its price.
+        env: Some(vec![
+            annotation_env(
+                podrunner_agent::TRACE_PRELUDE_ENV,
+                podrunner_agent::TRACE_PRELUDE_ANNOTATION,
+            ),
+            annotation_env(podrunner_agent::FARGATE_CAPACITY_ENV, "CapacityProvisioned"),
+            annotation_env(
+                podrunner_agent::FARGATE_PRICE_ENV,
+                podrunner_agent::FARGATE_PRICE_ANNOTATION,
+            ),
+        ]),
         resources: resources(&config, ContainerRole::Build, &variables, &mut warnings)?,
         security_context: Some(security_context(
             &config,
@@ -1068,6 +1066,22 @@ fn camel_case(value: serde_json::Value) -> serde_json::Value {
             serde_json::Value::Array(items.into_iter().map(camel_case).collect())
         }
         other => other,
+    }
+}
+
+/// An environment variable with the pod's annotation `annotation` (empty when it is absent).
+fn annotation_env(name: &str, annotation: &str) -> k8s_openapi::api::core::v1::EnvVar {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: format!("metadata.annotations['{annotation}']"),
+            }),
+            ..Default::default()
+        }),
     }
 }
 

@@ -98,8 +98,10 @@ impl ShellExecutor {
             .arg("agent")
             .arg("--spec")
             .arg(&spec_path)
-            // The agent writes the whole log here; a prelude is for job pods only.
+            // What job pods hand their agent does not apply here.
             .env_remove(podrunner_agent::TRACE_PRELUDE_ENV)
+            .env_remove(podrunner_agent::FARGATE_CAPACITY_ENV)
+            .env_remove(podrunner_agent::FARGATE_PRICE_ENV)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
