@@ -24,7 +24,9 @@ use kube::config::{
     NamedContext,
 };
 use kube::runtime::{WatchStreamExt, watcher};
-use podrunner_agent::{Prelude, TRACE_PRELUDE_ANNOTATION, TerminationReport};
+use podrunner_agent::{
+    FARGATE_PRICE_ANNOTATION, Prelude, TRACE_PRELUDE_ANNOTATION, TerminationReport,
+};
 use podrunner_config::RunnerConfig;
 use podrunner_gitlab::{PatchOutcome, RunnerInfo};
 use podrunner_manager::{AcceptedJob, Event, Executor, JobEnd, agent_spec, fail_job};
@@ -113,6 +115,8 @@ pub struct KubernetesExecutor {
     watches: Mutex<HashMap<String, Arc<PodStates>>>,
     /// One bucket for every API call of this executor.
     limit: Arc<RateLimit>,
+    /// Pods of an earlier run, by job ID, until their job is resumed.
+    adopted: Mutex<HashMap<i64, JobPod>>,
     cancel: CancellationToken,
 }
 
@@ -210,6 +214,7 @@ impl KubernetesExecutor {
             system_id,
             watches: Mutex::new(HashMap::new()),
             limit: Arc::new(RateLimit::default()),
+            adopted: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
         }
     }
@@ -542,10 +547,11 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Takes over the job pods a previous run of this manager left in `runner`'s namespace
-    /// (same system ID): each is followed to its end and cleaned up like a job of this run.
-    /// The agents inside kept running the jobs and sending their traces meanwhile.
-    pub async fn adopt(self: Arc<Self>, runner: Arc<RunnerConfig>, system_id: String) {
+    /// The job pods a previous run of this manager left in `runner`'s namespace (same system
+    /// ID), as jobs the manager resumes ([`Executor::resume`]): each is followed to its end and
+    /// cleaned up like a job of this run. The agents inside kept running the jobs and sending
+    /// their traces meanwhile. Then the sweep of stray pods and Secrets starts.
+    async fn adopt(self: Arc<Self>, runner: Arc<RunnerConfig>) -> Vec<AcceptedJob> {
         let namespace = runner
             .kubernetes
             .as_ref()
@@ -568,11 +574,11 @@ impl KubernetesExecutor {
                 }
                 .emit();
                 tokio::spawn(self.clone().sweep_forever(namespace, calls));
-                return;
+                return Vec::new();
             }
         };
         let states = self.states(&namespace);
-        let mut tasks = Vec::new();
+        let mut jobs = Vec::new();
         for pod in pods {
             let Some(pod_name) = pod.metadata.name.clone() else {
                 continue;
@@ -614,7 +620,7 @@ impl KubernetesExecutor {
             let accepted = AcceptedJob {
                 runner: runner.clone(),
                 payload,
-                system_id: system_id.clone(),
+                system_id: self.system_id.clone(),
                 concurrent_id: 0,
             };
             Event::PodAdopted {
@@ -623,29 +629,39 @@ impl KubernetesExecutor {
                 pod: pod_name.clone(),
             }
             .emit();
-            let executor = self.clone();
-            let namespace = namespace.clone();
-            let cancel = self.cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                executor
-                    .finish(
-                        &accepted,
-                        JobPod {
-                            namespace,
-                            name: pod_name,
-                            state: pod_state,
-                            orphan_secrets: Vec::new(),
-                            log: None,
-                        },
-                        &cancel,
-                    )
-                    .await
-            }));
+            self.adopted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    accepted.payload.job.id,
+                    JobPod {
+                        namespace: namespace.clone(),
+                        name: pod_name,
+                        state: pod_state,
+                        orphan_secrets: Vec::new(),
+                        log: None,
+                    },
+                );
+            jobs.push(accepted);
         }
         // From now on every pod of this manager is followed by someone; what is not is stray.
-        tokio::spawn(self.clone().sweep_forever(namespace.clone(), calls));
-        for task in tasks {
-            let _ = task.await;
+        tokio::spawn(self.clone().sweep_forever(namespace, calls));
+        jobs
+    }
+
+    /// Follows an adopted job's pod to its end.
+    async fn resume_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
+        let pod = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.payload.job.id);
+        match pod {
+            Some(pod) => self.finish(&job, pod, &abort).await,
+            None => {
+                self.fail(&job, "the job's pod was not adopted by this executor", None)
+                    .await
+            }
         }
     }
 
@@ -1030,6 +1046,21 @@ impl Executor for KubernetesExecutor {
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
         Box::pin(self.run_job(job, abort))
     }
+
+    fn leftovers(
+        self: Arc<Self>,
+        runner: Arc<RunnerConfig>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Vec<AcceptedJob>> + Send>> {
+        Box::pin(self.adopt(runner))
+    }
+
+    fn resume<'a>(
+        &'a self,
+        job: AcceptedJob,
+        abort: CancellationToken,
+    ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
+        Box::pin(self.resume_job(job, abort))
+    }
 }
 
 /// A job's pod as its job follows it.
@@ -1065,6 +1096,8 @@ struct PodLog {
     last_status: Vec<String>,
     /// The Fargate size the pod got is in the log.
     capacity_noted: bool,
+    /// The price of that size, for the agent's cost line (annotation value).
+    usd_per_hour: Option<String>,
     /// The build container started: the log is the agent's now.
     closed: bool,
 }
@@ -1086,6 +1119,7 @@ impl PodLog {
             sent: 0,
             last_status: Vec::new(),
             capacity_noted: false,
+            usd_per_hour: None,
             closed: false,
         })
     }
@@ -1153,6 +1187,7 @@ impl PodLog {
                 "Fargate: provisioned {capacity}, ${:.6}/h, billed per second with a one-minute minimum",
                 price.usd_per_hour
             ));
+            self.usd_per_hour = Some(format!("{:.6}", price.usd_per_hour));
         }
         let bytes = self.prelude.bytes();
         if bytes.len() == before {
@@ -1164,9 +1199,13 @@ impl PodLog {
             return;
         }
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let annotation = serde_json::json!({"metadata": {"annotations": {
+        let mut annotations = serde_json::json!({
             TRACE_PRELUDE_ANNOTATION: BASE64.encode(&bytes),
-        }}});
+        });
+        if let Some(price) = &self.usd_per_hour {
+            annotations[FARGATE_PRICE_ANNOTATION] = price.clone().into();
+        }
+        let annotation = serde_json::json!({"metadata": {"annotations": annotations}});
         let (params, annotation) = (PatchParams::default(), Patch::Merge(&annotation));
         // Annotation first: an agent that starts now must know every byte GitLab may get.
         if self

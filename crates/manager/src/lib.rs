@@ -63,6 +63,26 @@ pub trait Executor: Send + Sync {
         job: AcceptedJob,
         abort: CancellationToken,
     ) -> Pin<Box<dyn Future<Output = JobEnd> + Send + 'a>>;
+
+    /// The jobs of `runner` an earlier run of this manager left running (their pods survived
+    /// its restart), for [`Executor::resume`]. The manager counts them toward `concurrent` and
+    /// `limit` like new jobs. None by default.
+    fn leftovers(
+        self: Arc<Self>,
+        runner: Arc<RunnerConfig>,
+    ) -> Pin<Box<dyn Future<Output = Vec<AcceptedJob>> + Send>> {
+        let _ = runner;
+        Box::pin(async { Vec::new() })
+    }
+
+    /// Follows a job of [`Executor::leftovers`] to its end, like [`Executor::run`].
+    fn resume<'a>(
+        &'a self,
+        job: AcceptedJob,
+        abort: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = JobEnd> + Send + 'a>> {
+        self.run(job, abort)
+    }
 }
 
 /// What the manager needs besides the configuration.
@@ -184,6 +204,16 @@ impl Manager {
                 counters: self.counters.clone(),
                 last_update: Arc::new(Mutex::new(None)),
             };
+            // Jobs an earlier run left running come first: they hold their share of
+            // `concurrent` and `limit` (beyond it when there are more of them than that).
+            for job in feeder.executor.clone().leftovers(runner.clone()).await {
+                let global = global.clone().try_acquire_owned().ok();
+                let local = feeder
+                    .limit
+                    .as_ref()
+                    .and_then(|l| l.clone().try_acquire_owned().ok());
+                feeder.launch(job, None, global, local);
+            }
             let request_concurrency = runner.request_concurrency.clamp(1, 64) as usize;
             for _ in 0..request_concurrency {
                 feeders.push(tokio::spawn(feeder.clone().run()));
@@ -420,6 +450,18 @@ impl Feeder {
             concurrent_id: slot,
             payload,
         };
+        self.launch(job, Some(slot), Some(global), local);
+    }
+
+    /// Runs `job` (a new one, in `slot`) or resumes it (an earlier run's, no slot) in the
+    /// background, holding the permits until it ends.
+    fn launch(
+        &self,
+        job: AcceptedJob,
+        slot: Option<u32>,
+        global: Option<tokio::sync::OwnedSemaphorePermit>,
+        local: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let executor = self.executor.clone();
         let abort = self.jobs_abort.child_token();
         let counters = self.counters.clone();
@@ -434,7 +476,10 @@ impl Feeder {
                 executor: executor.name(),
             }
             .emit();
-            let end = executor.run(job, abort).await;
+            let end = match slot {
+                Some(_) => executor.run(job, abort).await,
+                None => executor.resume(job, abort).await,
+            };
             Event::JobFinished {
                 runner,
                 failure_reason: end.failure_reason.clone(),
@@ -448,10 +493,12 @@ impl Feeder {
                 counters.jobs_running -= 1;
                 counters.jobs_finished += 1;
             }
-            slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&slot);
+            if let Some(slot) = slot {
+                slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&slot);
+            }
             drop(local);
             drop(global);
         });

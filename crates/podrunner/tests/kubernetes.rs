@@ -195,9 +195,34 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
             &[
                 "echo \"hello from pod $HOSTNAME as pid $$\"",
                 "echo \"secret is $DEPLOY_KEY\"",
+                "sleep 1",
             ],
         )
         .variable("DEPLOY_KEY", "very-secret-deploy-key", true),
+    );
+    // The pod as the API server stored it is a valid Pod and holds no secret.
+    let pod = loop {
+        if let Some(pod) = h.kube.objects("Pod").into_iter().next() {
+            break pod;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let stored = serde_json::to_string_pretty(&pod).unwrap();
+    assert!(!stored.contains("very-secret-deploy-key"), "{stored}");
+    let file = h._dir.path().join("stored-pod.yaml");
+    std::fs::write(&file, &stored).unwrap();
+    let program =
+        std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let output = std::process::Command::new(&program)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{}{}\n{stored}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
     let view = h.finished(id).await;
     let text = trace(&view);
@@ -233,6 +258,8 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
         "Fargate: provisioned 2vCPU 9GB, $0.",
         "Running on podrunner-job-1000...",
         "hello from pod podrunner-job-",
+        "Fargate: 2vCPU 9GB at $0.120965/h, ",
+        "Job succeeded",
     ];
     let positions: Vec<usize> = order
         .iter()
@@ -440,6 +467,63 @@ async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
         "{text}"
     );
     // The restarted manager adopted the pod and removed it.
+    h.clean().await;
+    h.stop().await;
+}
+
+/// An adopted job holds its place in `concurrent` like a new one: with `concurrent = 1` the
+/// restarted manager takes no new job until the adopted one ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn adopted_jobs_count_toward_concurrent() {
+    let mut h = Harness::start(|dir| {
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "concurrent = 1\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n",
+        )
+        .unwrap();
+        vec!["-c".into(), path.display().to_string()]
+    })
+    .await;
+    let first = h.gitlab.enqueue(job(
+        "first",
+        &["echo first half", "sleep 4", "echo second half"],
+    ));
+    h.trace_contains(first, "first half").await;
+    h.kill_and_restart().await;
+    let second = h.gitlab.enqueue(job("second", &["echo second job"]));
+    let view = h.finished(second).await;
+    assert_eq!(view.status, "success", "{}", trace(&view));
+    assert_eq!(h.finished(first).await.status, "success");
+    let requests: Vec<String> = h
+        .kube
+        .requests()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.method,
+                r.uri.split('?').next().unwrap_or_default()
+            )
+        })
+        .collect();
+    let position = |wanted: &str| {
+        requests
+            .iter()
+            .position(|r| r == wanted)
+            .unwrap_or_else(|| panic!("{wanted} is not in {requests:#?}"))
+    };
+    let first_deleted = position(&format!(
+        "DELETE /api/v1/namespaces/gitlab-runner/pods/podrunner-job-{first}"
+    ));
+    let second_created = requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.as_str() == "POST /api/v1/namespaces/gitlab-runner/pods")
+        .map(|(i, _)| i)
+        .nth(1)
+        .expect("two pods created");
+    assert!(first_deleted < second_created, "{requests:#?}");
     h.clean().await;
     h.stop().await;
 }

@@ -161,12 +161,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
                     runner_info("kubernetes"),
                     system_id.clone(),
                 ));
-                // Pods an earlier run of this manager left behind finish their lifecycle.
-                tokio::spawn(
-                    executor
-                        .clone()
-                        .adopt(Arc::new(runner.clone()), system_id.clone()),
-                );
+                // The manager resumes the jobs whose pods an earlier run left behind.
                 executors.push(executor);
             }
             None => bail!("runners[{index}] in {} has no executor", path.display()),
