@@ -252,10 +252,15 @@ async fn kubernetes(program: &Path, pods: usize) {
             .wait_for_job(id, Duration::from_secs(60), |j| j.status == "success")
             .await;
         let started = kube.container_started(NS, &format!("podrunner-job-{id}"), "build");
+        // The manager's own patches (the log while the pod starts) come before.
         let first_trace = gitlab
             .requests()
             .into_iter()
-            .find(|r| r.method == "PATCH" && r.path.contains(&format!("/jobs/{id}/trace")))
+            .find(|r| {
+                r.method == "PATCH"
+                    && r.path.contains(&format!("/jobs/{id}/trace"))
+                    && started.is_some_and(|s| r.at >= s)
+            })
             .map(|r| r.at);
         if let (Some(started), Some(first)) = (started, first_trace)
             && let Ok(delta) = first.duration_since(started)

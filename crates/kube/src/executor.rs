@@ -117,6 +117,8 @@ pub struct KubernetesExecutor {
     limit: Arc<RateLimit>,
     /// Pods of an earlier run, by job ID, until their job is resumed.
     adopted: Mutex<HashMap<i64, JobPod>>,
+    /// GitLab clients for the prelude, one per runner URL (a client holds the TLS roots).
+    gitlab_clients: Mutex<HashMap<String, podrunner_gitlab::GitlabClient>>,
     cancel: CancellationToken,
 }
 
@@ -215,8 +217,28 @@ impl KubernetesExecutor {
             watches: Mutex::new(HashMap::new()),
             limit: Arc::new(RateLimit::default()),
             adopted: Mutex::new(HashMap::new()),
+            gitlab_clients: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// The GitLab client for `job`'s runner, made once per URL and TLS settings.
+    fn gitlab_client(&self, job: &AcceptedJob) -> Option<podrunner_gitlab::GitlabClient> {
+        let runner = &job.runner;
+        let key = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            runner.url, runner.tls_ca_file, runner.tls_cert_file, runner.tls_key_file
+        );
+        let mut clients = self
+            .gitlab_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Some(client.clone());
+        }
+        let client = podrunner_manager::job_client(job, &self.podrunner_version)?;
+        clients.insert(key, client.clone());
+        Some(client)
     }
 
     /// How calls for `runner` are made: its retry policy, this executor's rate limit.
@@ -331,7 +353,9 @@ impl KubernetesExecutor {
         );
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
-        let mut log = PodLog::open(&job, &spec, &self.podrunner_version, self.calls(&runner));
+        let mut log = self
+            .gitlab_client(&job)
+            .and_then(|client| PodLog::open(&job, &spec, client, self.calls(&runner)));
         if let Some(log) = &log {
             planned
                 .pod
@@ -744,7 +768,7 @@ impl KubernetesExecutor {
     ) -> Outcome {
         let (namespace, pod_name) = (job_pod.namespace.as_str(), job_pod.name.as_str());
         let state = &mut job_pod.state;
-        let mut log = job_pod.log.as_mut();
+        let log = &mut job_pod.log;
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let settings = runner.kubernetes.clone().unwrap_or_default();
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
@@ -775,8 +799,12 @@ impl KubernetesExecutor {
                     if let Some(outcome) = judge(pod, &mut pull_error_since) {
                         return outcome;
                     }
-                    if let Some(log) = log.as_deref_mut() {
-                        log.observe(&pods_api, pod, runner).await;
+                    if let Some(open) = log.as_mut() {
+                        open.observe(&pods_api, pod, runner).await;
+                        if open.closed {
+                            // The agent has the log now: free the prelude.
+                            *log = None;
+                        }
                     }
                     let scheduled = pod
                         .spec
@@ -1106,11 +1134,10 @@ impl PodLog {
     fn open(
         job: &AcceptedJob,
         spec: &podrunner_agent::AgentSpec,
-        version: &str,
+        client: podrunner_gitlab::GitlabClient,
         calls: ApiCalls,
     ) -> Option<Self> {
         let prelude = Prelude::open(spec).ok()?;
-        let client = podrunner_manager::job_client(job, version)?;
         Some(PodLog {
             prelude,
             calls,
