@@ -1,10 +1,13 @@
 //! The Kubernetes executor: one pod per job, the agent as PID 1 of its build container.
 //!
-//! Per job it makes four API requests on the happy path: create the spec Secret, create the
-//! Pod, make the Pod own the Secret, delete the Pod (the Secret goes with it). Pod states come
-//! from one shared watch per namespace over the manager's pods; there is no per-job watch, no
-//! polling, no exec and no log stream: the agent talks to GitLab itself and leaves its
-//! termination report as the build container's termination message.
+//! Per job, on the happy path: create the spec Secret, create the Pod, make the Pod own the
+//! Secret, one merge patch of the Pod per change while it waits (the trace prelude: the
+//! manager writes the start of the job's log and hands it to the agent through an
+//! annotation), delete the Pod (the Secret goes with it). Pod states come from one shared
+//! watch per namespace over the manager's pods; there is no per-job watch, no polling, no exec
+//! and no log stream: the agent talks to GitLab itself and leaves its termination report as
+//! the build container's termination message. Every call goes through [`crate::calls`]
+//! (retries, rate limit).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
