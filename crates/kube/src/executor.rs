@@ -1,7 +1,7 @@
 //! The Kubernetes executor: one pod per job, the agent as PID 1 of its build container.
 //!
-//! Per job, on the happy path: create the spec Secret, create the Pod, make the Pod own the
-//! Secret, one merge patch of the Pod per change while it waits (the trace prelude: the
+//! Per job, on the happy path: create the Pod, create its spec Secret already owned by it (the
+//! kubelet mounts it once it exists), one merge patch of the Pod per change while it waits (the trace prelude: the
 //! manager writes the start of the job's log and hands it to the agent through an
 //! annotation), delete the Pod (the Secret goes with it). Pod states come from one shared
 //! watch per namespace over the manager's pods; there is no per-job watch, no polling, no exec
@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::config::{
     AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
@@ -372,11 +372,12 @@ impl KubernetesExecutor {
             (JOB_LABEL.to_owned(), job.payload.job.id.to_string()),
         ]
         .into();
-        let mut secrets = vec![Secret {
+        let spec_secret = |owner: Option<OwnerReference>| Secret {
             metadata: ObjectMeta {
                 name: Some(planned.spec_secret.clone()),
                 namespace: Some(namespace.clone()),
                 labels: Some(labels.clone()),
+                owner_references: owner.map(|o| vec![o]),
                 ..Default::default()
             },
             data: Some(
@@ -388,40 +389,39 @@ impl KubernetesExecutor {
             ),
             type_: Some("Opaque".into()),
             ..Default::default()
-        }];
-        if let Some(name) = &planned.registry_secret {
-            secrets.push(Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(namespace.clone()),
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                },
-                data: Some(
-                    [(
-                        ".dockerconfigjson".to_owned(),
-                        ByteString(docker_config(&job)),
-                    )]
-                    .into(),
-                ),
-                type_: Some("kubernetes.io/dockerconfigjson".into()),
+        };
+        let registry_secret = planned.registry_secret.as_ref().map(|name| Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                labels: Some(labels.clone()),
                 ..Default::default()
-            });
-        }
+            },
+            data: Some(
+                [(
+                    ".dockerconfigjson".to_owned(),
+                    ByteString(docker_config(&job)),
+                )]
+                .into(),
+            ),
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            ..Default::default()
+        });
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let calls = self.calls(&runner);
         let states = self.states(&namespace);
         let pod_state = states.subscribe(&pod_name);
-
         let post = PostParams::default();
-        for secret in &secrets {
+
+        // The registry Secret first: the kubelet needs it as soon as it pulls the image.
+        let mut unowned: Vec<Secret> = registry_secret.into_iter().collect();
+        for secret in &unowned {
             let created = calls
                 .run("create Secret", || secrets_api.create(&post, secret))
                 .await;
             // 409 after a retry: the lost answer's create went through (names are per job).
             if let Err(e) = created.map(|_| ()).or_else(already_exists) {
-                self.delete_secrets(&calls, &secrets_api, &secrets).await;
                 states.forget(&pod_name);
                 return self
                     .fail(
@@ -448,7 +448,7 @@ impl KubernetesExecutor {
         let created = match created {
             Ok(pod) => pod,
             Err(e) => {
-                self.delete_secrets(&calls, &secrets_api, &secrets).await;
+                self.delete_secrets(&calls, &secrets_api, &unowned).await;
                 states.forget(&pod_name);
                 return self
                     .fail(
@@ -468,27 +468,54 @@ impl KubernetesExecutor {
             pod: pod_name.clone(),
         }
         .emit();
+        // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
+        // kubelet mounts it once it exists.
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod_name.clone(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+            block_owner_deletion: Some(true),
+            controller: None,
+        };
+        let spec_secret = spec_secret(Some(owner.clone()));
+        let created_secret = calls
+            .run("create Secret", || secrets_api.create(&post, &spec_secret))
+            .await;
+        if let Err(e) = created_secret.map(|_| ()).or_else(already_exists) {
+            let pod = JobPod {
+                namespace: namespace.clone(),
+                name: pod_name.clone(),
+                state: pod_state,
+                orphan_secrets: unowned,
+                log: None,
+            };
+            // Nothing ran: the pod cannot start without its spec. Delete it, then fail.
+            let why = format!(
+                "cannot create Secret {namespace}/{}: {}",
+                planned.spec_secret,
+                api_error(&e)
+            );
+            self.discard(&job, pod).await;
+            return self.fail(&job, &why, Some(0)).await;
+        }
         if let Some(log) = &mut log {
             log.send().await;
         }
-        // The pod owns its Secrets: whoever deletes the pod collects them.
-        let owner = serde_json::json!({"metadata": {"ownerReferences": [{
-            "apiVersion": "v1", "kind": "Pod", "name": pod_name,
-            "uid": created.metadata.uid, "blockOwnerDeletion": true,
-        }]}});
+        let owner = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
         let owner = Patch::Merge(&owner);
         let patch = PatchParams::default();
-        let mut owned = true;
-        for secret in &secrets {
-            let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let mut still_unowned = Vec::new();
+        for secret in unowned.drain(..) {
+            let name = secret.metadata.name.clone().unwrap_or_default();
             if calls
                 .run("make the Pod own its Secret", || {
-                    secrets_api.patch(name, &patch, &owner)
+                    secrets_api.patch(&name, &patch, &owner)
                 })
                 .await
                 .is_err()
             {
-                owned = false;
+                still_unowned.push(secret);
             }
         }
 
@@ -496,10 +523,24 @@ impl KubernetesExecutor {
             namespace,
             name: pod_name,
             state: pod_state,
-            orphan_secrets: if owned { Vec::new() } else { secrets },
+            orphan_secrets: still_unowned,
             log,
         };
         self.finish(&job, pod, &abort).await
+    }
+
+    /// Deletes a pod that never ran its job, and the Secrets it does not own.
+    async fn discard(&self, job: &AcceptedJob, pod: JobPod) {
+        let calls = self.calls(&job.runner);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &pod.namespace);
+        self.states(&pod.namespace).forget(&pod.name);
+        let params = DeleteParams::background();
+        let _ = calls
+            .run("delete Pod", || pods_api.delete(&pod.name, &params))
+            .await;
+        self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
+            .await;
     }
 
     /// Follows a created pod to its end, deletes it (and the Secrets it does not own), and

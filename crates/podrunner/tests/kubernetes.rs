@@ -253,7 +253,6 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
     let order = [
         "Running with podrunner",
         "Preparing environment",
-        "Waiting for pod gitlab-runner/podrunner-job-1000 to be running on the node <unknown>, status is Pending",
         "Waiting for pod gitlab-runner/podrunner-job-1000 to be running on the node fargate-ip-",
         "Fargate: provisioned 2vCPU 9GB, $0.",
         "Running on podrunner-job-1000...",
@@ -271,9 +270,9 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
     assert!(positions.is_sorted(), "{positions:?} in:\n{text}");
     assert_eq!(text.matches("Running with podrunner").count(), 1, "{text}");
 
-    // Per job: create the Secret and the Pod, the Pod owns the Secret, the prelude annotation
-    // follows what the log says (here: unscheduled, then on its node), delete the Pod. One
-    // shared watch, no per-job reads, no exec, no logs.
+    // Per job: create the Pod, create its spec Secret already owned by it, the prelude
+    // annotation follows what the log says (here: unscheduled, then on its node), delete the
+    // Pod. One shared watch, no per-job reads, no exec, no logs.
     let requests = h.kube.requests();
     let writes: Vec<String> = requests
         .iter()
@@ -287,17 +286,17 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
         })
         .collect();
     let pod = "/api/v1/namespaces/gitlab-runner/pods/podrunner-job-1000";
-    assert_eq!(
-        writes,
-        [
-            "POST /api/v1/namespaces/gitlab-runner/secrets".to_owned(),
-            "POST /api/v1/namespaces/gitlab-runner/pods".to_owned(),
-            "PATCH /api/v1/namespaces/gitlab-runner/secrets/podrunner-job-1000-spec".to_owned(),
-            format!("PATCH {pod}"),
-            format!("PATCH {pod}"),
-            format!("DELETE {pod}"),
-        ]
-    );
+    // The watch may or may not show the pod before the scheduler places it: one prelude
+    // patch per state it saw (unscheduled, then on its node).
+    let patches = writes.len().saturating_sub(3);
+    assert!((1..=2).contains(&patches), "{writes:#?}");
+    let mut expected = vec![
+        "POST /api/v1/namespaces/gitlab-runner/pods".to_owned(),
+        "POST /api/v1/namespaces/gitlab-runner/secrets".to_owned(),
+    ];
+    expected.extend((0..patches).map(|_| format!("PATCH {pod}")));
+    expected.push(format!("DELETE {pod}"));
+    assert_eq!(writes, expected);
     let per_pod_reads = requests
         .iter()
         .filter(|r| r.method == "GET" && (r.uri.contains("/pods/") || r.uri.contains("/secrets/")))

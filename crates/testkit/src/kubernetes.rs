@@ -1761,20 +1761,30 @@ async fn kubelet(
     let pod_dir = shared.work_dir.join("pods").join(uid);
     let _ = std::fs::create_dir_all(&pod_dir);
     let _ = std::fs::create_dir_all(shared.work_dir.join("logs"));
-    let volumes = match prepare_volumes(shared, namespace, spec, &pod_dir) {
-        Ok(v) => v,
-        Err(message) => {
-            event(
-                shared,
-                namespace,
-                stored,
-                "Warning",
-                "FailedMount",
-                &message,
-                "kubelet",
-            );
-            wait_until_gone(shared, namespace, name, uid, stop).await;
-            return;
+    // Like the kubelet, a volume that cannot be set up yet (a Secret created after the pod) is
+    // retried until it can, with one FailedMount warning.
+    let mut warned = false;
+    let volumes = loop {
+        match prepare_volumes(shared, namespace, spec, &pod_dir) {
+            Ok(v) => break v,
+            Err(message) => {
+                if !warned {
+                    event(
+                        shared,
+                        namespace,
+                        stored,
+                        "Warning",
+                        "FailedMount",
+                        &message,
+                        "kubelet",
+                    );
+                    warned = true;
+                }
+                if pod_gone_or_deleting(shared, namespace, name, uid) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     // /etc/hosts as the kubelet writes it: localhost, the pod's name, then hostAliases.
