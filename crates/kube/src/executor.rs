@@ -1231,7 +1231,11 @@ impl PodLog {
             return;
         }
         let before = self.prelude.bytes().len();
-        let status = waiting_lines(pod);
+        let conditions = runner
+            .kubernetes
+            .as_ref()
+            .is_none_or(|k| k.print_pod_warning_events());
+        let status = waiting_lines(pod, conditions);
         if status != self.last_status {
             for line in &status {
                 self.prelude.line(line);
@@ -1312,9 +1316,9 @@ fn build_started(pod: &Pod) -> bool {
             })
 }
 
-/// gitlab-runner's lines for a pod that is not running yet: where it is and, tab-indented,
-/// each condition that holds it back.
-fn waiting_lines(pod: &Pod) -> Vec<String> {
+/// gitlab-runner's lines for a pod that is not running yet: where it is and, tab-indented
+/// when `conditions` (`print_pod_warning_events`), each condition that holds it back.
+fn waiting_lines(pod: &Pod, conditions: bool) -> Vec<String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let node = pod
@@ -1329,6 +1333,7 @@ fn waiting_lines(pod: &Pod) -> Vec<String> {
     )];
     for condition in status
         .and_then(|s| s.conditions.as_ref())
+        .filter(|_| conditions)
         .into_iter()
         .flatten()
     {

@@ -388,6 +388,20 @@ async fn an_unschedulable_pod_fails_after_poll_timeout() {
     assert!(waiting < condition && condition < failure, "{text}");
     h.clean().await;
     h.stop().await;
+
+    // print_pod_warning_events = false keeps the waiting lines, without the conditions.
+    let h =
+        Harness::with_config("    cpu_request = \"16\"\n    print_pod_warning_events = false\n")
+            .await;
+    let id = h.gitlab.enqueue(job("huge", &["true"]));
+    let text = trace(&h.finished(id).await);
+    assert!(
+        text.contains("Waiting for pod gitlab-runner/podrunner-job-"),
+        "{text}"
+    );
+    assert!(!text.contains("\tUnschedulable"), "{text}");
+    h.clean().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
