@@ -1263,6 +1263,16 @@ impl PodLog {
                 price.usd_per_hour
             ));
             self.usd_per_hour = Some(format!("{:.6}", price.usd_per_hour));
+            // Without declared profiles nothing was predicted before creation: say now what
+            // pushed the pod up a size, if anything did.
+            let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
+            if fargate.is_none_or(|f| f.profiles.is_empty())
+                && let Some(prediction) = crate::fargate::predict(pod, fargate, true)
+            {
+                for warning in &prediction.warnings {
+                    self.prelude.warning(warning);
+                }
+            }
         }
         let bytes = self.prelude.bytes();
         if bytes.len() == before {

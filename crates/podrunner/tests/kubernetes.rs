@@ -189,6 +189,7 @@ fn trace(view: &JobView) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
     let h = Harness::seed().await;
+    h.kube.set_fargate_boot(Duration::from_millis(500));
     let id = h.gitlab.enqueue(
         job(
             "build",
@@ -255,6 +256,8 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
         "Preparing environment",
         "Waiting for pod gitlab-runner/podrunner-job-1000 to be running on the node fargate-ip-",
         "Fargate: provisioned 2vCPU 9GB, $0.",
+        // The seed's 8Gi request plus Fargate's 256 MiB pays for 9 GB.
+        "a memory request of 7936Mi or less keeps it at 2vCPU 8GB",
         "Running on podrunner-job-1000...",
         "hello from pod podrunner-job-",
         "Fargate: 2vCPU 9GB at $0.120965/h, ",
@@ -636,14 +639,27 @@ async fn the_trace_tells_the_fargate_size_and_price() {
         "    cpu_request = \"1\"\n    memory_request = \"1Gi\"\n{DECLARED_PROFILE}"
     ))
     .await;
+    // A Fargate node takes a while to boot: the manager sees the pod placed before it runs.
+    h.kube.set_fargate_boot(Duration::from_millis(1500));
     let id = h.gitlab.enqueue(job("sized", &["true"]));
     let view = h.finished(id).await;
     let text = trace(&view);
     assert_eq!(view.status, "success", "{text}");
-    assert!(
-        text.contains("Fargate: profile gitlab-jobs, pod sized 1vCPU 2GB (requests 1 vCPU, 1.00 GB), $0.049370/h"),
-        "{text}"
-    );
+    // Predicted before the pod exists, provisioned once placed, the cost at the end.
+    let order = [
+        "Fargate: profile gitlab-jobs, pod sized 1vCPU 2GB (requests 1 vCPU, 1.00 GB), $0.049370/h",
+        "Fargate: provisioned 1vCPU 2GB, $0.049370/h",
+        "Fargate: 1vCPU 2GB at $0.049370/h, ",
+        "Job succeeded",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|s| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s:?} is not in:\n{text}"))
+        })
+        .collect();
+    assert!(positions.is_sorted(), "{positions:?} in:\n{text}");
     // The cost is logged before the pod is deleted.
     h.clean().await;
     assert!(

@@ -146,6 +146,8 @@ struct QueuedFault {
 #[derive(Default)]
 struct Inner {
     faults: Vec<QueuedFault>,
+    /// How long a Fargate node takes to start after the pod is scheduled.
+    fargate_boot: Duration,
     resource_version: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
     history: Vec<Change>,
@@ -294,6 +296,12 @@ impl KubernetesStandIn {
             }
         }
         true
+    }
+
+    /// Makes Fargate nodes take `boot` to start after their pod is scheduled (real ones take
+    /// tens of seconds; none by default).
+    pub fn set_fargate_boot(&self, boot: Duration) {
+        self.shared.lock().fargate_boot = boot;
     }
 
     /// Makes the next `method` request whose path contains `path_contains` suffer `fault`
@@ -1565,6 +1573,15 @@ async fn schedule_and_run(
             &format!("Successfully assigned {namespace}/{name} to {node}"),
             "fargate-scheduler",
         );
+        // The micro-VM boots before its kubelet runs anything.
+        let boot = shared.lock().fargate_boot;
+        tokio::select! {
+            () = stop.notified() => return,
+            () = tokio::time::sleep(boot) => {}
+        }
+        if pod_gone_or_deleting(shared, namespace, name, uid) {
+            return;
+        }
     } else {
         let mut warned = false;
         loop {
