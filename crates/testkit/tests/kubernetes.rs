@@ -507,3 +507,86 @@ async fn connection_faults_close_the_connection_before_or_after_the_request_is_c
     let response = client.post(&url).json(&secret).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 409);
 }
+
+/// `exec` over WebSocket as kubectl and client libraries speak it (`v5.channel.k8s.io`).
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_a_command_in_the_container_over_websocket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let sleeper = json!([{"name": "build", "image": "debian:12",
+        "command": ["/bin/sh", "-c", "echo inside > /tmp/marker; exec sleep 60"]}]);
+    client
+        .create("pods", pod("target", json!({}), sleeper))
+        .await;
+    client.wait_pod("target", |p| phase(p) == "Running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let script =
+        "cat /tmp/marker; echo to-stderr >&2; read line; echo \"got $line\"; echo $$; exit 3";
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("command", "/bin/sh"),
+            ("command", "-c"),
+            ("command", script),
+            ("container", "build"),
+            ("stdin", "true"),
+            ("stdout", "true"),
+            ("stderr", "true"),
+        ])
+        .finish();
+    let url = format!(
+        "{}/api/v1/namespaces/{NS}/pods/target/exec?{query}",
+        kube.url().replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "v5.channel.k8s.io"
+    );
+    socket
+        .send(Message::Binary([&[0u8][..], b"hello\n"].concat().into()))
+        .await
+        .unwrap();
+    socket
+        .send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .unwrap();
+    let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), None);
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Binary(bytes) = message {
+            match bytes.first() {
+                Some(1) => stdout.extend_from_slice(&bytes[1..]),
+                Some(2) => stderr.extend_from_slice(&bytes[1..]),
+                Some(3) => status = Some(serde_json::from_slice::<Value>(&bytes[1..]).unwrap()),
+                _ => {}
+            }
+        }
+    }
+    let stdout = String::from_utf8(stdout).unwrap();
+    // It ran in the container: its file system, its PID namespace, our stdin.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["inside", "got hello"], "{stdout}");
+    assert!(
+        lines[2].parse::<u32>().unwrap() < 100,
+        "a PID of the pod: {stdout}"
+    );
+    assert_eq!(String::from_utf8(stderr).unwrap(), "to-stderr\n");
+    let status = status.expect("a Status on channel 3");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+    assert!(
+        kube.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.uri.contains("/pods/target/exec")),
+        "recorded"
+    );
+}
