@@ -72,6 +72,8 @@ pub enum ConnectError {
 struct PodStates {
     /// Subscribers by pod name; `None` once the pod is gone.
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
+    /// Messages of the Warning events of followed pods, by pod name, in order, once each.
+    warnings: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl PodStates {
@@ -94,6 +96,34 @@ impl PodStates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Records a Warning event of pod `name` (if followed) and wakes its follower.
+    fn warn(&self, name: &str, message: String) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = pods.get(name) else {
+            return;
+        };
+        let mut warnings = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let list = warnings.entry(name.to_owned()).or_default();
+        if !list.contains(&message) {
+            list.push(message);
+            sender.send_modify(|_| {});
+        }
+    }
+
+    /// The Warning events of pod `name` so far.
+    fn warnings_of(&self, name: &str) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn update(&self, name: &str, pod: Option<Pod>) {
@@ -289,6 +319,46 @@ impl KubernetesExecutor {
                         error: e.to_string(),
                     }
                     .emit(),
+                }
+            }
+        });
+        // Warning events of pods, for the job log while a pod waits (print_pod_warning_events).
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), namespace);
+        let cancel = self.cancel.clone();
+        let feed = states.clone();
+        let namespace = namespace.to_owned();
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("involvedObject.kind=Pod,type=Warning");
+            let stream = watcher(events, config)
+                .default_backoff()
+                .take_until(cancel.cancelled_owned());
+            futures::pin_mut!(stream);
+            let mut failing = false;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) => {
+                        failing = false;
+                        let pod = e.involved_object.name.clone().unwrap_or_default();
+                        let message = e.message.clone().unwrap_or_default();
+                        // The spec Secret is created just after its pod: a kubelet that
+                        // looked before then retries; that is not news for the job log.
+                        let own_spec = format!("secret \"{pod}-spec\" not found");
+                        if !message.is_empty() && !message.contains(&own_spec) {
+                            feed.warn(&pod, message);
+                        }
+                    }
+                    Ok(_) => failing = false,
+                    // Said once: without events list/watch in RBAC the log only lacks them.
+                    Err(e) if !failing => {
+                        failing = true;
+                        Event::KubernetesProblem {
+                            doing: format!("watching Warning events in {namespace} (job logs go without them until it works)"),
+                            error: e.to_string(),
+                        }
+                        .emit();
+                    }
+                    Err(_) => {}
                 }
             }
         });
@@ -844,7 +914,8 @@ impl KubernetesExecutor {
                         return outcome;
                     }
                     if let Some(open) = log.as_mut() {
-                        open.observe(&pods_api, pod, runner).await;
+                        let warnings = self.states(namespace).warnings_of(pod_name);
+                        open.observe(&pods_api, pod, &warnings, runner).await;
                         if open.closed {
                             // The agent has the log now: free the prelude.
                             *log = None;
@@ -1166,6 +1237,8 @@ struct PodLog {
     sent: u64,
     /// The last "waiting" status written, to write only changes.
     last_status: Vec<String>,
+    /// How many of the pod's Warning events are in the log.
+    warnings_written: usize,
     /// The Fargate size the pod got is in the log.
     capacity_noted: bool,
     /// The price of that size, for the agent's cost line (annotation value).
@@ -1189,6 +1262,7 @@ impl PodLog {
             job: job.clone(),
             sent: 0,
             last_status: Vec::new(),
+            warnings_written: 0,
             capacity_noted: false,
             usd_per_hour: None,
             closed: false,
@@ -1222,7 +1296,13 @@ impl PodLog {
     }
 
     /// Adds what `pod` waits for, when it changed, and hands it to the pod and to GitLab.
-    async fn observe(&mut self, pods: &Api<Pod>, pod: &Pod, runner: &RunnerConfig) {
+    async fn observe(
+        &mut self,
+        pods: &Api<Pod>,
+        pod: &Pod,
+        warnings: &[String],
+        runner: &RunnerConfig,
+    ) {
         if self.closed {
             return;
         }
@@ -1241,6 +1321,13 @@ impl PodLog {
                 self.prelude.line(line);
             }
             self.last_status = status;
+        }
+        if conditions {
+            for warning in warnings.iter().skip(self.warnings_written) {
+                self.prelude
+                    .warning(&format!("Event retrieved from the cluster: {warning}"));
+            }
+            self.warnings_written = self.warnings_written.max(warnings.len());
         }
         if !self.capacity_noted
             && let Some(capacity) = pod

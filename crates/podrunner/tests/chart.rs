@@ -159,6 +159,7 @@ fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str)
                     "delete".into()
                 ]
             ),
+            ("events".to_owned(), vec!["list".to_owned(), "watch".into()]),
         ]
     );
 }

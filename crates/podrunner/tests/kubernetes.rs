@@ -387,8 +387,15 @@ async fn an_unschedulable_pod_fails_after_poll_timeout() {
         .find("Waiting for pod gitlab-runner/podrunner-job-")
         .expect(&text);
     let condition = text.find("\tUnschedulable: \"").expect(&text);
+    // The scheduler's Warning event, from the shared events watch.
+    let event = text
+        .find("WARNING: Event retrieved from the cluster: 0/2 nodes are available: 2 Insufficient cpu.")
+        .expect(&text);
     let failure = text.find("was not scheduled within").expect(&text);
-    assert!(waiting < condition && condition < failure, "{text}");
+    assert!(
+        waiting < condition && condition < failure && event < failure,
+        "{text}"
+    );
     h.clean().await;
     h.stop().await;
 
@@ -403,6 +410,7 @@ async fn an_unschedulable_pod_fails_after_poll_timeout() {
         "{text}"
     );
     assert!(!text.contains("\tUnschedulable"), "{text}");
+    assert!(!text.contains("Event retrieved from the cluster"), "{text}");
     h.clean().await;
     h.stop().await;
 }
