@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use podrunner_gitlab::api::{FailureReason, JobState};
 use podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION;
 use podrunner_gitlab::log::{self, LogSettings, Stream, SystemClock, Trace, TraceWriter};
@@ -17,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::handover::{FARGATE_MINIMUM_SECONDS, FargateBilling, Handover, TRACE_PRELUDE_ENV};
 use crate::process::{self, Outputs, ProcessOutcome, StopReason};
 use crate::script::{ShellKind, StageScript, render};
 use crate::sources::{self, Strategy};
@@ -110,127 +109,24 @@ pub async fn run_from_file(
     run(spec, Handover::from_env()?, interrupt).await
 }
 
-/// What a job pod hands its agent besides the spec, through the downward API.
-#[derive(Debug, Clone, Default)]
-pub struct Handover {
-    /// The start of the log the manager already sent (see [`Prelude`]); empty when the agent
-    /// writes the whole log.
-    pub trace_prelude: Vec<u8>,
-    /// The pod's Fargate size and price, when it runs on Fargate.
-    pub fargate: Option<FargateBilling>,
-}
-
-/// The Fargate size of a job's pod and what it costs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FargateBilling {
-    /// As `CapacityProvisioned` says it: `2vCPU 9GB`.
-    pub capacity: String,
-    /// USD per hour at the runner's prices.
-    pub usd_per_hour: f64,
-}
-
-impl Handover {
-    /// Reads [`TRACE_PRELUDE_ENV`], [`FARGATE_CAPACITY_ENV`] and [`FARGATE_PRICE_ENV`].
-    pub fn from_env() -> Result<Self, AgentError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let trace_prelude = match var(TRACE_PRELUDE_ENV) {
-            Some(text) => BASE64
-                .decode(text.trim())
-                .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let fargate = var(FARGATE_CAPACITY_ENV)
-            .zip(var(FARGATE_PRICE_ENV).and_then(|p| p.trim().parse::<f64>().ok()))
-            .map(|(capacity, usd_per_hour)| FargateBilling {
-                capacity,
-                usd_per_hour,
-            });
-        Ok(Handover {
-            trace_prelude,
-            fargate,
-        })
-    }
-}
-
-/// The environment variable with the job pod's `CapacityProvisioned` annotation (Fargate's
-/// size for it).
-pub const FARGATE_CAPACITY_ENV: &str = "PODRUNNER_FARGATE_CAPACITY";
-
-/// The environment variable with the pod's Fargate price per hour, from
-/// [`FARGATE_PRICE_ANNOTATION`].
-pub const FARGATE_PRICE_ENV: &str = "PODRUNNER_FARGATE_USD_PER_HOUR";
-
-/// The pod annotation where the manager puts the price of the size Fargate provisioned.
-pub const FARGATE_PRICE_ANNOTATION: &str = "podrunner.io/fargate-usd-per-hour";
-
-/// Fargate bills per second, at least one minute.
-const FARGATE_MINIMUM_SECONDS: u64 = 60;
-
-/// The environment variable that hands the agent the start of its job's log that the
-/// manager already sent to GitLab (base64 of the exact bytes). In a job pod it comes from the
-/// pod annotation [`TRACE_PRELUDE_ANNOTATION`] when the build container starts.
-pub const TRACE_PRELUDE_ENV: &str = "PODRUNNER_TRACE_PRELUDE";
-
-/// The job pod annotation the manager keeps equal to the log it has sent so far (base64).
-pub const TRACE_PRELUDE_ANNOTATION: &str = "podrunner.io/trace-prelude";
-
-/// The start of a job's log, written by the manager while the job's pod starts: the header,
-/// the opening of "Preparing environment" with the executor's notes, then whatever the
-/// manager adds (what the pod waits for). The agent continues it where it ends, with the same
-/// masking, timestamps, output limit and checksum.
-pub struct Prelude {
-    trace: Trace,
-    out: TraceWriter,
-}
-
-impl Prelude {
-    /// Opens the log of `spec`'s job.
-    pub fn open(spec: &AgentSpec) -> Result<Self, AgentError> {
-        let payload = JobPayload::from_value(spec.job.clone())?;
-        let (project_dir, temp_dir) = job_dirs(spec, &payload);
-        let variables = build_variables(spec, &payload, &project_dir, &temp_dir);
-        let trace = Trace::new(&log_settings(spec, &payload, &variables));
-        let mut out = trace.writer(Stream::RUNNER);
-        write_opening(
-            &mut out,
-            spec,
-            &variables,
-            payload.job.features.trace_sections,
-        );
-        Ok(Prelude { trace, out })
-    }
-
-    /// Adds a line.
-    pub fn line(&mut self, text: &str) {
-        write_line(&mut self.out, text);
-    }
-
-    /// Adds a warning line.
-    pub fn warning(&mut self, text: &str) {
-        write_raw(&mut self.out, &log::warning_line(text));
-    }
-
-    /// Every byte of the log so far, exactly as GitLab gets them.
-    pub fn bytes(&self) -> Vec<u8> {
-        let sink = self.trace.sink();
-        let store = sink.store();
-        store.read(0, store.len() as usize).unwrap_or_default()
-    }
-}
-
-fn write_line(out: &mut TraceWriter, text: &str) {
+pub(crate) fn write_line(out: &mut TraceWriter, text: &str) {
     let _ = out.write_bytes(text.as_bytes());
     let _ = out.write_bytes(b"\n");
     let _ = out.flush_all();
 }
 
-fn write_raw(out: &mut TraceWriter, text: &str) {
+pub(crate) fn write_raw(out: &mut TraceWriter, text: &str) {
     let _ = out.write_bytes(text.as_bytes());
     let _ = out.flush_all();
 }
 
 /// The header, then "Preparing environment" opened with the executor's notes.
-fn write_opening(out: &mut TraceWriter, spec: &AgentSpec, variables: &Variables, sections: bool) {
+pub(crate) fn write_opening(
+    out: &mut TraceWriter,
+    spec: &AgentSpec,
+    variables: &Variables,
+    sections: bool,
+) {
     let name = if spec.runner_name.is_empty() {
         "podrunner"
     } else {
@@ -271,7 +167,7 @@ fn write_opening(out: &mut TraceWriter, spec: &AgentSpec, variables: &Variables,
 }
 
 /// The project and temp directories of a job.
-fn job_dirs(spec: &AgentSpec, payload: &JobPayload) -> (PathBuf, PathBuf) {
+pub(crate) fn job_dirs(spec: &AgentSpec, payload: &JobPayload) -> (PathBuf, PathBuf) {
     let project_dir = project_dir(spec, payload);
     let temp_dir = spec
         .temp_dir
@@ -281,7 +177,11 @@ fn job_dirs(spec: &AgentSpec, payload: &JobPayload) -> (PathBuf, PathBuf) {
 }
 
 /// How the job's log is masked, stamped and limited.
-fn log_settings(spec: &AgentSpec, payload: &JobPayload, variables: &Variables) -> LogSettings {
+pub(crate) fn log_settings(
+    spec: &AgentSpec,
+    payload: &JobPayload,
+    variables: &Variables,
+) -> LogSettings {
     let job = &payload.job;
     let flag = |name: &str| {
         variables
@@ -528,7 +428,7 @@ fn choose_shell(configured: Option<&str>) -> ShellKind {
 }
 
 /// The runner's predefined variables, then the job's, then the runner's `environment`.
-fn build_variables(
+pub(crate) fn build_variables(
     spec: &AgentSpec,
     payload: &JobPayload,
     project_dir: &Path,

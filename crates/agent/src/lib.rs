@@ -4,6 +4,7 @@
 
 mod builtin_git;
 pub mod files;
+mod handover;
 mod job;
 pub mod process;
 pub mod script;
@@ -11,9 +12,9 @@ pub mod sources;
 pub mod spec;
 pub mod variables;
 
-pub use job::{
-    AgentError, FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling,
-    Handover, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, agent_features, run,
-    run_from_file,
+pub use handover::{
+    FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling, Handover,
+    Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV,
 };
+pub use job::{AgentError, agent_features, run, run_from_file};
 pub use spec::{AgentSpec, GitlabConnection, TerminationReport};
