@@ -1,6 +1,7 @@
 //! Job variables: later entries override earlier ones, `$VAR`/`${VAR}` expand against the
 //! variables before them (Go `os.Expand` rules), `raw` values are kept as they are.
 
+use podrunner_config::expand_with;
 use podrunner_gitlab::payload::JobVariable;
 
 /// One variable as the job sees it.
@@ -130,67 +131,6 @@ impl Variables {
                 "true" | "1" | "yes" | "on"
             )
         })
-    }
-}
-
-/// Go's `os.Expand`: `$NAME`, `${NAME}`, special one-character names; unset names are
-/// empty; a lone `$` stays; `${}` and an unclosed `${` are dropped.
-pub fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
-    let bytes = input.as_bytes();
-    let mut out = String::with_capacity(input.len());
-    let mut copied_to = 0;
-    let mut j = 0;
-    while j < bytes.len() {
-        if bytes[j] == b'$' && j + 1 < bytes.len() {
-            out.push_str(&input[copied_to..j]);
-            let rest = &input[j + 1..];
-            let (name, width) = shell_name(rest);
-            match name {
-                None if width > 0 => {}
-                None => out.push('$'),
-                Some(name) => out.push_str(&lookup(name).unwrap_or_default()),
-            }
-            j += width;
-            copied_to = j + 1;
-        }
-        j += 1;
-    }
-    out.push_str(&input[copied_to.min(input.len())..]);
-    out
-}
-
-fn is_special(b: u8) -> bool {
-    matches!(b, b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-') || b.is_ascii_digit()
-}
-
-fn shell_name(s: &str) -> (Option<&str>, usize) {
-    let b = s.as_bytes();
-    if b[0] == b'{' {
-        if b.len() > 2 && is_special(b[1]) && b[2] == b'}' {
-            return (Some(&s[1..2]), 3);
-        }
-        for i in 1..b.len() {
-            if b[i] == b'}' {
-                return if i == 1 {
-                    (None, 2)
-                } else {
-                    (Some(&s[1..i]), i + 1)
-                };
-            }
-        }
-        return (None, 1);
-    }
-    if is_special(b[0]) {
-        return (Some(&s[0..1]), 1);
-    }
-    let len = b
-        .iter()
-        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
-        .count();
-    if len == 0 {
-        (None, 0)
-    } else {
-        (Some(&s[..len]), len)
     }
 }
 

@@ -28,6 +28,11 @@ impl Environment for HashMap<String, String> {
 /// Expands `$NAME` and `${NAME}` like Go's `os.Expand`: unset names become empty, a `$`
 /// not followed by a name stays, `${}` and an unclosed `${` are dropped.
 pub fn expand(input: &str, env: &dyn Environment) -> String {
+    expand_with(input, |name| env.var(name))
+}
+
+/// [`expand`] with names looked up by `lookup` (job variables, for instance).
+pub fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     let bytes = input.as_bytes();
     let mut out = String::with_capacity(input.len());
     let mut copied_to = 0;
@@ -39,7 +44,7 @@ pub fn expand(input: &str, env: &dyn Environment) -> String {
             match name {
                 None if width > 0 => {}
                 None => out.push('$'),
-                Some(name) => out.push_str(&env.var(name).unwrap_or_default()),
+                Some(name) => out.push_str(&lookup(name).unwrap_or_default()),
             }
             j += width;
             copied_to = j + 1;

@@ -32,7 +32,7 @@ pub use enums::{
     CacheType, DnsPolicy, Executor, LogFormat, LogLevel, PatchType, PullPolicies, PullPolicy,
     Shell, TaintEffect, UnknownValue,
 };
-pub use env::{Environment, ProcessEnvironment, expand};
+pub use env::{Environment, ProcessEnvironment, expand, expand_with};
 pub use fargate::{FargateConfig, FargateProfile, FargateSelector};
 pub use feature_flags::KNOWN as KNOWN_FEATURE_FLAGS;
 pub use helm::{HelmOptions, load_helm_values, load_helm_values_file};

@@ -101,8 +101,7 @@ impl JobVariables {
     }
 
     fn expand(&self, text: &str) -> String {
-        let map: std::collections::HashMap<String, String> = self.0.iter().cloned().collect();
-        podrunner_config::expand(text, &map)
+        podrunner_config::expand_with(text, |name| self.get(name).map(str::to_owned))
     }
 
     fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
