@@ -65,9 +65,6 @@ pub const FARGATE_PRICE_ENV: &str = "PODRUNNER_FARGATE_USD_PER_HOUR";
 /// The pod annotation where the manager puts the price of the size Fargate provisioned.
 pub const FARGATE_PRICE_ANNOTATION: &str = "podrunner.io/fargate-usd-per-hour";
 
-/// Fargate bills per second, at least one minute.
-pub(crate) const FARGATE_MINIMUM_SECONDS: u64 = 60;
-
 /// The environment variable that hands the agent the start of its job's log that the
 /// manager already sent to GitLab (base64 of the exact bytes). In a job pod it comes from the
 /// pod annotation [`TRACE_PRELUDE_ANNOTATION`] when the build container starts.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::handover::{FARGATE_MINIMUM_SECONDS, FargateBilling, Handover, TRACE_PRELUDE_ENV};
+use crate::handover::{FargateBilling, Handover, TRACE_PRELUDE_ENV};
 use crate::process::{self, Outputs, ProcessOutcome, StopReason};
 use crate::script::{ShellKind, StageScript, render};
 use crate::sources::{self, Strategy};
@@ -1544,13 +1544,12 @@ impl Job {
         let _ = std::fs::remove_dir_all(&self.temp_dir);
         self.section_end("cleanup_file_variables");
         if let Some(fargate) = &self.fargate {
-            let seconds = self.started.elapsed().as_secs_f64().ceil() as u64;
-            let billed = seconds.max(FARGATE_MINIMUM_SECONDS);
+            let seconds = self.started.elapsed().as_secs_f64().ceil();
             self.out.line(&format!(
                 "Fargate: {} at ${:.6}/h, {seconds} s since the job started: about ${:.6} (billed per second, at least one minute, until the pod is gone)",
                 fargate.capacity,
                 fargate.usd_per_hour,
-                fargate.usd_per_hour * billed as f64 / 3600.0
+                podrunner_config::fargate::billed_cost(fargate.usd_per_hour, seconds)
             ));
         }
         match &outcome {

@@ -14,6 +14,16 @@ pub const US_EAST_1_USD_PER_VCPU_HOUR: f64 = 0.04048;
 pub const US_EAST_1_USD_PER_GB_HOUR: f64 = 0.004445;
 /// us-east-1 price per GB-hour of ephemeral storage above the free 20 GB, in USD.
 pub const US_EAST_1_USD_PER_EXTRA_STORAGE_GB_HOUR: f64 = 0.000111;
+/// Fargate bills per second, rounded up, with this minimum.
+pub const MINIMUM_BILLED_SECONDS: u64 = 60;
+
+/// What running `seconds` at `usd_per_hour` costs on Fargate: per second, rounded up, at
+/// least [`MINIMUM_BILLED_SECONDS`].
+pub fn billed_cost(usd_per_hour: f64, seconds: f64) -> f64 {
+    let billed = (seconds.ceil() as u64).max(MINIMUM_BILLED_SECONDS);
+    usd_per_hour * billed as f64 / 3600.0
+}
+
 /// The label with which a pod asks for one profile by name.
 pub const PROFILE_LABEL: &str = "eks.amazonaws.com/fargate-profile";
 

@@ -12,8 +12,7 @@ pub const OVERHEAD_MIB: u64 = 256;
 pub const DEFAULT_STORAGE_GIB: u64 = 20;
 /// The most ephemeral storage a pod can have.
 pub const MAX_STORAGE_GIB: u64 = 175;
-/// Billing rounds up to the second, with this minimum.
-pub const MINIMUM_BILLED_SECONDS: u64 = 60;
+pub use podrunner_config::fargate::MINIMUM_BILLED_SECONDS;
 
 /// The valid vCPU/memory combinations: vCPU in thousandths, memory in GiB (min, max, step).
 const TABLE: &[(u32, u32, u32, u32)] = &[
@@ -188,8 +187,7 @@ impl Price {
 
     /// The cost of running for `seconds`: per second, rounded up, at least one minute.
     pub fn cost(&self, seconds: f64) -> f64 {
-        let billed = (seconds.ceil() as u64).max(MINIMUM_BILLED_SECONDS);
-        self.usd_per_hour * billed as f64 / 3600.0
+        podrunner_config::fargate::billed_cost(self.usd_per_hour, seconds)
     }
 }
 

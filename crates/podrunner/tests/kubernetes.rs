@@ -98,13 +98,19 @@ impl Harness {
     }
 
     async fn with_config(kubernetes: impl Into<String>) -> Harness {
+        Harness::with_concurrent(4, kubernetes).await
+    }
+
+    /// A config.toml runner with `concurrent` and `kubernetes` (lines of
+    /// `[runners.kubernetes]`, after namespace and a 5 s poll_timeout).
+    async fn with_concurrent(concurrent: u32, kubernetes: impl Into<String>) -> Harness {
         let kubernetes = kubernetes.into();
         Harness::start(move |dir| {
             let path = dir.join("config.toml");
             std::fs::write(
                 &path,
                 format!(
-                    "concurrent = 4\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n    poll_timeout = 5\n{kubernetes}\n"
+                    "concurrent = {concurrent}\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n    poll_timeout = 5\n{kubernetes}\n"
                 ),
             )
             .unwrap();
@@ -499,16 +505,7 @@ async fn seed_job_survives_the_manager_killed_with_sigkill_and_restarted() {
 /// restarted manager takes no new job until the adopted one ended.
 #[tokio::test(flavor = "multi_thread")]
 async fn adopted_jobs_count_toward_concurrent() {
-    let mut h = Harness::start(|dir| {
-        let path = dir.join("config.toml");
-        std::fs::write(
-            &path,
-            "concurrent = 1\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n",
-        )
-        .unwrap();
-        vec!["-c".into(), path.display().to_string()]
-    })
-    .await;
+    let mut h = Harness::with_concurrent(1, "").await;
     let first = h.gitlab.enqueue(job(
         "first",
         &["echo first half", "sleep 4", "echo second half"],
