@@ -1334,6 +1334,11 @@ async fn pod_exec(
         .on_upgrade(move |socket| exec_session(socket, target, command, stdin, v5))
 }
 
+/// A WebSocket message on `channel` of the exec protocol.
+fn frame(channel: u8, bytes: &[u8]) -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Binary([&[channel][..], bytes].concat().into())
+}
+
 async fn exec_session(
     socket: axum::extract::ws::WebSocket,
     target: u32,
@@ -1367,11 +1372,7 @@ async fn exec_session(
         Ok(child) => child,
         Err(e) => {
             let failure = json!({"metadata": {}, "status": "Failure", "message": format!("cannot run nsenter: {e}")});
-            let _ = sender
-                .send(Message::Binary(
-                    [&[3u8][..], failure.to_string().as_bytes()].concat().into(),
-                ))
-                .await;
+            let _ = sender.send(frame(3, failure.to_string().as_bytes())).await;
             return;
         }
     };
@@ -1384,11 +1385,11 @@ async fn exec_session(
         tokio::select! {
             read = stdout.read(&mut out_buf), if out_open => match read {
                 Ok(0) | Err(_) => out_open = false,
-                Ok(n) => { let _ = sender.send(Message::Binary([&[1u8][..], &out_buf[..n]].concat().into())).await; }
+                Ok(n) => { let _ = sender.send(frame(1, &out_buf[..n])).await; }
             },
             read = stderr.read(&mut err_buf), if err_open => match read {
                 Ok(0) | Err(_) => err_open = false,
-                Ok(n) => { let _ = sender.send(Message::Binary([&[2u8][..], &err_buf[..n]].concat().into())).await; }
+                Ok(n) => { let _ = sender.send(frame(2, &err_buf[..n])).await; }
             },
             message = receiver.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => match bytes.first() {
@@ -1412,11 +1413,7 @@ async fn exec_session(
             "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
         })
     };
-    let _ = sender
-        .send(Message::Binary(
-            [&[3u8][..], result.to_string().as_bytes()].concat().into(),
-        ))
-        .await;
+    let _ = sender.send(frame(3, result.to_string().as_bytes())).await;
     let _ = sender.send(Message::Close(None)).await;
 }
 
