@@ -109,6 +109,16 @@ impl Prelude {
         write_raw(&mut self.out, &log::warning_line(text));
     }
 
+    /// How many bytes the log has so far.
+    pub fn len(&self) -> usize {
+        self.trace.sink().store().len() as usize
+    }
+
+    /// Whether the log is still empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every byte of the log so far, exactly as GitLab gets them.
     pub fn bytes(&self) -> Vec<u8> {
         let sink = self.trace.sink();

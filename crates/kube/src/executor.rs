@@ -1310,7 +1310,7 @@ impl PodLog {
             self.closed = true;
             return;
         }
-        let before = self.prelude.bytes().len();
+        let before = self.prelude.len();
         let conditions = runner
             .kubernetes
             .as_ref()
