@@ -929,10 +929,13 @@ async fn patch_trace(
             json!({"message": format!("400 Bad request - Content-Range {range:?} does not match the body")}),
         );
     };
-    // GitLab's rule (Ci::AppendBuildTraceService): a patch may start at or before the end of
-    // the log, replacing what follows; one that starts past the end is a 416 with the length.
+    // GitLab appends only at the exact end of the log: `Ci::Trace#append`
+    // (gitlabhq/gitlabhq `lib/gitlab/ci/trace.rb`) writes nothing unless the offset equals the
+    // current size and returns that size; `Ci::AppendBuildTraceService`
+    // (`app/services/ci/append_build_trace_service.rb`) then answers 416 and the API puts
+    // `Range: 0-<size>` on it (`lib/api/ci/runner.rb`, `PATCH /jobs/:id/trace`).
     let have = job.trace.len();
-    let mut response = if start > have {
+    let mut response = if start != have {
         let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
         response.headers_mut().insert(
             "range",
@@ -940,7 +943,6 @@ async fn patch_trace(
         );
         response
     } else {
-        job.trace.truncate(start);
         job.trace.extend_from_slice(&body);
         job.patches += 1;
         if let Some(Fault::ApplyThenStatus(status)) = fault {
