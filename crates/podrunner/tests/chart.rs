@@ -400,3 +400,100 @@ fn the_chart_lints_clean_and_refuses_bad_values() {
         "values.schema.json refuses concurrent 0 and an unknown log level"
     );
 }
+
+/// The official GitLab Runner chart's values: honoured where podrunner can (pull policy and
+/// secrets in its spelling, the deprecated IRSA annotations, envVars, hostAliases, probe
+/// timings, extraObjects, deployment labels), named with advice in NOTES.txt where it cannot,
+/// and unknown values named too; `replicas` above 1 is refused when rendered.
+#[test]
+fn the_official_charts_values_are_honoured_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = render("chart/tests/official-values.yaml", "gitlab");
+    let documents = documents(&rendered);
+    validate(&documents, dir.path());
+    let deployment = find(&documents, "Deployment");
+    assert_eq!(
+        deployment["metadata"]["labels"]["team"].as_str(),
+        Some("ci")
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["imagePullSecrets"][0]["name"].as_str(), Some("regcred"));
+    assert_eq!(pod["hostAliases"][0]["ip"].as_str(), Some("10.1.2.3"));
+    let container = &pod["containers"][0];
+    assert_eq!(container["imagePullPolicy"].as_str(), Some("Always"));
+    assert!(
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"].as_str() == Some("RUNNER_X") && e["value"].as_str() == Some("1")),
+        "envVars reach the container"
+    );
+    let liveness = &container["livenessProbe"];
+    assert_eq!(liveness["initialDelaySeconds"].as_i64(), Some(5));
+    assert_eq!(liveness["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert!(liveness["exec"].is_null(), "the image has no shell to exec");
+    assert_eq!(
+        find(&documents, "ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            .as_str(),
+        Some("arn:aws:iam::1:role/x"),
+        "rbac.serviceAccountAnnotations (IRSA) is honoured"
+    );
+    assert!(
+        documents
+            .iter()
+            .any(|(_, d)| kind(d) == "ConfigMap" && d["metadata"]["name"] == "ci-runner-extra"),
+        "extraObjects rendered with tpl"
+    );
+
+    let notes = rendered["podrunner/templates/NOTES.txt"].as_str().unwrap();
+    for line in [
+        "IGNORED: unregisterRunners: ",
+        "IGNORED: sessionServer: ",
+        "IGNORED: livenessProbe.exec: ",
+        "IGNORED: runners.cache: ",
+        "IGNORED: runners.tags: ",
+        "UNKNOWN: someTypo: ",
+    ] {
+        assert!(
+            notes.contains(line),
+            "{line:?} missing from NOTES.txt:\n{notes}"
+        );
+    }
+    for honoured in [
+        "imagePullPolicy",
+        "envVars",
+        "hostAliases",
+        "extraObjects",
+        "replicas",
+    ] {
+        assert!(!notes.contains(&format!(": {honoured}: ")), "{notes}");
+    }
+    let seed = render("examples/seed-values.yaml", "gitlab-runner");
+    let seed_notes = seed["podrunner/templates/NOTES.txt"].as_str().unwrap();
+    assert!(
+        !seed_notes.contains("IGNORED") && !seed_notes.contains("UNKNOWN"),
+        "{seed_notes}"
+    );
+
+    let python =
+        std::env::var("PODRUNNER_CHART_PYTHON").expect("PODRUNNER_CHART_PYTHON is not set");
+    let two = dir.path().join("two.yaml");
+    std::fs::write(&two, "replicas: 2\n").unwrap();
+    let output = Command::new(&python)
+        .args([
+            "chart/tests/helm.py",
+            "render",
+            "chart/podrunner",
+            two.to_str().unwrap(),
+            "gitlab",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("replicas: 2 is not supported yet"),
+        "{stderr}"
+    );
+}
