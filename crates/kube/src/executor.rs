@@ -628,7 +628,13 @@ impl KubernetesExecutor {
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let mut provisioned = None;
         let outcome = self
-            .follow(&runner, &mut pod, abort, &mut provisioned)
+            .follow(
+                &runner,
+                job.payload.job.id,
+                &mut pod,
+                abort,
+                &mut provisioned,
+            )
             .await;
         if let Some((capacity, since)) = provisioned
             && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
@@ -876,6 +882,7 @@ impl KubernetesExecutor {
     async fn follow(
         &self,
         runner: &RunnerConfig,
+        job_id: i64,
         job_pod: &mut JobPod,
         abort: &CancellationToken,
         provisioned: &mut Option<(String, tokio::time::Instant)>,
@@ -888,6 +895,8 @@ impl KubernetesExecutor {
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
         let started = tokio::time::Instant::now();
         let mut seen = false;
+        // Pod start latency is reported once, for pods this run saw before they ran.
+        let mut start_reported = false;
         let mut pull_error_since: Option<tokio::time::Instant> = None;
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
@@ -900,7 +909,21 @@ impl KubernetesExecutor {
                 }
                 None => {}
                 Some(pod) => {
+                    if !seen {
+                        start_reported = build_started(pod);
+                    }
                     seen = true;
+                    if !start_reported && build_started(pod) {
+                        start_reported = true;
+                        Event::PodRunning {
+                            job_id,
+                            namespace: namespace.to_owned(),
+                            pod: pod_name.to_owned(),
+                            fargate: on_fargate(pod),
+                            seconds: started.elapsed().as_secs_f64(),
+                        }
+                        .emit();
+                    }
                     if provisioned.is_none()
                         && let Some(capacity) = pod
                             .metadata
@@ -1396,6 +1419,20 @@ impl PodLog {
 }
 
 /// The build container runs or ran: its agent owns the log.
+/// Fargate placed the pod: it carries `CapacityProvisioned`, or its node is a `fargate-` node
+/// (`/work/shared/reference/fargate.md`; EKS user guide, "Fargate pod configuration").
+fn on_fargate(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("CapacityProvisioned"))
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| n.starts_with("fargate-"))
+}
+
 fn build_started(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;

@@ -1,7 +1,9 @@
-//! Every observable event of the manager, emitted from one place so that logs (and later
-//! metrics) never drift apart. Lines go to standard error as `time level message key=value`.
+//! Every observable event of the manager, emitted from one place so that its log record and
+//! its metrics never drift apart.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use tracing::Level;
 
 /// Something the manager did.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,9 @@ pub enum Event {
         job_id: i64,
         /// Executor.
         executor: &'static str,
+        /// Seconds the job waited in GitLab's queue (`job_info.time_in_queue_seconds`);
+        /// `None` for a job adopted from an earlier run.
+        queued_seconds: Option<f64>,
     },
     /// A job ended.
     JobFinished {
@@ -62,6 +67,18 @@ pub enum Event {
         state: String,
         /// GitLab has the final state.
         delivered: bool,
+        /// From start (or adoption) to end.
+        duration: Duration,
+    },
+    /// A request loop asks GitLab for a job (counted, not logged).
+    JobRequestStarted {
+        /// Runner name or short token.
+        runner: String,
+    },
+    /// GitLab answered that request, or it failed (counted, not logged).
+    JobRequestEnded {
+        /// Runner name or short token.
+        runner: String,
     },
     /// The Kubernetes executor created a job's pod.
     PodCreated {
@@ -80,6 +97,19 @@ pub enum Event {
         namespace: String,
         /// The pod's name.
         pod: String,
+    },
+    /// A job's pod runs: its build container started.
+    PodRunning {
+        /// Job ID.
+        job_id: i64,
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// It runs on Fargate (else on an EC2 node).
+        fargate: bool,
+        /// Seconds from its creation to running.
+        seconds: f64,
     },
     /// What a job's Fargate pod cost: the size Fargate provisioned and the billed time.
     FargateCost {
@@ -147,6 +177,20 @@ pub enum Event {
         /// The error.
         error: String,
     },
+    /// A warning about the configuration, said once at start.
+    ConfigWarning {
+        /// The warning, with its location.
+        warning: String,
+    },
+    /// GitLab could not be reached to check the runner token at start.
+    TokenCheckRetry {
+        /// GitLab's URL.
+        url: String,
+        /// Why.
+        error: String,
+        /// The pause before the next try.
+        retry_in: Duration,
+    },
     /// A pod or Secret of this manager that no job follows was deleted.
     StrayDeleted {
         /// `Pod` or `Secret`.
@@ -159,71 +203,146 @@ pub enum Event {
 }
 
 impl Event {
-    /// Counts the event in the metrics and logs it.
+    /// Counts the event in the metrics and logs it: the one place both happen.
     pub fn emit(&self) {
         self.count();
-        let (level, message) = match self {
-            Event::ApiAnswer { .. } | Event::Settings { .. } => return,
+        self.log();
+    }
+
+    /// The level the event is logged at; `None` for events that are only counted.
+    pub fn level(&self) -> Option<Level> {
+        Some(match self {
+            Event::ApiAnswer { .. }
+            | Event::Settings { .. }
+            | Event::JobRequestStarted { .. }
+            | Event::JobRequestEnded { .. } => return None,
+            Event::RunnerUnusable { .. } => Level::ERROR,
+            Event::RequestFailed { .. }
+            | Event::Unhealthy { .. }
+            | Event::AckRefused { .. }
+            | Event::JobFailedByManager { .. }
+            | Event::KubernetesRetry { .. }
+            | Event::KubernetesProblem { .. }
+            | Event::StrayDeleted { .. }
+            | Event::ConfigWarning { .. }
+            | Event::TokenCheckRetry { .. } => Level::WARN,
+            Event::Started { .. }
+            | Event::JobStarted { .. }
+            | Event::JobFinished { .. }
+            | Event::PodCreated { .. }
+            | Event::PodAdopted { .. }
+            | Event::PodRunning { .. }
+            | Event::FargateCost { .. }
+            | Event::ShuttingDown { .. }
+            | Event::Stopped { .. } => Level::INFO,
+        })
+    }
+
+    /// One structured record per event (see [`crate::log`] for the formats).
+    fn log(&self) {
+        macro_rules! record {
+            ($($field:tt)*) => {
+                match self.level() {
+                    Some(Level::ERROR) => tracing::error!($($field)*),
+                    Some(Level::WARN) => tracing::warn!($($field)*),
+                    Some(_) => tracing::info!($($field)*),
+                    None => {}
+                }
+            };
+        }
+        match self {
+            Event::ApiAnswer { .. }
+            | Event::Settings { .. }
+            | Event::JobRequestStarted { .. }
+            | Event::JobRequestEnded { .. } => {}
             Event::Started {
                 runners,
                 concurrent,
-            } => (
-                "info",
-                format!("Starting job loop request_loops={runners} concurrent={concurrent}"),
+            } => record!(
+                request_loops = *runners as u64,
+                concurrent = *concurrent as u64,
+                "Starting job loop"
             ),
-            Event::RunnerUnusable { runner, error } => (
-                "error",
-                format!("Runner cannot be used runner={runner} error={error:?}"),
+            Event::RunnerUnusable { runner, error } => record!(
+                runner = runner.as_str(),
+                error = error.as_str(),
+                "Runner cannot be used"
             ),
-            Event::RequestFailed { runner, error } => (
-                "warning",
-                format!("Job request failed runner={runner} error={error:?}"),
+            Event::RequestFailed { runner, error } => record!(
+                runner = runner.as_str(),
+                error = error.as_str(),
+                "Job request failed"
             ),
-            Event::Unhealthy { runner, pause } => (
-                "warning",
-                format!(
-                    "Runner is unhealthy and will pause runner={runner} pause={}s",
-                    pause.as_secs()
-                ),
+            Event::Unhealthy { runner, pause } => record!(
+                runner = runner.as_str(),
+                pause_s = pause.as_secs(),
+                "Runner is unhealthy and will pause"
             ),
-            Event::AckRefused { job_id, outcome } => (
-                "warning",
-                format!(
-                    "GitLab refused the job acknowledgement; not running it job={job_id} outcome={outcome}"
-                ),
+            Event::AckRefused { job_id, outcome } => record!(
+                job = *job_id,
+                outcome = outcome.as_str(),
+                "GitLab refused the job acknowledgement; not running it"
             ),
             Event::JobStarted {
-                job_id, executor, ..
-            } => (
-                "info",
-                format!("Job started job={job_id} executor={executor}"),
+                runner,
+                job_id,
+                executor,
+                ..
+            } => record!(
+                runner = runner.as_str(),
+                job = *job_id,
+                executor = *executor,
+                "Job started"
             ),
             Event::JobFinished {
+                runner,
+                failure_reason,
                 job_id,
                 state,
                 delivered,
-                ..
-            } => (
-                "info",
-                format!(
-                    "Job finished job={job_id} state={state} final_update_delivered={delivered}"
-                ),
+                duration,
+            } => record!(
+                runner = runner.as_str(),
+                job = *job_id,
+                state = state.as_str(),
+                failure_reason = failure_reason.as_deref().unwrap_or(""),
+                duration_s = duration.as_secs_f64(),
+                final_update_delivered = *delivered,
+                "Job finished"
             ),
             Event::PodCreated {
                 job_id,
                 namespace,
                 pod,
-            } => (
-                "info",
-                format!("Pod created job={job_id} pod={namespace}/{pod}"),
+            } => record!(
+                job = *job_id,
+                namespace = namespace.as_str(),
+                pod = pod.as_str(),
+                "Pod created"
             ),
             Event::PodAdopted {
                 job_id,
                 namespace,
                 pod,
-            } => (
-                "info",
-                format!("Pod adopted job={job_id} pod={namespace}/{pod}"),
+            } => record!(
+                job = *job_id,
+                namespace = namespace.as_str(),
+                pod = pod.as_str(),
+                "Pod adopted"
+            ),
+            Event::PodRunning {
+                job_id,
+                namespace,
+                pod,
+                fargate,
+                seconds,
+            } => record!(
+                job = *job_id,
+                namespace = namespace.as_str(),
+                pod = pod.as_str(),
+                compute = if *fargate { "fargate" } else { "ec2" },
+                start_s = *seconds,
+                "Pod running"
             ),
             Event::FargateCost {
                 job_id,
@@ -231,128 +350,164 @@ impl Event {
                 seconds,
                 usd_per_hour,
                 usd,
-            } => (
-                "info",
-                format!(
-                    "Fargate cost job={job_id} capacity={capacity:?} seconds={seconds:.1} usd_per_hour={usd_per_hour:.6} usd={usd:.6}"
-                ),
+            } => record!(
+                job = *job_id,
+                capacity = capacity.as_str(),
+                seconds = *seconds,
+                usd_per_hour = *usd_per_hour,
+                usd = *usd,
+                "Fargate cost"
             ),
-            Event::JobFailedByManager { job_id, reason } => (
-                "warning",
-                format!("Job failed by the manager job={job_id} reason={reason:?}"),
+            Event::JobFailedByManager { job_id, reason } => record!(
+                job = *job_id,
+                reason = reason.as_str(),
+                "Job failed by the manager"
             ),
-            Event::ShuttingDown { mode } => ("info", format!("Shutting down mode={mode}")),
+            Event::ShuttingDown { mode } => record!(mode = *mode, "Shutting down"),
             Event::KubernetesRetry {
                 call,
                 attempt,
                 error,
                 retry_in,
-            } => (
-                "warning",
-                format!(
-                    "Kubernetes API call failed; retrying call={call:?} attempt={attempt} retry_in={}ms error={error:?}",
-                    retry_in.as_millis()
-                ),
+            } => record!(
+                call = call.as_str(),
+                attempt = *attempt,
+                retry_in_ms = retry_in.as_millis() as u64,
+                error = error.as_str(),
+                "Kubernetes API call failed; retrying"
             ),
-            Event::KubernetesProblem { doing, error } => (
-                "warning",
-                format!("Kubernetes problem doing={doing:?} error={error:?}"),
+            Event::KubernetesProblem { doing, error } => record!(
+                doing = doing.as_str(),
+                error = error.as_str(),
+                "Kubernetes problem"
             ),
             Event::StrayDeleted {
                 kind,
                 namespace,
                 name,
-            } => (
-                "warning",
-                format!("Deleted a stray {kind} no job follows name={namespace}/{name}"),
+            } => record!(
+                kind = *kind,
+                namespace = namespace.as_str(),
+                name = name.as_str(),
+                "Deleted a stray object no job follows"
             ),
-            Event::Stopped { all_jobs_finished } => (
-                "info",
-                format!("Job loop stopped all_jobs_finished={all_jobs_finished}"),
+            Event::ConfigWarning { warning } => {
+                record!(warning = warning.as_str(), "Configuration warning")
+            }
+            Event::TokenCheckRetry {
+                url,
+                error,
+                retry_in,
+            } => record!(
+                url = url.as_str(),
+                error = error.as_str(),
+                retry_in_s = retry_in.as_secs(),
+                "Cannot reach GitLab to check the runner token; trying again"
             ),
-        };
-        let mut time = Vec::new();
-        podrunner_gitlab::log::format_rfc3339_micros(SystemTime::now(), &mut time);
-        eprintln!("{} {level} {message}", String::from_utf8_lossy(&time));
+            Event::Stopped { all_jobs_finished } => {
+                record!(all_jobs_finished = *all_jobs_finished, "Job loop stopped")
+            }
+        }
     }
 }
 
 impl Event {
+    /// Updates the metrics this event moves.
     pub(crate) fn count(&self) {
         use std::sync::atomic::Ordering;
         let m = crate::metrics::metrics();
+        if let Some(level) = self.level()
+            && level <= Level::WARN
+        {
+            let name = if level == Level::ERROR {
+                "error"
+            } else {
+                "warning"
+            };
+            m.errors.with_label_values(&[name]).inc();
+        }
         match self {
             Event::Started { .. } => m.ready.store(true, Ordering::Relaxed),
+            Event::Stopped { .. } => m.ready.store(false, Ordering::Relaxed),
             Event::Settings {
                 concurrent,
                 limits,
                 system_id,
             } => {
-                m.concurrent.store(*concurrent, Ordering::Relaxed);
+                m.concurrent.set(*concurrent);
                 *m.system_id.lock().unwrap_or_else(|p| p.into_inner()) = system_id.clone();
-                let mut map = m.limits.lock().unwrap_or_else(|p| p.into_inner());
                 for (runner, limit) in limits {
-                    map.insert(runner.clone(), *limit);
+                    m.limit.with_label_values(&m.runner(runner)).set(*limit);
                 }
             }
-            Event::JobStarted { runner, .. } => {
-                *m.jobs_running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(runner.clone())
-                    .or_default() += 1;
-                *m.jobs_total
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(runner.clone())
-                    .or_default() += 1;
+            Event::JobStarted {
+                runner,
+                queued_seconds,
+                ..
+            } => {
+                let labels = m.runner(runner);
+                m.jobs_running.with_label_values(&m.running(runner)).inc();
+                m.jobs_total.with_label_values(&labels).inc();
+                if let Some(queued) = queued_seconds {
+                    m.queue_duration
+                        .with_label_values(&labels)
+                        .observe(queued.max(0.0));
+                }
             }
             Event::JobFinished {
                 runner,
                 failure_reason,
                 state,
+                duration,
                 ..
             } => {
-                *m.jobs_running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(runner.clone())
-                    .or_default() -= 1;
+                m.jobs_running.with_label_values(&m.running(runner)).dec();
+                m.job_duration
+                    .with_label_values(&m.runner(runner))
+                    .observe(duration.as_secs_f64());
                 if state != "success" {
-                    let reason = failure_reason
-                        .clone()
-                        .unwrap_or_else(|| "unknown_failure".to_owned());
-                    *m.failed_total
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry((runner.clone(), reason))
-                        .or_default() += 1;
+                    let [runner, system_id] = m.runner(runner);
+                    let reason = failure_reason.as_deref().unwrap_or("unknown_failure");
+                    m.failed_jobs
+                        .with_label_values(&[runner.as_str(), system_id.as_str(), reason])
+                        .inc();
                 }
+            }
+            Event::JobRequestStarted { runner } => {
+                m.request_concurrency
+                    .with_label_values(&m.runner(runner))
+                    .inc();
+            }
+            Event::JobRequestEnded { runner } => {
+                m.request_concurrency
+                    .with_label_values(&m.runner(runner))
+                    .dec();
             }
             Event::ApiAnswer {
                 runner,
                 endpoint,
                 status,
             } => {
-                *m.api_statuses
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry((runner.clone(), (*endpoint).to_owned(), status.clone()))
-                    .or_default() += 1;
+                let [runner, system_id] = m.runner(runner);
+                m.api_statuses
+                    .with_label_values(&[runner.as_str(), system_id.as_str(), endpoint, status])
+                    .inc();
             }
-            Event::Stopped { .. } => m.ready.store(false, Ordering::Relaxed),
+            Event::PodRunning {
+                fargate, seconds, ..
+            } => {
+                let compute = if *fargate { "fargate" } else { "ec2" };
+                m.pod_start.with_label_values(&[compute]).observe(*seconds);
+            }
             Event::FargateCost { seconds, usd, .. } => {
-                let mut fargate = m.fargate.lock().unwrap_or_else(|p| p.into_inner());
-                fargate.jobs += 1;
-                fargate.seconds += seconds;
-                fargate.usd += usd;
+                m.fargate_jobs.inc();
+                m.fargate_seconds.inc_by(seconds.max(0.0));
+                m.fargate_usd.inc_by(usd.max(0.0));
             }
             Event::KubernetesRetry { call, .. } => {
-                *m.kubernetes_retries
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(call.clone())
-                    .or_default() += 1;
+                m.kubernetes_retries
+                    .with_label_values(&[call.as_str()])
+                    .inc();
             }
             _ => {}
         }

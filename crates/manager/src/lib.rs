@@ -4,6 +4,7 @@
 //! reaches GitLab.
 
 mod events;
+mod log;
 pub mod metrics;
 mod shell;
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::Event;
+pub use log::init as init_logging;
 pub use metrics::{bind_address, metrics, serve as serve_metrics};
 pub use shell::{ShellExecutor, agent_spec, fail_job, job_client};
 
@@ -333,10 +335,19 @@ impl Feeder {
                 None => None,
             };
             let last_update = self.last_update.lock().await.clone();
+            Event::JobRequestStarted {
+                runner: label.clone(),
+            }
+            .emit();
             let result = tokio::select! {
-                _ = self.requests.cancelled() => return,
-                result = self.client.request_job(&token, &self.system_id, &self.info, last_update.as_deref()) => result,
+                _ = self.requests.cancelled() => None,
+                result = self.client.request_job(&token, &self.system_id, &self.info, last_update.as_deref()) => Some(result),
             };
+            Event::JobRequestEnded {
+                runner: label.clone(),
+            }
+            .emit();
+            let Some(result) = result else { return };
             Event::ApiAnswer {
                 runner: label.clone(),
                 endpoint: "request_job",
@@ -467,13 +478,16 @@ impl Feeder {
         let counters = self.counters.clone();
         let slots = self.slots.clone();
         let job_id = job.payload.job.id;
+        let queued_seconds = slot.map(|_| job.payload.job.job_info.time_in_queue_seconds);
         let runner = runner_label(&self.runner);
         self.tracker.spawn(async move {
             counters.lock().await.jobs_running += 1;
+            let started = tokio::time::Instant::now();
             Event::JobStarted {
                 runner: runner.clone(),
                 job_id,
                 executor: executor.name(),
+                queued_seconds,
             }
             .emit();
             let end = match slot {
@@ -486,6 +500,7 @@ impl Feeder {
                 job_id,
                 state: end.state.clone(),
                 delivered: end.final_update_delivered,
+                duration: started.elapsed(),
             }
             .emit();
             {

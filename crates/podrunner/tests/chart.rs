@@ -446,6 +446,16 @@ fn the_official_charts_values_are_honoured_or_reported() {
         "extraObjects rendered with tpl"
     );
 
+    let dashboard = documents
+        .iter()
+        .find(|(_, d)| {
+            kind(d) == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1"
+        })
+        .map(|(_, d)| d["data"]["podrunner.json"].as_str().unwrap().to_owned())
+        .expect("the Grafana dashboard ConfigMap");
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
+
     let notes = rendered["podrunner/templates/NOTES.txt"].as_str().unwrap();
     for line in [
         "IGNORED: unregisterRunners: ",

@@ -320,6 +320,11 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
             && log.contains("usd_per_hour=0.120965"),
         "{log}"
     );
+    assert!(
+        log.contains(&format!("Pod running job={id} namespace=gitlab-runner "))
+            && log.contains(" compute=fargate start_s="),
+        "the pod's start latency is reported, on Fargate: {log}"
+    );
     let job_token = h.gitlab.job_token(id).unwrap();
     assert!(
         !log.contains(&job_token)

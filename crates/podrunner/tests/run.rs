@@ -681,8 +681,15 @@ async fn health_readiness_and_metrics_follow_the_jobs() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
-        .args(["run", "-c", config.to_str().unwrap()])
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -747,26 +754,60 @@ async fn health_readiness_and_metrics_follow_the_jobs() {
         Some(2.0),
         "{body}"
     );
+    // Parsed by the Prometheus project's own Python parser: the exposition is well formed,
+    // with gitlab-runner's families and the job histograms filled by the two jobs.
+    let exposition = parse_exposition(&body);
+    let sample = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        exposition["samples"]
+            .as_array()?
+            .iter()
+            .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][*k].as_str() == Some(*v)))
+            .and_then(|s| s[2].as_f64())
+    };
     assert_eq!(
-        metric(
-            &body,
-            "gitlab_runner_failed_jobs_total{runner=\"metrics\",system_id="
+        sample(
+            "gitlab_runner_failed_jobs_total",
+            &[("runner", "metrics"), ("failure_reason", "script_failure")]
         ),
         Some(1.0),
         "{body}"
     );
-    assert!(body.contains("failure_reason=\"script_failure\""), "{body}");
-    assert!(
-        metric(
-            &body,
-            "gitlab_runner_api_request_statuses_total{runner=\"metrics\",system_id="
+    for (endpoint, status) in [("request_job", "201"), ("update_job", "200")] {
+        assert!(
+            sample(
+                "gitlab_runner_api_request_statuses_total",
+                &[
+                    ("runner", "metrics"),
+                    ("endpoint", endpoint),
+                    ("status", status)
+                ]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{body}"
+        );
+    }
+    for histogram in [
+        "gitlab_runner_job_duration_seconds",
+        "gitlab_runner_job_queue_duration_seconds",
+    ] {
+        assert_eq!(
+            exposition["types"][histogram],
+            serde_json::json!(["histogram"]),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&format!("{histogram}_count"), &[("runner", "metrics")]),
+            Some(2.0),
+            "{histogram}: {body}"
+        );
+    }
+    assert_eq!(
+        sample(
+            "gitlab_runner_request_concurrency",
+            &[("runner", "metrics")]
         )
-        .is_some(),
-        "{body}"
-    );
-    assert!(
-        body.contains("endpoint=\"request_job\",status=\"201\"")
-            && body.contains("endpoint=\"update_job\",status=\"200\""),
+        .map(|n| n <= 1.0),
+        Some(true),
         "{body}"
     );
     kill_process(
@@ -774,14 +815,66 @@ async fn health_readiness_and_metrics_follow_the_jobs() {
         Signal::QUIT,
     )
     .unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+
+    // --log-format json: every line one JSON object with logrus' keys and the job's fields,
+    // and no token anywhere.
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    let finished = records
+        .iter()
+        .find(|r| r["msg"] == "Job finished" && r["job"] == failing)
+        .unwrap_or_else(|| panic!("no Job finished record for {failing}:\n{log}"));
+    assert_eq!(finished["level"], "info");
+    assert_eq!(finished["runner"], "metrics");
+    assert_eq!(finished["state"], "failed");
+    assert_eq!(finished["failure_reason"], "script_failure");
+    assert!(finished["time"].is_string() && finished["duration_s"].is_number());
+    for secret in [
+        TOKEN.to_owned(),
+        gitlab.job_token(running).unwrap(),
+        gitlab.job_token(failing).unwrap(),
+    ] {
+        assert!(!log.contains(&secret), "a token reached the log:\n{log}");
+    }
+}
+
+/// Families of a Prometheus text exposition, parsed by `prometheus_client.parser`.
+fn parse_exposition(body: &str) -> serde_json::Value {
+    use std::io::Write;
+    let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
+        "PODRUNNER_CHART_PYTHON is not set: scripts/test installs prometheus-client and sets it",
     );
+    let mut child = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/prometheus_text.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the exposition does not parse: {}\n{body}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -840,7 +933,9 @@ async fn a_token_from_the_environment_is_verified_with_retries_before_jobs_run()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("trying again in 1s"),
+        String::from_utf8_lossy(&output.stderr)
+            .contains("Cannot reach GitLab to check the runner token; trying again")
+            && String::from_utf8_lossy(&output.stderr).contains("retry_in_s=1"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );

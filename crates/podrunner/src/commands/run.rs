@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use podrunner_config::Executor as ExecutorKind;
+use podrunner_config::{Executor as ExecutorKind, LogFormat, LogLevel};
 use podrunner_manager::{Event, Executor, Manager, ManagerOptions, ShellExecutor, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -40,6 +40,23 @@ pub(crate) struct RunArgs {
     /// pod keeps it and adopts (or sweeps) the job pods its predecessor left.
     #[arg(long, env = "PODRUNNER_SYSTEM_ID", value_name = "ID", value_parser = parse_system_id)]
     system_id: Option<String>,
+    /// The manager's log level, over `log_level` of the configuration: debug, info, warn,
+    /// error (fatal and panic log errors only).
+    #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", value_parser = parse_log_level)]
+    log_level: Option<LogLevel>,
+    /// The manager's log format, over `log_format` of the configuration: runner, text, json.
+    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_log_level(text: &str) -> Result<LogLevel, String> {
+    text.parse()
+        .map_err(|e: podrunner_config::UnknownValue| e.to_string())
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    text.parse()
+        .map_err(|e: podrunner_config::UnknownValue| e.to_string())
 }
 
 fn parse_system_id(text: &str) -> Result<String, String> {
@@ -57,8 +74,15 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
     let (name, loaded) = crate::commands::config_check::load(&args.source);
     let loaded = loaded?;
     let path = PathBuf::from(name);
+    podrunner_manager::init_logging(
+        args.log_level.unwrap_or(loaded.config.log_level),
+        args.log_format.unwrap_or(loaded.config.log_format),
+    );
     for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
+        Event::ConfigWarning {
+            warning: warning.to_string(),
+        }
+        .emit();
     }
     let mut config = loaded.config;
     if config.runners.is_empty() {
@@ -264,10 +288,12 @@ async fn obtain_token(
                 "GitLab at {url} refused the runner token (403): give a current runner authentication token (glrt-…)"
             ),
             Err(error) => {
-                eprintln!(
-                    "warning: cannot reach GitLab at {url} to check the runner token ({error}); trying again in {}s",
-                    wait.as_secs()
-                );
+                Event::TokenCheckRetry {
+                    url: url.to_owned(),
+                    error: error.to_string(),
+                    retry_in: wait,
+                }
+                .emit();
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(60));
             }
