@@ -1176,28 +1176,11 @@ fn api_error(error: &kube::Error) -> String {
     }
 }
 
-/// `.dockerconfigjson` from the job's registry credentials.
+/// `.dockerconfigjson` of the job's pull Secret ([`crate::registry_auth`]).
 fn docker_config(job: &AcceptedJob) -> Vec<u8> {
-    use base64::Engine as _;
-    let mut auths = serde_json::Map::new();
-    for credentials in job
-        .payload
-        .job
-        .credentials
-        .iter()
-        .filter(|c| c.kind == "registry")
-    {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            credentials.username,
-            credentials.password.expose()
-        ));
-        auths.insert(
-            credentials.url.clone(),
-            serde_json::json!({"username": credentials.username, "password": credentials.password.expose(), "auth": auth}),
-        );
-    }
-    serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+    crate::registry_auth::resolve(&job.payload, &job.runner.environment)
+        .docker_config_json()
+        .unwrap_or_default()
 }
 
 impl Executor for KubernetesExecutor {

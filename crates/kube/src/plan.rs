@@ -82,7 +82,7 @@ pub struct PodPlan {
     pub pod: Pod,
     /// Name of the Secret holding the agent's spec (created by the executor, never printed).
     pub spec_secret: String,
-    /// Name of the registry-credentials Secret, when the job has registry credentials.
+    /// Name of the pull Secret, when a source names a registry ([`crate::registry_auth`]).
     pub registry_secret: Option<String>,
     /// Overwrites that were ignored, and similar notes for the trace.
     pub warnings: Vec<String>,
@@ -884,11 +884,12 @@ pub fn plan(
         });
     }
 
-    let registry_secret = job
-        .credentials
-        .iter()
-        .any(|c| c.kind == "registry")
-        .then(|| format!("{pod_name}-registry"));
+    // One decision: the pull Secret exists when some source names a registry.
+    let registry_auth = crate::registry_auth::resolve(payload, &runner.environment);
+    warnings.extend(registry_auth.notes.iter().cloned());
+    let registry_secret = registry_auth
+        .docker_config_json()
+        .map(|_| format!("{pod_name}-registry"));
     let mut pull_secrets: Vec<String> = if config.use_service_account_image_pull_secrets {
         Vec::new()
     } else {

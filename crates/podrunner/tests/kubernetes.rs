@@ -750,3 +750,65 @@ async fn a_restarted_manager_removes_its_stray_pods_and_secrets() {
     h.clean().await;
     h.stop().await;
 }
+
+/// `DOCKER_AUTH_CONFIG` of the job and of the runner's `environment` fill the job pod's pull
+/// Secret in gitlab-runner's order (the job's variable first), which the pod names in
+/// `imagePullSecrets`; no credential is in the pod spec.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_auth_config_fills_the_pull_secret() {
+    let h = Harness::start(|dir| {
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "concurrent = 2\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  environment = ['DOCKER_AUTH_CONFIG={\"auths\": {\"quay.io\": {\"auth\": \"cnVubmVyOmVudg==\"}}}']\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n    poll_timeout = 5\n",
+        )
+        .unwrap();
+        vec!["-c".into(), path.display().to_string()]
+    })
+    .await;
+    let id = h
+        .gitlab
+        .enqueue(job("pull-secret", &["sleep 2", "echo pulled"]).variable(
+            "DOCKER_AUTH_CONFIG",
+            r#"{"auths": {"https://Registry.Example.com/v1/": {"auth": "am9iOnZhcg=="}}}"#,
+            true,
+        ));
+    let mut secret = None;
+    for _ in 0..300 {
+        secret = h.kube.objects("Secret").into_iter().find(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-registry"))
+        });
+        if secret.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secret = secret.expect("the pull Secret");
+    use base64::Engine as _;
+    let config: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["auths"]["registry.example.com"]["auth"],
+        "am9iOnZhcg=="
+    );
+    assert!(
+        config["auths"]["quay.io"].is_null(),
+        "the job's DOCKER_AUTH_CONFIG hides the runner's, as in gitlab-runner: {config}"
+    );
+    let pod = h.kube.objects("Pod").remove(0);
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"][0]["name"],
+        secret["metadata"]["name"]
+    );
+    assert!(!pod.to_string().contains("am9iOnZhcg=="));
+    let view = h.finished(id).await;
+    assert_eq!(view.status, "success", "{}", trace(&view));
+    h.clean().await;
+    h.stop().await;
+}
