@@ -768,6 +768,13 @@ pub fn plan(
     }
     for p in &v.pvc {
         let claim = variables.expand(&p.name);
+        // The claim names the volume too, so it must be a DNS-1123 label (`ValidateVolumes`).
+        PlanError::check(
+            format!("volumes.pvc name {:?}", p.name),
+            &claim,
+            "volume name",
+            names::dns1123_label,
+        )?;
         volumes.push(Volume {
             name: claim.clone(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {

@@ -323,6 +323,28 @@ fn overwrites_the_api_server_would_refuse_are_refused_naming_the_variable() {
 }
 
 #[test]
+fn a_claim_name_from_a_variable_must_name_a_volume() {
+    let r = runner(
+        "    [[runners.kubernetes.volumes.pvc]]\n      name = \"cache-$CI_PROJECT_NAME\"\n      mount_path = \"/cache\"\n",
+    );
+    let text = refusal(&r, &job(&[("CI_PROJECT_NAME", "My_App")], json!({})));
+    assert!(
+        text.starts_with(
+            "volumes.pvc name \"cache-$CI_PROJECT_NAME\": \"cache-My_App\" is not a valid volume name: a lowercase RFC 1123 label"
+        ),
+        "{text}"
+    );
+    assert!(
+        plan(
+            &r,
+            &job(&[("CI_PROJECT_NAME", "my-app")], json!({})),
+            &CONTEXT
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn a_huge_timeout_saturates_the_deadline() {
     for timeout in [i64::MAX, i64::MAX - 100, 1 << 40, i64::from(i32::MAX)] {
         let planned = plan(

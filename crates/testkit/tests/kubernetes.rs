@@ -706,6 +706,19 @@ async fn pods_the_api_server_would_refuse_get_its_422_invalid() {
             "Pod \"deadline-huge\" is invalid: spec.activeDeadlineSeconds: Invalid value: 2147483648: must be between 1 and 2147483647, inclusive",
         ),
         (
+            "volume-name",
+            Box::new(|p| p["spec"]["volumes"] = json!([{"name": "cache_my-app", "emptyDir": {}}])),
+            "Pod \"volume-name\" is invalid: spec.volumes[0].name: Invalid value: \"cache_my-app\": a lowercase RFC 1123 label",
+        ),
+        (
+            "volume-dup",
+            Box::new(|p| {
+                p["spec"]["volumes"] =
+                    json!([{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}])
+            }),
+            "Pod \"volume-dup\" is invalid: spec.volumes[1].name: Duplicate value: \"v\"",
+        ),
+        (
             "two-errors",
             Box::new(|p| {
                 p["spec"]["containers"][1]["name"] = json!("build");

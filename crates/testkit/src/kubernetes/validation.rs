@@ -11,7 +11,8 @@
 //!   `staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go`
 //!   (`ValidateLabels`);
 //! - the pod: `pkg/apis/core/validation/validation.go` (`ValidatePodSpec`: container names
-//!   unique across init and regular containers, `ValidateEnv`, `ValidateResourceRequirements`,
+//!   unique across init and regular containers, volume names (`ValidateVolumes`: DNS-1123
+//!   labels, unique), `ValidateEnv`, `ValidateResourceRequirements`,
 //!   `ValidateHostAliases`, the node selector, `activeDeadlineSeconds` in `1..=2^31-1`);
 //! - the error text: `staging/src/k8s.io/apimachinery/pkg/util/validation/field/errors.go`
 //!   (`Error.Error`, `ErrorBody`) and `staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go`
@@ -263,6 +264,22 @@ pub fn validate_pod(pod: &Value) -> Result<Vec<FieldError>, String> {
         }
     }
     resources(&spec["resources"], "spec.resources", &mut errors)?;
+    let mut volumes: Vec<&str> = Vec::new();
+    for (i, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let name = volume["name"].as_str().unwrap_or_default();
+        let field = format!("spec.volumes[{i}].name");
+        if let Err(e) = dns1123_label(name) {
+            errors.push(FieldError::invalid(field, name, e));
+        } else if volumes.contains(&name) {
+            errors.push(FieldError {
+                field,
+                kind: ErrorType::Duplicate,
+                value: quoted(name),
+                detail: String::new(),
+            });
+        }
+        volumes.push(name);
+    }
     labels(&spec["nodeSelector"], "spec.nodeSelector", &mut errors);
     for (i, alias) in spec["hostAliases"]
         .as_array()
