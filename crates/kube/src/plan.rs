@@ -180,10 +180,13 @@ impl JobVariables {
 }
 
 /// `text` expanded with `variables` as gitlab-runner's `Variables.ExpandValue` does
-/// (`os.Expand` with `Variables.Get`, `common/spec/variables.go`): `$$` gives `$`.
+/// (`os.Expand` with `Variables.Get`, `common/spec/variables.go`): `$$` gives `$`, the other
+/// shell specials (`$*`, `$1`...) give nothing.
 fn expand_like_runner(variables: &podrunner_agent::variables::Variables, text: &str) -> String {
     podrunner_config::expand_with(text, |name| match name {
         "$" => Some("$".to_owned()),
+        "*" | "#" | "@" | "!" | "?" => None,
+        _ if name.len() == 1 && name.as_bytes()[0].is_ascii_digit() => None,
         _ => variables.get(name).map(str::to_owned),
     })
 }
