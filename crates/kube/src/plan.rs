@@ -7,16 +7,22 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     CSIVolumeSource, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource,
     HostAlias, HostPathVolumeSource, KeyToPath, NFSVolumeSource, PersistentVolumeClaimVolumeSource,
-    Pod, PodDNSConfig, PodDNSConfigOption, PodSecurityContext, PodSpec, ResourceRequirements,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    Pod, PodDNSConfig, PodDNSConfigOption, PodSecurityContext, PodSpec, SecretVolumeSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use podrunner_config::kubernetes::{
-    ContainerRole, ContainerSecurityContext, KubernetesConfig, ResourceKind,
-};
+use podrunner_config::kubernetes::{ContainerRole, ContainerSecurityContext, KubernetesConfig};
 use podrunner_config::{Quantity, RunnerConfig, Wildcard};
 use podrunner_gitlab::JobPayload;
+
+mod names;
+mod overwrites;
+mod services;
+
+use overwrites::{MapKind, in_runner_label_namespace, map_overwrites, resources};
+
+pub use names::derived_aliases;
 
 /// Label every job pod of a manager carries, for the shared watch.
 pub const MANAGER_LABEL: &str = "podrunner.io/manager";
@@ -60,6 +66,62 @@ pub enum PlanError {
         "pull policy {0:?} is not allowed (allowed_pull_policies) or not one of always, if-not-present, never"
     )]
     PullPolicy(String),
+    /// A value from the job, an overwrite or the configuration that the API server would
+    /// refuse in the pod (checked as apimachinery checks it, before anything is created).
+    #[error("{origin}: {value:?} is not a valid {what}: {rule}")]
+    Invalid {
+        /// Where the value comes from: the variable or the setting.
+        origin: String,
+        /// The value.
+        value: String,
+        /// What it was to be (a label key, a namespace...).
+        what: &'static str,
+        /// The API server's rule, in its own words.
+        rule: String,
+    },
+    /// A resource request is above its limit, which the API server refuses
+    /// (`ValidateResourceRequirements` in `pkg/apis/core/validation/validation.go`).
+    #[error(
+        "{request_origin} = {request} is above {limit_origin} = {limit}: a request must be less than or equal to its limit"
+    )]
+    RequestAboveLimit {
+        /// The variable or setting of the request.
+        request_origin: String,
+        /// The request.
+        request: String,
+        /// The variable or setting of the limit.
+        limit_origin: String,
+        /// The limit.
+        limit: String,
+    },
+    /// The pod's annotations are larger than the API server allows.
+    #[error(
+        "{origin}: the pod's annotations would take {size} bytes, more than the {limit} bytes the API server allows"
+    )]
+    AnnotationsTooLarge {
+        /// The settings and variables that gave annotations.
+        origin: String,
+        /// Their total size (keys and values).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl PlanError {
+    fn check(
+        origin: impl Into<String>,
+        value: &str,
+        what: &'static str,
+        rule: fn(&str) -> Result<(), String>,
+    ) -> Result<(), PlanError> {
+        rule(value).map_err(|rule| PlanError::Invalid {
+            origin: origin.into(),
+            value: value.to_owned(),
+            what,
+            rule,
+        })
+    }
 }
 
 /// What a plan needs besides the config and the payload.
@@ -88,28 +150,46 @@ pub struct PodPlan {
     pub warnings: Vec<String>,
 }
 
-/// The job's variables, last one of a name winning, for expansion and overwrites.
-struct JobVariables(Vec<(String, String)>);
+/// The job's variables as the job sees them (expanded in order, the last of a name winning),
+/// as gitlab-runner's `GetAllVariables()` gives them to overwrites and expansion.
+struct JobVariables(podrunner_agent::variables::Variables);
 
 impl JobVariables {
+    fn new(payload: &JobPayload) -> Self {
+        let mut variables = podrunner_agent::variables::Variables::new();
+        for variable in &payload.job.variables {
+            variables.push(podrunner_agent::variables::Variable::from_payload(variable));
+        }
+        JobVariables(variables)
+    }
+
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.get(key)
     }
 
     fn expand(&self, text: &str) -> String {
-        podrunner_config::expand_with(text, |name| self.get(name).map(str::to_owned))
+        expand_like_runner(&self.0, text)
     }
 
     fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.0
-            .iter()
-            .filter(move |(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .effective()
+            .into_iter()
+            .filter(move |v| v.key.starts_with(prefix))
+            .map(|v| (v.key.as_str(), v.value.as_str()))
     }
+}
+
+/// `text` expanded with `variables` as gitlab-runner's `Variables.ExpandValue` does
+/// (`os.Expand` with `Variables.Get`, `common/spec/variables.go`): `$$` gives `$`, the other
+/// shell specials (`$*`, `$1`...) give nothing.
+fn expand_like_runner(variables: &podrunner_agent::variables::Variables, text: &str) -> String {
+    podrunner_config::expand_with(text, |name| match name {
+        "$" => Some("$".to_owned()),
+        "*" | "#" | "@" | "!" | "?" => None,
+        _ if name.len() == 1 && name.as_bytes()[0].is_ascii_digit() => None,
+        _ => variables.get(name).map(str::to_owned),
+    })
 }
 
 /// A label value as Kubernetes accepts it: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at
@@ -133,93 +213,8 @@ pub fn sanitize_label_value(value: &str) -> String {
     cut
 }
 
-/// Whether `name` is a DNS-1123 label (container names, service aliases).
-pub fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !name.is_empty()
-        && name.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-}
-
 fn kube_quantity(q: &Quantity) -> KubeQuantity {
     KubeQuantity(q.to_string())
-}
-
-/// The resources of a role, with the job's `KUBERNETES_*` overwrites applied within
-/// `*_overwrite_max_allowed`.
-fn resources(
-    config: &KubernetesConfig,
-    role: ContainerRole,
-    variables: &JobVariables,
-    warnings: &mut Vec<String>,
-) -> Result<Option<ResourceRequirements>, PlanError> {
-    let prefix = match role {
-        ContainerRole::Build => "KUBERNETES_",
-        ContainerRole::Helper => "KUBERNETES_HELPER_",
-        ContainerRole::Service => "KUBERNETES_SERVICE_",
-        ContainerRole::Pod => "KUBERNETES_POD_",
-    };
-    let mut requests = BTreeMap::new();
-    let mut limits = BTreeMap::new();
-    for kind in ResourceKind::ALL {
-        let Some(setting) = config.resource(role, kind) else {
-            continue;
-        };
-        let kind_name = kind.key().to_ascii_uppercase();
-        for (is_limit, configured, max) in [
-            (false, &setting.request, &setting.request_overwrite_max),
-            (true, &setting.limit, &setting.limit_overwrite_max),
-        ] {
-            let variable = format!(
-                "{prefix}{kind_name}_{}",
-                if is_limit { "LIMIT" } else { "REQUEST" }
-            );
-            let mut value = configured.clone();
-            if let Some(asked) = variables.get(&variable).filter(|v| !v.trim().is_empty()) {
-                match max {
-                    None => warnings.push(format!(
-                        "{variable} is ignored: the runner sets no {}{}_{}_overwrite_max_allowed",
-                        role.key_prefix(),
-                        kind.key(),
-                        if is_limit { "limit" } else { "request" }
-                    )),
-                    Some(max) => {
-                        let asked_quantity: Quantity = asked.trim().parse().map_err(
-                            |e: podrunner_config::QuantityError| PlanError::Overwrite {
-                                variable: variable.clone(),
-                                reason: e.to_string(),
-                            },
-                        )?;
-                        if &asked_quantity > max {
-                            return Err(PlanError::Overwrite {
-                                variable,
-                                reason: format!(
-                                    "{asked_quantity} is above the allowed maximum {max}"
-                                ),
-                            });
-                        }
-                        value = Some(asked_quantity);
-                    }
-                }
-            }
-            if let Some(value) = value {
-                let target = if is_limit { &mut limits } else { &mut requests };
-                target.insert(kind.kubernetes_name().to_owned(), kube_quantity(&value));
-            }
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(ResourceRequirements {
-        requests: (!requests.is_empty()).then_some(requests),
-        limits: (!limits.is_empty()).then_some(limits),
-        ..Default::default()
-    }))
 }
 
 /// The security context of a container: the role's own context over the runner's
@@ -323,66 +318,6 @@ fn allowed(patterns: &[Wildcard], image: &str) -> bool {
     patterns.is_empty() || patterns.iter().any(|p| p.matches(image))
 }
 
-/// Aliases gitlab-runner derives from a service image: `registry/group/img:tag` gives
-/// `registry__group__img` and `registry-group-img`.
-fn image_aliases(image: &str) -> Vec<String> {
-    let without_tag = image.rsplit_once('@').map_or(image, |(n, _)| n);
-    let without_tag = match without_tag.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => name,
-        _ => without_tag,
-    };
-    let mut out = vec![
-        without_tag.replace('/', "__"),
-        without_tag.replace('/', "-"),
-    ];
-    out.dedup();
-    out
-}
-
-/// Key/value overwrites of the form `KEY_PREFIX_x: "key=value"`, gated by `gate`.
-fn map_overwrites(
-    variables: &JobVariables,
-    prefix: &str,
-    gate: Option<&podrunner_config::ConfigRegex>,
-    target: &mut BTreeMap<String, String>,
-    warnings: &mut Vec<String>,
-) -> Result<(), PlanError> {
-    for (variable, value) in variables.with_prefix(prefix) {
-        let Some(gate) = gate else {
-            warnings.push(format!(
-                "{variable} is ignored: the runner does not allow this overwrite"
-            ));
-            continue;
-        };
-        let Some((key, val)) = value.split_once('=') else {
-            return Err(PlanError::Overwrite {
-                variable: variable.to_owned(),
-                reason: format!("{value:?} is not key=value"),
-            });
-        };
-        if !gate.is_match(value) {
-            return Err(PlanError::Overwrite {
-                variable: variable.to_owned(),
-                reason: format!(
-                    "{value:?} does not match the allowed pattern {:?}",
-                    gate.as_str()
-                ),
-            });
-        }
-        target.insert(key.to_owned(), val.to_owned());
-    }
-    Ok(())
-}
-
-/// A service container to add, from the config or the job.
-struct ServiceSpec {
-    image: String,
-    alias: String,
-    entrypoint: Vec<String>,
-    command: Vec<String>,
-    environment: Vec<(String, String)>,
-}
-
 /// Plans the pod of a job for a kubernetes runner.
 pub fn plan(
     runner: &RunnerConfig,
@@ -391,12 +326,7 @@ pub fn plan(
 ) -> Result<PodPlan, PlanError> {
     let config = runner.kubernetes_or_default();
     let job = &payload.job;
-    let variables = JobVariables(
-        job.variables
-            .iter()
-            .map(|v| (v.key.clone(), v.value.clone()))
-            .collect(),
-    );
+    let variables = JobVariables::new(payload);
     let mut warnings = Vec::new();
 
     let mut namespace = config.namespace().to_owned();
@@ -420,6 +350,13 @@ pub fn plan(
     }
     if config.namespace_per_job {
         namespace = format!("ci-job-{}", job.id);
+    } else {
+        let origin = if namespace == config.namespace() {
+            "namespace"
+        } else {
+            "KUBERNETES_NAMESPACE_OVERWRITE"
+        };
+        PlanError::check(origin, &namespace, "namespace", names::dns1123_label)?;
     }
     let mut service_account = config.service_account.clone();
     if let Some(asked) = variables
@@ -427,7 +364,10 @@ pub fn plan(
         .filter(|v| !v.is_empty())
     {
         match &config.service_account_overwrite_allowed {
-            Some(gate) if gate.is_match(asked) => service_account = Some(asked.to_owned()),
+            Some(gate) if gate.is_match(asked) => {
+                PlanError::check("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", asked, "service account name", names::dns1123_subdomain)?;
+                service_account = Some(asked.to_owned());
+            }
             Some(gate) => return Err(PlanError::Overwrite { variable: "KUBERNETES_SERVICE_ACCOUNT_OVERWRITE".into(), reason: format!("{asked:?} does not match {:?}", gate.as_str()) }),
             None => warnings.push("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE is ignored: service_account_overwrite_allowed is not set".into()),
         }
@@ -438,7 +378,9 @@ pub fn plan(
         .as_deref()
         .map(|i| variables.expand(i))
         .filter(|i| !i.is_empty());
-    let image = Some(job.image.name.clone())
+    // As gitlab-runner's `expandContainerOptions` (`common/build.go`): the job's image with
+    // the job's variables, before the allow-list and the pod.
+    let image = Some(variables.expand(&job.image.name))
         .filter(|i| !i.is_empty())
         .or(default_image.clone())
         .ok_or(PlanError::NoImage)?;
@@ -455,21 +397,31 @@ pub fn plan(
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut annotations: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in &config.pod_labels {
+        if in_runner_label_namespace(key) {
+            warnings.push(format!(
+                "pod_labels.{key:?} is ignored: labels in the runner.gitlab.com namespace cannot be overwritten"
+            ));
+            continue;
+        }
+        MapKind::Labels.check("pod_labels", key, value)?;
         labels.insert(key.clone(), sanitize_label_value(&variables.expand(value)));
     }
     map_overwrites(
         &variables,
         "KUBERNETES_POD_LABELS_",
+        MapKind::Labels,
         config.pod_labels_overwrite_allowed.as_ref(),
         &mut labels,
         &mut warnings,
     )?;
     for (key, value) in &config.pod_annotations {
+        MapKind::Annotations.check("pod_annotations", key, value)?;
         annotations.insert(key.clone(), variables.expand(value));
     }
     map_overwrites(
         &variables,
         "KUBERNETES_POD_ANNOTATIONS_",
+        MapKind::Annotations,
         config.pod_annotations_overwrite_allowed.as_ref(),
         &mut annotations,
         &mut warnings,
@@ -529,11 +481,23 @@ pub fn plan(
     ] {
         annotations.entry(key.to_owned()).or_insert(value);
     }
+    let annotation_size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if annotation_size > names::TOTAL_ANNOTATION_SIZE_LIMIT {
+        return Err(PlanError::AnnotationsTooLarge {
+            origin: "pod_annotations and KUBERNETES_POD_ANNOTATIONS_*".into(),
+            size: annotation_size,
+            limit: names::TOTAL_ANNOTATION_SIZE_LIMIT,
+        });
+    }
 
     let mut node_selector = config.node_selector.clone();
+    for (key, value) in &node_selector {
+        MapKind::NodeSelector.check("node_selector", key, value)?;
+    }
     map_overwrites(
         &variables,
         "KUBERNETES_NODE_SELECTOR_",
+        MapKind::NodeSelector,
         config.node_selector_overwrite_allowed.as_ref(),
         &mut node_selector,
         &mut warnings,
@@ -613,6 +577,13 @@ pub fn plan(
     }
     for p in &v.pvc {
         let claim = variables.expand(&p.name);
+        // The claim names the volume too, so it must be a DNS-1123 label (`ValidateVolumes`).
+        PlanError::check(
+            format!("volumes.pvc name {:?}", p.name),
+            &claim,
+            "volume name",
+            names::dns1123_label,
+        )?;
         volumes.push(Volume {
             name: claim.clone(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -784,105 +755,19 @@ pub fn plan(
         ..Default::default()
     };
 
-    // Services: the runner's first, then the job's; named by alias, else svc-N.
+    // Services: the runner's first, then the job's; their host alias comes first, as the
+    // hosts file resolves the first match (`createHostAliases` in `host_aliases.go`).
+    let services = services::plan(&config, job, &variables, &mut warnings)?;
     let mut containers = vec![build];
-    let mut host_aliases: Vec<String> = Vec::new();
-    let mut unnamed = 0;
-    let services: Vec<ServiceSpec> = config
-        .services
-        .iter()
-        .map(|s| ServiceSpec {
-            image: variables.expand(&s.name),
-            alias: s.alias.clone().unwrap_or_default(),
-            entrypoint: s.entrypoint.clone(),
-            command: s.command.clone(),
-            environment: s
-                .environment
-                .iter()
-                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-                .collect(),
-        })
-        .chain(job.services.iter().map(|s| {
-            ServiceSpec {
-                image: s.name.clone(),
-                alias: s.alias.clone(),
-                entrypoint: s.entrypoint.clone(),
-                command: s.command.clone(),
-                environment: s
-                    .variables
-                    .iter()
-                    .map(|v| (v.key.clone(), v.value.clone()))
-                    .collect(),
-            }
-        }))
-        .collect();
-    for ServiceSpec {
-        image,
-        alias,
-        entrypoint,
-        command,
-        environment,
-    } in services
-    {
-        if !allowed(&config.allowed_services, &image) {
-            return Err(PlanError::ServiceNotAllowed(image));
-        }
-        let aliases: Vec<String> = alias
-            .split([' ', ','])
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let used: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
-        let name = aliases
-            .iter()
-            .find(|a| is_dns_label(a) && !used.contains(a))
-            .cloned()
-            .unwrap_or_else(|| {
-                let name = format!("svc-{unnamed}");
-                unnamed += 1;
-                name
-            });
-        host_aliases.extend(aliases.iter().cloned());
-        host_aliases.extend(image_aliases(&image));
-        containers.push(Container {
-            name,
-            image: Some(image),
-            command: (!entrypoint.is_empty()).then_some(entrypoint),
-            args: (!command.is_empty()).then_some(command),
-            env: (!environment.is_empty()).then(|| {
-                environment
-                    .into_iter()
-                    .map(|(name, value)| k8s_openapi::api::core::v1::EnvVar {
-                        name,
-                        value: Some(value.replace('$', "$$")),
-                        value_from: None,
-                    })
-                    .collect()
-            }),
-            resources: resources(&config, ContainerRole::Service, &variables, &mut warnings)?,
-            security_context: Some(security_context(
-                &config,
-                config.service_container_security_context.as_ref(),
-            )),
-            ..Default::default()
-        });
-    }
-    host_aliases.sort();
-    host_aliases.dedup();
-    let mut all_host_aliases: Vec<HostAlias> = config
-        .host_aliases
-        .iter()
-        .map(|h| HostAlias {
+    containers.extend(services.containers);
+    let all_host_aliases: Vec<HostAlias> = services
+        .host_alias
+        .into_iter()
+        .chain(config.host_aliases.iter().map(|h| HostAlias {
             ip: h.ip.clone(),
             hostnames: Some(h.hostnames.clone()),
-        })
+        }))
         .collect();
-    if !host_aliases.is_empty() {
-        all_host_aliases.push(HostAlias {
-            ip: "127.0.0.1".into(),
-            hostnames: Some(host_aliases),
-        });
-    }
 
     // One decision: the pull Secret exists when some source names a registry.
     let registry_auth = crate::registry_auth::resolve(payload, &runner.environment);
@@ -933,7 +818,7 @@ pub fn plan(
         });
     let deadline = runner
         .feature_flag("FF_USE_POD_ACTIVE_DEADLINE_SECONDS")
-        .then(|| payload.timeout_secs() as i64 + DEADLINE_GRACE_SECS);
+        .then(|| active_deadline_seconds(payload.timeout_secs()));
     let pod_resources = resources(&config, ContainerRole::Pod, &variables, &mut warnings)?;
 
     let pod = Pod {
@@ -997,6 +882,16 @@ pub fn plan(
         registry_secret,
         warnings,
     })
+}
+
+/// The job timeout plus [`DEADLINE_GRACE_SECS`], saturated at the API server's bound: it
+/// refuses an `activeDeadlineSeconds` outside `1..=2^31-1` (`ValidatePodSpec` in
+/// `pkg/apis/core/validation/validation.go`).
+pub fn active_deadline_seconds(timeout_secs: u64) -> i64 {
+    i64::try_from(timeout_secs)
+        .unwrap_or(i64::MAX)
+        .saturating_add(DEADLINE_GRACE_SECS)
+        .clamp(1, i64::from(i32::MAX))
 }
 
 fn lifecycle(
@@ -1095,23 +990,5 @@ mod tests {
         assert_eq!(sanitize_label_value("-a.b-"), "a.b");
         assert_eq!(sanitize_label_value(&"x".repeat(80)).len(), 63);
         assert_eq!(sanitize_label_value("ok-value_1.2"), "ok-value_1.2");
-        assert!(
-            is_dns_label("postgres")
-                && !is_dns_label("Postgres")
-                && !is_dns_label("db.local")
-                && !is_dns_label("-x")
-        );
-        assert_eq!(
-            image_aliases("registry.example.com/group/postgres:16"),
-            [
-                "registry.example.com__group__postgres",
-                "registry.example.com-group-postgres"
-            ]
-        );
-        assert_eq!(image_aliases("postgres:16"), ["postgres"]);
-        assert_eq!(
-            image_aliases("localhost:5000/img"),
-            ["localhost:5000__img", "localhost:5000-img"]
-        );
     }
 }

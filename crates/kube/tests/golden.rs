@@ -66,6 +66,19 @@ fn cases() -> Vec<(&'static str, String, Value)> {
         ("labels_annotations", "  namespace = \"ci\"\n  pod_labels_overwrite_allowed = \"^team=\"\n  pod_annotations_overwrite_allowed = \".*\"\n  [runners.kubernetes.pod_labels]\n    project = \"$CI_PROJECT_NAME\"\n    \"example.com/cost-center\" = \"cc 42!\"\n  [runners.kubernetes.pod_annotations]\n    \"karpenter.sh/do-not-disrupt\" = \"true\"\n    \"example.com/job\" = \"$CI_JOB_URL\"\n".to_owned(),
             with_vars(job(), &[("KUBERNETES_POD_LABELS_1", "team=platform"), ("KUBERNETES_POD_ANNOTATIONS_1", "example.com/owner=ops")])),
         ("service_account", "  namespace = \"ci\"\n  service_account = \"ci-jobs\"\n  automount_service_account_token = false\n  use_service_account_image_pull_secrets = true\n  image_pull_secrets = [\"ignored\"]\n".to_owned(), job()),
+        // Expanded images, derived aliases that are not DNS names dropped, container names
+        // that never collide, and the job's public variables in every service.
+        ("services_expanded", "  namespace = \"ci\"\n  allowed_images = [\"registry.example.com/acme/*\"]\n  allowed_services = [\"bitnami/*\", \"postgres:*\", \"registry.example.com/acme/*\"]\n".to_owned(), {
+            let mut j = with_vars(job(), &[("CI_REGISTRY_IMAGE", "registry.example.com/acme/my-app"), ("POSTGRES_PASSWORD", "fake-job-level-password"), ("REDIS_TAG", "7.2")]);
+            j["image"] = json!({"name": "$CI_REGISTRY_IMAGE/builder:latest"});
+            j["services"] = json!([
+                {"name": "postgres:16", "alias": "svc-1"},
+                {"name": "bitnami/redis:$REDIS_TAG"},
+                {"name": "bitnami/redis:$REDIS_TAG", "alias": "build,podrunner-init,cache.local"},
+                {"name": "${CI_REGISTRY_IMAGE}/helper:1", "alias": "helper", "variables": [{"key": "DSN", "value": "postgres://app:$POSTGRES_PASSWORD@svc-1"}, {"key": "LITERAL", "value": "$POSTGRES_PASSWORD", "raw": true}]}
+            ]);
+            j
+        }),
         ("namespace_per_job_no_deadline", "  namespace = \"ci\"\n  namespace_per_job = true\n  pod_termination_grace_period_seconds = 10\n [runners.feature_flags]\n  FF_USE_POD_ACTIVE_DEADLINE_SECONDS = false\n".to_owned(), job()),
     ]
 }

@@ -812,3 +812,88 @@ async fn docker_auth_config_fills_the_pull_secret() {
     h.clean().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expanded_image_and_a_bitnami_style_service_that_reads_a_job_variable() {
+    // The allow-list sees the expanded image; the stand-in validates the pod as the API
+    // server does, so a derived `bitnami__redis` container name or host alias would be a 422.
+    let h = Harness::with_config("    allowed_images = [\"registry.example.com/acme/*\"]").await;
+    h.kube
+        .map_image("registry.example.com/acme/app/builder:1", Image::HostRoot);
+    h.kube.map_image("bitnami/redis:7.2", Image::HostRoot);
+    let id = h.gitlab.enqueue(
+        job("bitnami-service", &[
+                "for i in $(seq 100); do exec 3<>/dev/tcp/bitnami-redis/18734 && break; sleep 0.1; done",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3",
+                "head -n 1 <&3",
+            ])
+        .variable("CI_REGISTRY_IMAGE", "registry.example.com/acme/app", false)
+        .variable("REDIS_PASSWORD", "fake-redis-password", false)
+        .payload_field("image", serde_json::json!({"name": "$CI_REGISTRY_IMAGE/builder:1"}))
+        .payload_field(
+            "services",
+            serde_json::json!([{
+                "name": "bitnami/redis:7.2",
+                "entrypoint": ["/bin/sh", "-c", "echo \"service sees REDIS_PASSWORD=$REDIS_PASSWORD\"; trap 'exit 0' TERM; python3 -m http.server 18734 --bind 127.0.0.1 & wait"],
+                "command": [],
+            }]),
+        ),
+    );
+    let pod_name = format!("podrunner-job-{id}");
+    // The pod as the API server stored it, and the service's output, while the job runs.
+    let mut stored = None;
+    let mut service_log = String::new();
+    for _ in 0..600 {
+        if stored.is_none() {
+            stored = h.kube.object("Pod", "gitlab-runner", &pod_name);
+        }
+        if stored.is_some() {
+            service_log = h.kube.logs("gitlab-runner", &pod_name, "svc-0");
+            if service_log.contains("service sees") {
+                break;
+            }
+        }
+        if stored.is_none()
+            && h.gitlab
+                .job(id)
+                .is_some_and(|j| matches!(j.status.as_str(), "success" | "failed"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pod = stored.unwrap_or_else(|| {
+        panic!(
+            "the job pod was never created: {:?}",
+            h.gitlab.job(id).map(|j| trace(&j))
+        )
+    });
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    assert_eq!(
+        containers[0]["image"], "registry.example.com/acme/app/builder:1",
+        "{pod:#}"
+    );
+    assert_eq!(containers[1]["name"], "svc-0");
+    assert!(
+        containers[1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "REDIS_PASSWORD" && e["value"] == "fake-redis-password"),
+        "{pod:#}"
+    );
+    assert_eq!(
+        pod["spec"]["hostAliases"][0]["hostnames"],
+        serde_json::json!(["bitnami-redis"])
+    );
+    assert!(
+        service_log.contains("service sees REDIS_PASSWORD=fake-redis-password"),
+        "{service_log}"
+    );
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert_eq!(view.status, "success", "{text}");
+    assert!(text.contains("HTTP/1.0 200 OK"), "{text}");
+    h.clean().await;
+    h.stop().await;
+}

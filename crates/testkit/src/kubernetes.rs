@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+pub mod validation;
+
 /// What an image name stands for on this stand-in's nodes.
 #[derive(Clone, Debug)]
 pub enum Image {
@@ -618,6 +620,9 @@ async fn create(
                 kind.name()
             ),
         );
+    }
+    if let Err(rejection) = validation::admit(kind.name(), &name, &object) {
+        return (rejection.code, axum::Json(rejection.body)).into_response();
     }
     if inner
         .objects

@@ -590,3 +590,191 @@ async fn exec_runs_a_command_in_the_container_over_websocket() {
         "recorded"
     );
 }
+
+/// Creates `pod` (a valid pod changed by `change`) and returns the answer.
+async fn create_changed(
+    client: &Client,
+    name: &str,
+    change: impl FnOnce(&mut Value),
+) -> (u16, Value) {
+    let mut body = json!({
+        "metadata": {"name": name, "labels": {"app": "x"}, "annotations": {"example.com/a": "b"}},
+        "spec": {
+            "restartPolicy": "Never", "activeDeadlineSeconds": 60,
+            "nodeSelector": {"kubernetes.io/arch": "amd64"},
+            "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["redis", "db.local"]}],
+            "initContainers": [{"name": "podrunner-init", "image": "debian:12", "command": ["/bin/true"]}],
+            "containers": [
+                {"name": "build", "image": "debian:12", "command": ["/bin/true"],
+                 "env": [{"name": "CI_JOB_ID", "value": "1"}],
+                 "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}},
+                {"name": "svc-0", "image": "debian:12", "command": ["/bin/true"]},
+            ],
+        },
+    });
+    change(&mut body);
+    client.create("pods", body).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_the_api_server_would_refuse_get_its_422_invalid() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let (code, body) = create_changed(&client, "valid", |_| {}).await;
+    assert_eq!(code, 201, "{body}");
+
+    // Each case: a change of the valid pod, and the message the API server gives.
+    type Change = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "svc-name",
+            Box::new(|p| p["spec"]["containers"][1]["name"] = json!("bitnami__redis")),
+            "Pod \"svc-name\" is invalid: spec.containers[1].name: Invalid value: \"bitnami__redis\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name' or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        (
+            "dup-name",
+            Box::new(|p| p["spec"]["containers"][1]["name"] = json!("build")),
+            "Pod \"dup-name\" is invalid: spec.containers[1].name: Duplicate value: \"build\"",
+        ),
+        (
+            "dup-init",
+            Box::new(|p| p["spec"]["containers"][1]["name"] = json!("podrunner-init")),
+            "Pod \"dup-init\" is invalid: spec.containers[1].name: Duplicate value: \"podrunner-init\"",
+        ),
+        (
+            "label-key",
+            Box::new(|p| p["metadata"]["labels"] = json!({"team name": "x"})),
+            "Pod \"label-key\" is invalid: metadata.labels: Invalid value: \"team name\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName' or 'my.name' or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+        ),
+        (
+            "label-value",
+            Box::new(|p| p["metadata"]["labels"] = json!({"team": "a b"})),
+            "Pod \"label-value\" is invalid: metadata.labels: Invalid value: \"a b\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue' or 'my_value' or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+        ),
+        (
+            "annotation-key",
+            Box::new(|p| p["metadata"]["annotations"] = json!({"a/b/c": "x"})),
+            "Pod \"annotation-key\" is invalid: metadata.annotations: Invalid value: \"a/b/c\": a valid label key must consist of alphanumeric characters",
+        ),
+        (
+            "annotation-size",
+            Box::new(|p| p["metadata"]["annotations"] = json!({"big": "x".repeat(256 * 1024)})),
+            "Pod \"annotation-size\" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes",
+        ),
+        (
+            "node-selector",
+            Box::new(|p| p["spec"]["nodeSelector"] = json!({"pool": "ci runners"})),
+            "Pod \"node-selector\" is invalid: spec.nodeSelector: Invalid value: \"ci runners\": a valid label must be",
+        ),
+        (
+            "request-limit",
+            Box::new(|p| {
+                p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("1500m")
+            }),
+            "Pod \"request-limit\" is invalid: spec.containers[0].resources.requests: Invalid value: \"1500m\": must be less than or equal to cpu limit of 1",
+        ),
+        (
+            "negative",
+            Box::new(|p| {
+                p["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("-1Gi")
+            }),
+            "Pod \"negative\" is invalid: [spec.containers[0].resources.limits[memory]: Invalid value: \"-1Gi\": must be greater than or equal to 0",
+        ),
+        (
+            "host-alias",
+            Box::new(|p| p["spec"]["hostAliases"][0]["hostnames"][0] = json!("bitnami__redis")),
+            "Pod \"host-alias\" is invalid: spec.hostAliases[0].hostnames[0]: Invalid value: \"bitnami__redis\": a lowercase RFC 1123 subdomain must consist of",
+        ),
+        (
+            "host-ip",
+            Box::new(|p| p["spec"]["hostAliases"][0]["ip"] = json!("localhost")),
+            "Pod \"host-ip\" is invalid: spec.hostAliases[0].ip: Invalid value: \"localhost\": must be a valid IP address",
+        ),
+        (
+            "env-name",
+            Box::new(|p| p["spec"]["containers"][0]["env"][0]["name"] = json!("A=B")),
+            "Pod \"env-name\" is invalid: spec.containers[0].env[0].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='",
+        ),
+        (
+            "deadline-zero",
+            Box::new(|p| p["spec"]["activeDeadlineSeconds"] = json!(0)),
+            "Pod \"deadline-zero\" is invalid: spec.activeDeadlineSeconds: Invalid value: 0: must be between 1 and 2147483647, inclusive",
+        ),
+        (
+            "deadline-huge",
+            Box::new(|p| p["spec"]["activeDeadlineSeconds"] = json!(2_147_483_648_i64)),
+            "Pod \"deadline-huge\" is invalid: spec.activeDeadlineSeconds: Invalid value: 2147483648: must be between 1 and 2147483647, inclusive",
+        ),
+        (
+            "volume-name",
+            Box::new(|p| p["spec"]["volumes"] = json!([{"name": "cache_my-app", "emptyDir": {}}])),
+            "Pod \"volume-name\" is invalid: spec.volumes[0].name: Invalid value: \"cache_my-app\": a lowercase RFC 1123 label",
+        ),
+        (
+            "volume-dup",
+            Box::new(|p| {
+                p["spec"]["volumes"] =
+                    json!([{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}])
+            }),
+            "Pod \"volume-dup\" is invalid: spec.volumes[1].name: Duplicate value: \"v\"",
+        ),
+        (
+            "two-errors",
+            Box::new(|p| {
+                p["spec"]["containers"][1]["name"] = json!("build");
+                p["spec"]["activeDeadlineSeconds"] = json!(-5);
+            }),
+            "Pod \"two-errors\" is invalid: [spec.containers[1].name: Duplicate value: \"build\", spec.activeDeadlineSeconds: Invalid value: -5: must be between 1 and 2147483647, inclusive]",
+        ),
+    ];
+    for (name, change, message) in cases {
+        let (code, body) = create_changed(&client, name, change).await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{name}: {body}"
+        );
+        let text = body["message"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with(message),
+            "{name}: {text}\nexpected: {message}"
+        );
+        assert_eq!(body["details"]["name"], name);
+        assert!(
+            body["details"]["causes"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty()),
+            "{name}: {body}"
+        );
+        // Nothing was stored.
+        assert_eq!(client.get(&format!("pods/{name}")).await.0, 404, "{name}");
+    }
+    // A malformed quantity fails decoding, before validation.
+    let (code, body) = create_changed(&client, "quantity", |p| {
+        p["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("lots");
+    })
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{body}"
+    );
+    // Secrets are named as pods are.
+    let (code, body) = client
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "spec", "labels": {"bad key!": "x"}}, "data": {}}),
+        )
+        .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().starts_with(
+            "Secret \"spec\" is invalid: metadata.labels: Invalid value: \"bad key!\""
+        ),
+        "{body}"
+    );
+}
