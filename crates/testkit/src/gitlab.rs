@@ -5,10 +5,12 @@
 //!
 //! Each GitLab rule lives in a module of its own naming the upstream file it follows:
 //! `features` (which jobs a runner may take), `lifecycle` (picking, two-phase commit,
-//! cancel, drop), `trace` (`PATCH jobs/:id/trace`) and `update` (`PUT jobs/:id`).
+//! cancel, drop), `request` (`POST jobs/request`), `trace` (`PATCH jobs/:id/trace`) and
+//! `update` (`PUT jobs/:id`).
 
 pub mod features;
 mod lifecycle;
+mod request;
 mod trace;
 mod update;
 
@@ -630,7 +632,7 @@ fn router(shared: Shared) -> Router {
             "/api/v4/runners/reset_authentication_token",
             post(reset_token),
         )
-        .route("/api/v4/jobs/request", post(request_job))
+        .route("/api/v4/jobs/request", post(request::request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
         .route(
@@ -823,162 +825,6 @@ async fn reset_token(
     )
 }
 
-async fn request_job(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    if let Some(Fault::Status(status, h)) = take_fault(&shared, Endpoint::RequestJob).await {
-        return status_response(status, &h);
-    }
-    {
-        let mut inner = shared.lock();
-        if inner.rate_limited.0 > 0 {
-            inner.rate_limited.0 -= 1;
-            let mut response = json_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({"message": {"error": "This endpoint has been requested too many times. Try again later."}}),
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from(inner.rate_limited.1));
-            return response;
-        }
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let header_token = headers
-        .get("runner-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if header_token != token || !shared.lock().runner_tokens.contains_key(&token) {
-        return forbidden();
-    }
-    let last_update = body["last_update"].as_str().map(str::to_owned);
-    let announced = body["info"]["features"].clone();
-    let long_poll = shared.lock().long_poll;
-    let deadline = tokio::time::Instant::now() + long_poll;
-    loop {
-        let notified = shared.queued.notified();
-        {
-            let mut inner = shared.lock();
-            lifecycle::expire_ack_waits(inner.jobs.values_mut());
-            if inner.conflicts > 0 {
-                inner.conflicts -= 1;
-                return json_response(StatusCode::CONFLICT, json!({"message": "409 Conflict"}));
-            }
-            if let Some(id) = pick_next(&mut inner, &announced) {
-                inner.queue_version += 1;
-                let version = inner.queue_version.to_string();
-                let job = inner.jobs.get(&id).expect("picked jobs exist");
-                let mut response = json_response(StatusCode::CREATED, job.payload.clone());
-                response.headers_mut().insert(
-                    "x-gitlab-last-update",
-                    HeaderValue::from_str(&version).expect("digits"),
-                );
-                return response;
-            }
-            let version = inner.queue_version.to_string();
-            // Workhorse holds the request only when the runner is up to date.
-            if last_update.as_deref() != Some(version.as_str())
-                || tokio::time::Instant::now() >= deadline
-            {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                response.headers_mut().insert(
-                    "x-gitlab-last-update",
-                    HeaderValue::from_str(&version).expect("digits"),
-                );
-                return response;
-            }
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-/// `Ci::RegisterJobService#process_queue`: walks the queue; a job the runner's features cannot
-/// run is dropped as `runner_unsupported` (and leaves the queue) and the next one is tried.
-fn pick_next(inner: &mut Inner, announced: &Value) -> Option<i64> {
-    let (two_phase, ack_timeout) = (inner.two_phase_commit, inner.ack_timeout);
-    while let Some(id) = inner.queue.pop_front() {
-        let supported = {
-            let job = inner.jobs.get(&id)?;
-            // A job leaving `pending` (canceled, say) leaves `ci_pending_builds` with it
-            // (`Ci::UpdateBuildQueueService`, called from the build's state transitions).
-            if job.status != "pending" {
-                continue;
-            }
-            features::supported(&features::required(&job.payload, &job.options), announced)
-        };
-        if !supported {
-            let job = inner.jobs.get_mut(&id).expect("queued jobs exist");
-            lifecycle::drop_job(job, "runner_unsupported", None);
-            continue;
-        }
-        // Like GitLab, dependencies are resolved when the job is picked.
-        let depends_on = inner
-            .jobs
-            .get(&id)
-            .map(|j| j.depends_on.clone())
-            .unwrap_or_default();
-        let dependencies: Vec<Value> = depends_on
-            .iter()
-            .filter_map(|dep| inner.jobs.get(dep))
-            .map(|dep| {
-                let archive = dep
-                    .artifacts
-                    .iter()
-                    .find(|(q, _, _)| q.get("artifact_type").is_none_or(|t| t == "archive"));
-                json!({
-                    "id": dep.id,
-                    "token": dep.token,
-                    "name": dep.payload["job_info"]["name"],
-                    "artifacts_file": archive.map(|(_, name, bytes)| json!({"filename": name, "size": bytes.len()})),
-                })
-            })
-            .collect();
-        let job = inner.jobs.get_mut(&id).expect("queued jobs exist");
-        if !dependencies.is_empty() {
-            job.payload["dependencies"] = Value::Array(dependencies);
-        }
-        lifecycle::pick(job, announced, two_phase, ack_timeout);
-        return Some(id);
-    }
-    None
-}
-
-/// The refusal of `authenticate_job!` (`lib/api/ci/helpers/runner.rb`), if any: an unknown
-/// job or a wrong token is a bare 403; a job not processing on a runner (`running?` or
-/// `canceling?`; for `PUT`, also one waiting for its two-phase acknowledgement: the request
-/// spec accepts `state=pending` and `state=running` then) is a 403 carrying its
-/// `Job-Status`. Whether a trace PATCH is accepted while the acknowledgement is awaited is
-/// not in the sources read (`Ci::AuthJobFinder` is not in the index): the stand-in refuses
-/// it, as for any job not processing on a runner.
-fn refuse_job(job: &Job, token: Option<&str>, waiting_allowed: bool) -> Option<Response> {
-    if token != Some(job.token.as_str()) {
-        return Some(forbidden());
-    }
-    let processing = matches!(job.status.as_str(), "running" | "canceling")
-        || (waiting_allowed && lifecycle::waiting_for_ack(job));
-    if !processing {
-        let mut response = json_response(
-            StatusCode::FORBIDDEN,
-            json!({"message": "403 Forbidden - Job is not processing on runner"}),
-        );
-        response.headers_mut().insert(
-            "job-status",
-            HeaderValue::from_str(&job.status).expect("a status word"),
-        );
-        return Some(response);
-    }
-    None
-}
-
 async fn update_job(
     State(shared): State<Shared>,
     Path(id): Path<i64>,
@@ -1009,7 +855,7 @@ async fn update_job(
             json!({"error": "token is missing"}),
         );
     };
-    if let Some(response) = refuse_job(job, Some(token), true) {
+    if let Some(response) = lifecycle::refuse_job(job, Some(token), true) {
         return response;
     }
     job.updates.push(body.clone());
@@ -1036,7 +882,7 @@ async fn patch_trace(
         return forbidden();
     };
     let token = headers.get("job-token").and_then(|v| v.to_str().ok());
-    if let Some(response) = refuse_job(job, token, false) {
+    if let Some(response) = lifecycle::refuse_job(job, token, false) {
         return response;
     }
     let range = headers.get("content-range").and_then(|v| v.to_str().ok());

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::Job;
+use super::{Job, forbidden, json_response};
 
 /// How long GitLab waits for a two-phase runner's `state=pending` keep-alive or
 /// `state=running` acknowledgement: `RUNNER_ACK_QUEUE_EXPIRY_TIME` (gitlabhq/gitlabhq
@@ -131,4 +133,31 @@ pub fn force_cancel(job: &mut Job) {
 /// Ruby truthiness of a JSON value as Grape hands it over.
 pub fn truthy(value: &Value) -> bool {
     !matches!(value, Value::Null | Value::Bool(false))
+}
+
+/// The refusal of `authenticate_job!` (`lib/api/ci/helpers/runner.rb`), if any: an unknown
+/// job or a wrong token is a bare 403; a job not processing on a runner (`running?` or
+/// `canceling?`; for `PUT`, also one waiting for its two-phase acknowledgement: the request
+/// spec accepts `state=pending` and `state=running` then) is a 403 carrying its
+/// `Job-Status`. Whether a trace PATCH is accepted while the acknowledgement is awaited is
+/// not in the sources read (`Ci::AuthJobFinder` is not in the index): the stand-in refuses
+/// it, as for any job not processing on a runner.
+pub fn refuse_job(job: &Job, token: Option<&str>, waiting_allowed: bool) -> Option<Response> {
+    if token != Some(job.token.as_str()) {
+        return Some(forbidden());
+    }
+    let processing = matches!(job.status.as_str(), "running" | "canceling")
+        || (waiting_allowed && waiting_for_ack(job));
+    if !processing {
+        let mut response = json_response(
+            StatusCode::FORBIDDEN,
+            json!({"message": "403 Forbidden - Job is not processing on runner"}),
+        );
+        response.headers_mut().insert(
+            "job-status",
+            HeaderValue::from_str(&job.status).expect("a status word"),
+        );
+        return Some(response);
+    }
+    None
 }
