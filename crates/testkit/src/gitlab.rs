@@ -195,9 +195,10 @@ pub struct JobView {
     pub allowed_to_fail: bool,
     /// The trace bytes received.
     pub trace: Vec<u8>,
-    /// `failure_reason` of the final update.
+    /// Why GitLab failed the job: the final update's `failure_reason`, or its own drop
+    /// (`runner_unsupported`, `trace_size_exceeded`, `runner_provisioning_timeout`).
     pub failure_reason: Option<String>,
-    /// `exit_code` of the final update.
+    /// `exit_code` of the final `failed` update.
     pub exit_code: Option<i64>,
     /// Every `PUT jobs/:id` body.
     pub updates: Vec<Value>,
