@@ -104,6 +104,52 @@ fn answer(job: &Job, status: StatusCode, backoff: Option<u64>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn running_job(pending_state_age: Duration) -> Job {
+        Job {
+            id: 1,
+            token: "glcbt-t".to_owned(),
+            payload: Value::Null,
+            options: Default::default(),
+            status: "running".to_owned(),
+            trace: Vec::new(),
+            failure_reason: None,
+            exit_code: None,
+            updates: Vec::new(),
+            patches: 0,
+            artifacts: Vec::new(),
+            depends_on: Vec::new(),
+            runner_features: Value::Null,
+            cancel_gracefully: false,
+            ack_deadline: None,
+            pending_state_since: Some(
+                Instant::now()
+                    .checked_sub(pending_state_age)
+                    .expect("the monotonic clock has run longer than the age"),
+            ),
+        }
+    }
+
+    /// Mutation checked: answering 202 for as long as chunks are pending (no
+    /// `pending_state_outdated?`) fails this test.
+    #[test]
+    fn an_outdated_pending_state_is_discarded_and_the_update_applied() {
+        let settings = UpdateSettings {
+            live_chunks_pending: true,
+            ack_timeout: Duration::from_secs(120),
+        };
+        let body = json!({"state": "success", "output": {"checksum": "crc32:0", "bytesize": 0}});
+        let mut recent = running_job(Duration::from_secs(10));
+        let answer = update(&mut recent, &body, settings);
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        assert_eq!(answer.headers()["x-gitlab-trace-update-interval"], "4");
+        assert_eq!(recent.status, "running");
+        let mut outdated = running_job(ACCEPT_TIMEOUT + Duration::from_secs(1));
+        let answer = update(&mut outdated, &body, settings);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(outdated.status, "success");
+    }
 
     #[test]
     fn backoff_doubles_per_slot_up_to_64_seconds() {
