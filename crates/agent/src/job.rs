@@ -78,19 +78,46 @@ enum Phase {
     AfterScript,
 }
 
-/// What podrunner's agent implements, advertised to GitLab.
+/// The payload features the job side honours, each with what of the payload it reads (or,
+/// for `return_exit_code`, sends): the one list [`agent_features`] announces beyond the
+/// network side's own. GitLab drops a job needing a feature a runner does not announce
+/// (`runner_unsupported`), so announcing one the agent ignores, or honouring one not
+/// announced, is a bug either way. `vault_secrets` stays off: `secrets:` are not resolved.
+pub const JOB_FEATURES: &[(&str, &str)] = &[
+    ("variables", "variables"),
+    ("image", "image"),
+    ("services", "services"),
+    ("masking", "variables[].masked"),
+    ("raw_variables", "variables[].raw"),
+    ("refspecs", "git_info.refspecs"),
+    (
+        "multi_build_steps",
+        "steps[] besides script and after_script",
+    ),
+    ("return_exit_code", "the final update's exit_code"),
+    ("artifacts", "artifacts"),
+    (
+        "upload_multiple_artifacts",
+        "artifacts[].artifact_type (reports)",
+    ),
+    (
+        "upload_raw_artifacts",
+        "artifacts[].artifact_format (raw, gzip)",
+    ),
+    ("artifacts_exclude", "artifacts[].exclude"),
+    ("cache", "cache"),
+    ("fallback_cache_keys", "cache[].fallback_keys"),
+];
+
+/// What podrunner's agent implements, advertised to GitLab: the network side's features
+/// and [`JOB_FEATURES`].
 pub fn agent_features() -> podrunner_gitlab::Features {
-    podrunner_gitlab::Features {
-        variables: true,
-        image: true,
-        services: true,
-        masking: true,
-        refspecs: true,
-        raw_variables: true,
-        return_exit_code: true,
-        multi_build_steps: true,
-        ..podrunner_gitlab::Features::network()
+    let mut features = serde_json::to_value(podrunner_gitlab::Features::network())
+        .expect("features serialize to an object");
+    for (feature, _) in JOB_FEATURES {
+        features[*feature] = serde_json::Value::Bool(true);
     }
+    serde_json::from_value(features).expect("every JOB_FEATURES key is a Features field")
 }
 
 /// Reads a spec file and runs its job.

@@ -16,5 +16,5 @@ pub use handover::{
     FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling, Handover,
     Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV,
 };
-pub use job::{AgentError, agent_features, run, run_from_file};
+pub use job::{AgentError, JOB_FEATURES, agent_features, run, run_from_file};
 pub use spec::{AgentSpec, GitlabConnection, TerminationReport};

@@ -180,7 +180,8 @@ pub enum JobRequestOutcome {
     Forbidden,
     /// `503` after the retries: GitLab is unavailable.
     Unavailable,
-    /// `409`: a race on GitLab's side; ask again.
+    /// `409`: a race on GitLab's side (`Ci::RegisterJobService`). Like gitlab-runner
+    /// (`network/gitlab.go`, `RequestJob`: no job, healthy), ask again after `check_interval`.
     Conflict,
     /// Anything else: a transport error, an unreadable job, another status.
     Failed(String),

@@ -178,3 +178,74 @@ proptest! {
         prop_assert_eq!(pipeline(&bytes, &phrases, &["glpat-"]), whole);
     }
 }
+
+/// Two prefixes from GitLab with every default: gitlab-runner sorts the 16 by length and
+/// keeps the 15 shortest, so both payload prefixes mask and the longest default
+/// (`_gitlab_session=`) does not. Mutation checked: keeping the first 15 in arrival order
+/// (the defaults first) leaves `tok-` tokens visible and masks the session cookie.
+#[test]
+fn two_prefixes_from_gitlab_are_chosen_as_gitlab_runner_chooses() {
+    let from_gitlab = vec![
+        " tok- ".to_owned(),
+        "customer-".to_owned(),
+        "tok-".to_owned(),
+    ];
+    let prefixes = LogSettings::token_prefixes(true, &from_gitlab);
+    assert_eq!(prefixes.len(), 15);
+    assert_eq!(&prefixes[..4], &["tok-", "gldt-", "glft-", "glrt-"]);
+    assert!(prefixes.contains(&"customer-".to_owned()));
+    assert!(!prefixes.contains(&"_gitlab_session=".to_owned()));
+    let trace = Trace::new(&LogSettings {
+        masked_phrases: Vec::new(),
+        token_prefixes: prefixes,
+        timestamps: false,
+        output_limit_bytes: 1 << 20,
+        spill_threshold: 1 << 20,
+        clock: Arc::new(SystemClock),
+    });
+    let mut w = trace.writer(Stream::JOB);
+    w.write_bytes(b"a tok-abc1 customer-x9 glpat-p _gitlab_session=cookie\n")
+        .unwrap();
+    w.flush_all().unwrap();
+    assert_eq!(
+        trace.sink().store().read(0, 1000).unwrap(),
+        b"a tok-[MASKED] customer-[MASKED] glpat-[MASKED] _gitlab_session=cookie\n"
+    );
+    // Without FF_MASK_ALL_DEFAULT_TOKENS: glpat- and GitLab's own, shortest first.
+    assert_eq!(
+        LogSettings::token_prefixes(false, &from_gitlab),
+        ["tok-", "glpat-", "customer-"]
+    );
+}
+
+/// Exactly gitlab-runner's six URL parameters (`urlsanitizer.go`, `tokenParamKeys`).
+#[test]
+fn url_parameters_are_gitlab_runners_six() {
+    assert_eq!(
+        SENSITIVE_URL_PARAMS,
+        [
+            "private_token",
+            "authenticity_token",
+            "rss_token",
+            "x-amz-signature",
+            "x-amz-credential",
+            "x-amz-security-token"
+        ]
+    );
+    let trace = Trace::new(&LogSettings {
+        masked_phrases: Vec::new(),
+        token_prefixes: Vec::new(),
+        timestamps: false,
+        output_limit_bytes: 1 << 20,
+        spill_threshold: 1 << 20,
+        clock: Arc::new(SystemClock),
+    });
+    let mut w = trace.writer(Stream::JOB);
+    w.write_bytes(b"GET /o?X-Amz-Credential=AKIA/x&sig=keep&X-Goog-Signature=keep\n")
+        .unwrap();
+    w.flush_all().unwrap();
+    assert_eq!(
+        trace.sink().store().read(0, 1000).unwrap(),
+        b"GET /o?X-Amz-Credential=[MASKED]&sig=keep&X-Goog-Signature=keep\n"
+    );
+}

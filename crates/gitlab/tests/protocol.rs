@@ -41,18 +41,26 @@ async fn started() -> (GitlabStandIn, GitlabClient) {
     (gitlab, client)
 }
 
+/// Takes a job and acknowledges it (`two_phase_job_commit`: it runs only from then on).
 async fn take_job(gitlab: &GitlabStandIn, client: &GitlabClient) -> (i64, Secret) {
     let id = gitlab.enqueue(JobSpec::new("test", &["echo hi"]));
     let result = client
         .request_job(&Secret::new(TOKEN), SYSTEM_ID, &info(), None)
         .await;
-    match result.outcome {
+    let token = match result.outcome {
         JobRequestOutcome::Job(job) => {
             assert_eq!(job.job.id, id);
-            (id, job.job.token.clone())
+            job.job.token.clone()
         }
         other => panic!("expected a job, got {other:?}"),
-    }
+    };
+    assert_eq!(gitlab.job(id).unwrap().status, "pending", "two-phase pick");
+    let (outcome, signals) = client
+        .update_job(id, &update(&token, JobState::Running, b""))
+        .await;
+    assert_eq!(outcome, UpdateOutcome::Succeeded);
+    assert_eq!(signals.job_status, Some(RemoteJobStatus::Running));
+    (id, token)
 }
 
 // --- registration ------------------------------------------------------------------
@@ -195,6 +203,7 @@ async fn request_job_status_rows() {
         ),
         "an undecodable 201 is a failure"
     );
+    // 422 ("Runner is orphaned") is in GitLab's API docs for jobs/request; scripted.
     gitlab.fault(Endpoint::RequestJob, Fault::Status(422, vec![]));
     assert!(matches!(
         client
@@ -204,9 +213,10 @@ async fn request_job_status_rows() {
         JobRequestOutcome::Failed(_)
     ));
 
-    // Transparent retries: two 502s and a 429 are invisible to the caller.
+    // Transparent retries: two 502s and GitLab's rate limit (429 with `Retry-After`) are
+    // invisible to the caller.
     gitlab.fault(Endpoint::RequestJob, Fault::Status(502, retry_now()));
-    gitlab.fault(Endpoint::RequestJob, Fault::Status(429, retry_now()));
+    gitlab.rate_limit_job_requests(1, Duration::from_secs(1));
     gitlab.fault(Endpoint::RequestJob, Fault::Status(502, retry_now()));
     let id = gitlab.enqueue(JobSpec::new("retried", &["true"]));
     match client
@@ -324,6 +334,7 @@ async fn update_job_status_rows() {
         .await;
     assert_eq!(outcome, UpdateOutcome::Succeeded);
     assert_eq!(signals.job_status, Some(RemoteJobStatus::Running));
+    assert_eq!(signals.update_interval, None, "a 200 carries no interval");
     let put = gitlab
         .requests()
         .into_iter()
@@ -336,24 +347,23 @@ async fn update_job_status_rows() {
         "PUT jobs/:id expects no body"
     );
 
-    gitlab.set_trace_update_interval(Some(7));
-    gitlab.set_status(id, "canceling");
+    gitlab.cancel(id);
     let (outcome, signals) = client
         .update_job(id, &update(&token, JobState::Running, b""))
         .await;
     assert_eq!(outcome, UpdateOutcome::Succeeded);
     assert_eq!(signals.job_status, Some(RemoteJobStatus::Canceling));
+    // The interval comes with trace answers.
+    gitlab.set_trace_update_interval(7);
+    let (_, signals) = client.patch_trace(id, &token, 0, b"a", false).await;
     assert_eq!(signals.update_interval, Some(Duration::from_secs(7)));
-    gitlab.set_trace_update_interval(Some(100_000));
-    let (_, signals) = client
-        .update_job(id, &update(&token, JobState::Running, b""))
-        .await;
+    gitlab.set_trace_update_interval(100_000);
+    let (_, signals) = client.patch_trace(id, &token, 1, b"b", false).await;
     assert_eq!(
         signals.update_interval,
         Some(Duration::from_secs(900)),
         "capped at 15 minutes"
     );
-    gitlab.set_trace_update_interval(None);
     gitlab.set_status(id, "running");
 
     gitlab.fault(Endpoint::UpdateJob, Fault::Status(400, vec![]));
@@ -417,25 +427,26 @@ async fn update_job_status_rows() {
         "Job-Status failed"
     );
 
-    // The final update: a wrong checksum is 412, a scripted 202, then 200.
+    // The final update: 412 is read as gitlab-runner reads it (GitLab itself never sends
+    // one: scripted); 202 with a back-off while live chunks are pending; then 200.
+    gitlab.fault(Endpoint::UpdateJob, Fault::Status(412, vec![]));
     assert_eq!(
         client
-            .update_job(id, &update(&token, JobState::Success, b"not sent"))
+            .update_job(id, &update(&token, JobState::Success, b"ab"))
             .await
             .0,
         UpdateOutcome::TraceValidationFailed
     );
-    gitlab.fault(Endpoint::UpdateJob, Fault::UpdateStatus(202));
+    gitlab.set_live_chunks_pending(true);
+    let (outcome, signals) = client
+        .update_job(id, &update(&token, JobState::Success, b"ab"))
+        .await;
+    assert_eq!(outcome, UpdateOutcome::Accepted);
+    assert_eq!(signals.update_interval, Some(Duration::from_secs(1)));
+    gitlab.set_live_chunks_pending(false);
     assert_eq!(
         client
-            .update_job(id, &update(&token, JobState::Success, b""))
-            .await
-            .0,
-        UpdateOutcome::Accepted
-    );
-    assert_eq!(
-        client
-            .update_job(id, &update(&token, JobState::Success, b""))
+            .update_job(id, &update(&token, JobState::Success, b"ab"))
             .await
             .0,
         UpdateOutcome::Succeeded
@@ -451,7 +462,8 @@ async fn update_job_status_rows() {
     );
 
     let (id, token) = take_job(&gitlab, &client).await;
-    gitlab.set_status(id, "canceled");
+    gitlab.cancel(id);
+    gitlab.force_cancel(id);
     let (outcome, signals) = client
         .update_job(id, &update(&token, JobState::Running, b""))
         .await;
@@ -459,6 +471,22 @@ async fn update_job_status_rows() {
         (outcome, signals.job_status),
         (UpdateOutcome::Abort, Some(RemoteJobStatus::Canceled))
     );
+
+    // A final `failed` is applied and answered 200 with the new `Job-Status: failed`: read as
+    // gitlab-runner does (abort), with the 200 telling that GitLab has it.
+    let (id, token) = take_job(&gitlab, &client).await;
+    let (outcome, signals) = client
+        .update_job(id, &update(&token, JobState::Failed, b""))
+        .await;
+    assert_eq!(
+        (outcome, signals.http_status, signals.job_status),
+        (
+            UpdateOutcome::Abort,
+            Some(200),
+            Some(RemoteJobStatus::Failed)
+        )
+    );
+    assert_eq!(gitlab.job(id).unwrap().status, "failed");
 }
 
 // --- PATCH jobs/:id/trace (§1.9) ----------------------------------------------------------
@@ -485,18 +513,20 @@ async fn patch_trace_status_rows() {
         format!("/api/v4/jobs/{id}/trace?debug_trace=false")
     );
 
-    // Sending from past the end: 416 says how much GitLab has.
+    // Sending from past the end, or from before it: 416 says how much GitLab has, and
+    // nothing is written.
     let (outcome, _) = client.patch_trace(id, &token, 9, b"ld", false).await;
     assert_eq!(outcome, PatchOutcome::RangeMismatch { offset: 6 });
-    // Sending from before the end replaces what follows, as GitLab does.
     let (outcome, _) = client.patch_trace(id, &token, 2, b"llo w", false).await;
+    assert_eq!(outcome, PatchOutcome::RangeMismatch { offset: 6 });
+    let (outcome, _) = client.patch_trace(id, &token, 6, b"w", false).await;
     assert_eq!(outcome, PatchOutcome::Accepted { offset: 7 });
     let (outcome, signals) = client.patch_trace(id, &token, 7, b"orld", false).await;
     assert_eq!(outcome, PatchOutcome::Accepted { offset: 11 });
     assert_eq!(signals.job_status, Some(RemoteJobStatus::Running));
     assert_eq!(gitlab.job(id).unwrap().trace, b"hello world");
 
-    gitlab.set_status(id, "canceling");
+    gitlab.cancel(id);
     let (outcome, signals) = client.patch_trace(id, &token, 11, b"!", false).await;
     assert_eq!(
         (outcome, signals.job_status),
@@ -521,7 +551,8 @@ async fn patch_trace_status_rows() {
     );
     assert_eq!(
         client.patch_trace(999_999, &token, 0, b"x", false).await.0,
-        PatchOutcome::NotFound
+        PatchOutcome::Abort,
+        "GitLab answers an unknown job with 403"
     );
     gitlab.fault(Endpoint::PatchTrace, Fault::Status(400, vec![]));
     assert!(matches!(
@@ -541,7 +572,7 @@ async fn patch_trace_status_rows() {
             .iter()
             .filter(|r| r.method == "PATCH")
             .count(),
-        9
+        10
     );
 }
 
@@ -631,20 +662,16 @@ async fn uploader_survives_lost_answers_without_losing_or_duplicating_bytes() {
     assert!(gitlab.requests().iter().any(|r| r.method == "PATCH") && job.patches >= 2);
 }
 
-/// The agent continues a log the manager started (the prelude), whatever GitLab has of it:
-/// less (the manager's last patch is late), exactly it, or more (a manager line sent after
-/// the agent took the prelude). Every case ends with GitLab holding exactly the agent's bytes
-/// and the final update's checksum accepted.
+/// The agent continues a log the manager started (the prelude) when GitLab has less of it
+/// (the manager's last patch is late) or exactly it. (GitLab holding more — a manager line
+/// sent after the agent took the prelude — passed only on the stand-in's invented 412 and
+/// its re-upload; that race belongs to the hand-over design of issue 11 item 3.)
 #[tokio::test]
 async fn uploader_continues_a_prelude_whatever_gitlab_has_of_it() {
     let prelude = b"Running with podrunner\nWaiting for pod ns/p, status is Pending\n";
-    let cases: [(&str, Vec<u8>); 3] = [
+    let cases: [(&str, Vec<u8>); 2] = [
         ("behind", prelude[..10].to_vec()),
         ("equal", prelude.to_vec()),
-        (
-            "ahead",
-            [&prelude[..], b"Waiting for pod ns/p, late line\n"].concat(),
-        ),
     ];
     for (case, gitlab_has) in cases {
         let (gitlab, client) = started().await;
@@ -689,8 +716,11 @@ async fn uploader_continues_a_prelude_whatever_gitlab_has_of_it() {
     }
 }
 
+/// A big log goes up in patches of at most 1 MiB, and the final update carries its checksum
+/// and size. (GitLab never answers 412: a checksum it cannot match is only counted, so there
+/// is no re-upload to test against it.)
 #[tokio::test]
-async fn uploader_reuploads_everything_on_412() {
+async fn uploader_sends_a_big_log_in_bounded_patches_with_its_checksum() {
     let (gitlab, client) = started().await;
     let (id, token) = take_job(&gitlab, &client).await;
     let trace = new_trace(8 << 20);
@@ -705,12 +735,6 @@ async fn uploader_reuploads_everything_on_412() {
     writer.write_bytes(&vec![b'x'; 3 * 1024 * 1024]).unwrap();
     writer.write_bytes(b"\nend\n").unwrap();
     writer.flush_all().unwrap();
-    gitlab
-        .wait_for_job(id, Duration::from_secs(10), |j| {
-            j.trace.len() as u64 == trace.sink().bytesize()
-        })
-        .await;
-    gitlab.truncate_trace(id, 1000); // GitLab lost chunks
     let report = uploader
         .finish(FinalState {
             state: JobState::Failed,
@@ -734,27 +758,19 @@ async fn uploader_reuploads_everything_on_412() {
         .iter()
         .filter(|u| u["state"] == "failed")
         .collect();
+    assert_eq!(finals.len(), 1, "the 200 with Job-Status: failed is final");
     assert_eq!(
-        finals.len(),
-        2,
-        "one 412, then a full re-upload and one accepted update"
+        finals[0]["output"]["checksum"],
+        format!("crc32:{:08x}", crc32fast::hash(&job.trace))
     );
-    assert!(
-        finals[1]["output"]["checksum"]
-            .as_str()
-            .unwrap()
-            .starts_with("crc32:")
-    );
+    assert_eq!(finals[0]["output"]["bytesize"], job.trace.len());
     let patches: Vec<_> = gitlab
         .requests()
         .into_iter()
         .filter(|r| r.method == "PATCH")
         .map(|r| r.headers["content-range"].clone())
         .collect();
-    assert!(
-        patches.iter().filter(|r| r.starts_with("0-")).count() >= 2,
-        "re-uploaded from 0: {patches:?}"
-    );
+    assert!(patches.len() >= 4, "{patches:?}");
     assert!(
         patches.iter().all(|r| {
             let (a, b) = r.split_once('-').unwrap();
@@ -777,25 +793,34 @@ async fn uploader_polls_202_then_delivers_and_bounds_retries() {
         &CancellationToken::new(),
     );
     trace.writer(Stream::JOB).write_bytes(b"done\n").unwrap();
-    gitlab.fault(Endpoint::UpdateJob, Fault::UpdateStatus(202));
-    gitlab.fault(Endpoint::UpdateJob, Fault::UpdateStatus(202));
-    let report = uploader
-        .finish(FinalState {
+    // Live chunks are pending until two final updates were accepted.
+    gitlab.set_live_chunks_pending(true);
+    let flip = async {
+        gitlab
+            .wait_for_job(id, Duration::from_secs(20), |j| {
+                j.updates.iter().filter(|u| u["state"] == "success").count() >= 2
+            })
+            .await;
+        gitlab.set_live_chunks_pending(false);
+    };
+    let (report, ()) = tokio::join!(
+        uploader.finish(FinalState {
             state: JobState::Success,
             failure_reason: None,
             exit_code: None,
-        })
-        .await;
+        }),
+        flip
+    );
     assert!(report.delivered);
-    assert_eq!(
-        gitlab
-            .job(id)
-            .unwrap()
-            .updates
+    let job = gitlab.job(id).unwrap();
+    assert_eq!(job.status, "success");
+    assert!(
+        job.updates
             .iter()
             .filter(|u| u["state"] == "success")
-            .count(),
-        3
+            .count()
+            >= 3,
+        "polled after each 202"
     );
 
     // A GitLab that keeps failing: the final update gives up after the retry limit.
@@ -841,7 +866,7 @@ async fn canceling_is_graceful_and_canceled_aborts() {
     let mut control = uploader.control();
     let mut writer = trace.writer(Stream::JOB);
     writer.write_bytes(b"working\n").unwrap();
-    gitlab.set_status(id, "canceling");
+    gitlab.cancel(id);
     writer.write_bytes(b"more\n").unwrap();
     tokio::time::timeout(
         Duration::from_secs(5),
@@ -864,8 +889,12 @@ async fn canceling_is_graceful_and_canceled_aborts() {
     let job = gitlab.job(id).unwrap();
     assert!(String::from_utf8_lossy(&job.trace).contains("after_script ran"));
     assert_eq!(
-        job.failure_reason.as_deref(),
-        Some("unknown_failure"),
+        job.status, "canceled",
+        "a canceling job's final update ends it canceled"
+    );
+    assert_eq!(
+        job.updates.last().unwrap()["failure_reason"],
+        "unknown_failure",
         "job_canceled is not in the payload's list"
     );
 
@@ -880,7 +909,8 @@ async fn canceling_is_graceful_and_canceled_aborts() {
         &CancellationToken::new(),
     );
     let mut control = uploader.control();
-    gitlab.set_status(id, "canceled");
+    gitlab.cancel(id);
+    gitlab.force_cancel(id);
     tokio::time::timeout(
         Duration::from_secs(5),
         control.wait_for(|c| *c == RemoteControl::Abort),

@@ -375,8 +375,10 @@ impl Feeder {
                         self.counters.lock().await.acks_refused += 1;
                     }
                 }
-                JobRequestOutcome::NoJob => {}
-                JobRequestOutcome::Conflict => again_now = true,
+                // gitlab-runner reads a 409 like "no job": `RequestJob` (`network/gitlab.go`)
+                // returns no job, healthy, and the runner is fed again after
+                // `check_interval` (`commands/multi.go`, `feedRunners`).
+                JobRequestOutcome::NoJob | JobRequestOutcome::Conflict => {}
                 JobRequestOutcome::Forbidden => Event::RequestFailed {
                     runner: label.clone(),
                     error: "GitLab refused the runner token (403)".to_owned(),

@@ -261,8 +261,8 @@ pub fn job_client(job: &AcceptedJob, version: &str) -> Option<GitlabClient> {
 /// `runner_system_failure`. `trace_end`: how many trace bytes GitLab has, when known. When it
 /// is not (the agent died without a report), the first patch starts past any log the job
 /// could have written (its output limit plus room for the limit message and the manager's
-/// prelude) and GitLab's 416 tells where the log ends: a patch that starts early would
-/// replace the agent's output.
+/// prelude) and GitLab's 416 tells where the log ends (GitLab appends only at the exact end).
+/// A 200 to the final update is delivery, whatever its `Job-Status`.
 pub async fn fail_job(
     job: &AcceptedJob,
     info: &RunnerInfo,
@@ -314,13 +314,27 @@ pub async fn fail_job(
         exit_code: None,
     };
     for attempt in 0..5u32 {
-        match client.update_job(payload.id, &request).await.0 {
-            UpdateOutcome::Succeeded => return true,
+        let (outcome, signals) = client.update_job(payload.id, &request).await;
+        if final_update_delivered(&outcome, signals.http_status) {
+            return true;
+        }
+        match outcome {
             UpdateOutcome::Abort => return false,
             _ => tokio::time::sleep(Duration::from_secs(1 << attempt)).await,
         }
     }
     false
+}
+
+/// Whether GitLab applied a final update: a 200, even when its `Job-Status` is the `failed`
+/// the update itself just set (`lib/api/ci/runner.rb` puts the job's new status on the
+/// answer; gitlab-runner reads that as "abort", which for a final update means done).
+fn final_update_delivered(outcome: &UpdateOutcome, http_status: Option<u16>) -> bool {
+    match outcome {
+        UpdateOutcome::Succeeded => true,
+        UpdateOutcome::Abort => http_status == Some(200),
+        _ => false,
+    }
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -332,4 +346,17 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_200_is_delivery_even_with_job_status_failed() {
+        assert!(final_update_delivered(&UpdateOutcome::Succeeded, Some(200)));
+        assert!(final_update_delivered(&UpdateOutcome::Abort, Some(200)));
+        assert!(!final_update_delivered(&UpdateOutcome::Abort, Some(403)));
+        assert!(!final_update_delivered(&UpdateOutcome::Accepted, Some(202)));
+    }
 }

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use podrunner_gitlab::api::{JobState, UpdateJobRequest};
 use podrunner_gitlab::{
-    ClientOptions, Features, GitlabClient, JobRequestOutcome, RunnerInfo, Secret,
+    ClientOptions, Features, GitlabClient, JobRequestOutcome, RunnerInfo, Secret, UpdateOutcome,
 };
 use podrunner_testkit::{GitlabStandIn, JobSpec, JobView};
 
@@ -23,14 +24,29 @@ async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
             ..Features::network()
         },
     );
-    match client
+    let job = match client
         .request_job(&Secret::new(TOKEN), "s_0123456789ab", &info, None)
         .await
         .outcome
     {
-        JobRequestOutcome::Job(job) => job.raw,
+        JobRequestOutcome::Job(job) => job,
         other => panic!("{other:?}"),
-    }
+    };
+    // The manager's acknowledgement (`two_phase_job_commit`): the job runs from then on.
+    let ack = UpdateJobRequest {
+        info: info.clone(),
+        token: job.job.token.clone(),
+        state: JobState::Running,
+        failure_reason: None,
+        checksum: None,
+        output: None,
+        exit_code: None,
+    };
+    assert_eq!(
+        client.update_job(job.job.id, &ack).await.0,
+        UpdateOutcome::Succeeded
+    );
+    job.raw
 }
 
 async fn run_agent(

@@ -991,3 +991,260 @@ async fn drain_waits_for_running_jobs_then_returns() {
         "the running job finished"
     );
 }
+
+/// The features that GitLab's `RUNNER_FEATURES` table (`app/models/ci/build.rb`) requires of
+/// a runner, as the stand-in applies them.
+const GITLAB_REQUIRED: &[&str] = &[
+    "upload_multiple_artifacts",
+    "refspecs",
+    "artifacts_exclude",
+    "multi_build_steps",
+    "return_exit_code",
+    "fallback_cache_keys",
+    "vault_secrets",
+];
+
+/// podrunner announces exactly the network side's features and `JOB_FEATURES`, and each job
+/// GitLab gates on a feature is handed to podrunner and run, while a `secrets:` job (no
+/// `vault_secrets`) is dropped by GitLab before podrunner sees it. Mutations checked: taking
+/// `artifacts_exclude`, `upload_multiple_artifacts`, `fallback_cache_keys` or
+/// `return_exit_code` out of `JOB_FEATURES` (the job ends `runner_unsupported`), announcing
+/// `vault_secrets` (the secrets job runs), and an agent that ignores `exclude` or writes a
+/// raw artifact as a zip (the artifact checks fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_gitlab_gates_on_features_are_handed_over_and_run() {
+    let announced = serde_json::to_value(podrunner_agent::agent_features()).unwrap();
+    let network = serde_json::to_value(podrunner_gitlab::Features::network()).unwrap();
+    for (feature, value) in announced.as_object().unwrap() {
+        let expected = network[feature] == true
+            || podrunner_agent::JOB_FEATURES
+                .iter()
+                .any(|(name, _)| name == feature);
+        assert_eq!(value, &serde_json::json!(expected), "{feature}");
+    }
+    for (feature, _) in podrunner_agent::JOB_FEATURES {
+        assert_eq!(announced[*feature], true, "{feature} is a Features key");
+    }
+    assert_eq!(announced["vault_secrets"], false);
+
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(
+        4,
+        &format!("  cache_dir = \"{}\"\n", cache_dir.path().display()),
+    )
+    .await;
+    let none = |spec: JobSpec| spec.variable("GIT_STRATEGY", "none", false);
+    let reports = h.gitlab.enqueue(none(
+        JobSpec::new(
+            "reports",
+            &[
+                "echo '<testsuites/>' > report.xml",
+                "echo 'requirement: met' > requirements.json",
+                "mkdir -p out && echo keep > out/keep.txt && echo drop > out/drop.tmp",
+            ],
+        )
+        .payload_field(
+            "artifacts",
+            serde_json::json!([
+                {"name": "out", "paths": ["out/"], "exclude": ["out/*.tmp"], "when": "on_success", "artifact_type": "archive", "artifact_format": "zip", "expire_in": "1 day"},
+                {"name": "junit", "paths": ["report.xml"], "when": "always", "artifact_type": "junit", "artifact_format": "gzip", "expire_in": "1 day"},
+                {"name": "requirements", "paths": ["requirements.json"], "when": "on_success", "artifact_type": "requirements", "artifact_format": "raw", "expire_in": "1 day"},
+            ]),
+        ),
+    ));
+    let exit_codes = h.gitlab.enqueue(none(
+        JobSpec::new("exit-codes", &["exit 3"]).allow_failure_exit_codes(&[3]),
+    ));
+    let release = h.gitlab.enqueue(none(JobSpec::new("release", &["true"]).payload_field(
+        "steps",
+        serde_json::json!([
+            {"name": "script", "script": ["echo built"], "timeout": 600, "when": "on_success", "allow_failure": false},
+            {"name": "release", "script": ["echo released v1"], "timeout": 600, "when": "on_success", "allow_failure": false},
+        ]),
+    )));
+    let merge_request = h.gitlab.enqueue(none(
+        JobSpec::new("mr", &["echo mr pipeline"]).merge_request_ref(5),
+    ));
+    let secrets = h.gitlab.enqueue(none(
+        JobSpec::new("secrets", &["echo must not run"]).payload_field(
+            "secrets",
+            serde_json::json!({"DB_PASSWORD": {"vault": {"engine": {"name": "kv-v2", "path": "kv"}, "path": "db", "field": "password"}, "file": true}}),
+        ),
+    ));
+
+    let view = h.finished(reports).await;
+    assert_eq!(view.status, "success", "{}", trace(&view));
+    let by_type = |t: &str| {
+        view.artifacts
+            .iter()
+            .find(|(q, _, _)| q.get("artifact_type").map(String::as_str) == Some(t))
+            .unwrap_or_else(|| panic!("no {t} artifact: {:?}", view.artifacts))
+            .clone()
+    };
+    let (query, _, archive) = by_type("archive");
+    assert_eq!(query["artifact_format"], "zip");
+    let names = String::from_utf8_lossy(&archive);
+    assert!(
+        names.contains("out/keep.txt") && !names.contains("out/drop.tmp"),
+        "exclude applied"
+    );
+    let (query, name, junit) = by_type("junit");
+    assert_eq!(query["artifact_format"], "gzip");
+    assert!(
+        junit.starts_with(&[0x1f, 0x8b]) && name.ends_with(".gz"),
+        "{name}"
+    );
+    let (query, _, raw) = by_type("requirements");
+    assert_eq!(query["artifact_format"], "raw");
+    assert_eq!(raw, b"requirement: met\n");
+
+    let view = h.finished(exit_codes).await;
+    assert_eq!(
+        (view.status.as_str(), view.exit_code, view.allowed_to_fail),
+        ("failed", Some(3), true),
+        "{}",
+        trace(&view)
+    );
+    let view = h.finished(release).await;
+    assert!(
+        view.status == "success" && trace(&view).contains("released v1"),
+        "{}",
+        trace(&view)
+    );
+    let view = h.finished(merge_request).await;
+    assert_eq!(view.status, "success", "{}", trace(&view));
+
+    let view = h.finished(secrets).await;
+    assert_eq!(
+        (view.status.as_str(), view.failure_reason.as_deref()),
+        ("failed", Some("runner_unsupported"))
+    );
+    assert!(
+        view.updates.is_empty() && view.trace.is_empty() && view.runner_features.is_null(),
+        "never reached podrunner: {view:?}"
+    );
+    for feature in GITLAB_REQUIRED {
+        let gated = *feature != "vault_secrets";
+        assert_eq!(announced[*feature] == true, gated, "{feature}");
+    }
+    h.signal(Signal::QUIT);
+    assert_eq!(h.exit_code().await, Some(0));
+}
+
+/// After a 409 the manager waits `check_interval` before it asks again, as gitlab-runner.
+/// Counted on the stand-in's request log with an hour-long interval: one request, then
+/// none. Mutation checked: asking again at once after a 409 (the old `again_now`) makes the
+/// next requests arrive within milliseconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_conflict_the_next_request_waits_for_check_interval() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    gitlab.inject_conflicts(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "concurrent = 1\ncheck_interval = 3600\n[[runners]]\n  name = \"e2e\"\n  url = \"{}\"\n  token = \"{TOKEN}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n",
+            gitlab.url(),
+            dir.path().join("builds").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env_remove("CONFIG_FILE")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let requests = || {
+        gitlab
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/v4/jobs/request")
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no job request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A manager that asks again at once has made its next requests long before this.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        requests(),
+        1,
+        "one request, answered 409, then the interval"
+    );
+    let pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    kill_process(pid, Signal::QUIT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `fail_job` on a job whose final `state=failed` GitLab applies: the 200 carries the new
+/// `Job-Status: failed`, and that is delivery. Mutation checked: reading the answer's
+/// `Abort` as "not delivered" (the old code) makes it return false.
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_job_counts_a_200_with_job_status_failed_as_delivered() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let id = gitlab.enqueue(JobSpec::new("lost", &["true"]));
+    let client = podrunner_gitlab::GitlabClient::new(&podrunner_gitlab::ClientOptions {
+        url: gitlab.url().to_owned(),
+        ..Default::default()
+    })
+    .unwrap();
+    let info = podrunner_gitlab::RunnerInfo::new(
+        podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION,
+        "shell",
+        podrunner_agent::agent_features(),
+    );
+    let token = podrunner_gitlab::Secret::new(TOKEN);
+    let payload = match client
+        .request_job(&token, "s_0123456789ab", &info, None)
+        .await
+        .outcome
+    {
+        podrunner_gitlab::JobRequestOutcome::Job(job) => *job,
+        other => panic!("{other:?}"),
+    };
+    let ack = podrunner_gitlab::api::UpdateJobRequest {
+        info: info.clone(),
+        token: payload.job.token.clone(),
+        state: podrunner_gitlab::api::JobState::Running,
+        failure_reason: None,
+        checksum: None,
+        output: None,
+        exit_code: None,
+    };
+    client.update_job(id, &ack).await;
+    let runner = podrunner_config::RunnerConfig {
+        url: Some(gitlab.url().to_owned()),
+        token: Some(TOKEN.to_owned()),
+        ..Default::default()
+    };
+    let job = podrunner_manager::AcceptedJob {
+        runner: std::sync::Arc::new(runner),
+        payload,
+        system_id: "s_0123456789ab".to_owned(),
+        concurrent_id: 0,
+    };
+    assert!(
+        podrunner_manager::fail_job(&job, &info, "0.1.0", "the agent vanished", Some(0)).await,
+        "a 200 with Job-Status: failed is delivery"
+    );
+    let view = gitlab.job(id).unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.failure_reason.as_deref()),
+        ("failed", Some("runner_system_failure"))
+    );
+    assert!(
+        trace(&view).contains("the agent vanished"),
+        "{}",
+        trace(&view)
+    );
+}

@@ -1,6 +1,18 @@
 //! A GitLab stand-in for the runner API (`/api/v4`): registration, long-polled job requests,
-//! the job state machine with cancellation, trace PATCH with range checks, final PUT with
-//! checksum validation, artifacts through a redirecting "object storage", and fault injection.
+//! the job state machine with two-phase commit and cancellation, trace PATCH appended only at
+//! the exact end, the final PUT with its "accepted" back-off, artifacts through a redirecting
+//! "object storage", and fault injection.
+//!
+//! Each GitLab rule lives in a module of its own naming the upstream file it follows:
+//! `features` (which jobs a runner may take), `lifecycle` (picking, two-phase commit,
+//! cancel, drop), `request` (`POST jobs/request`), `trace` (`PATCH jobs/:id/trace`) and
+//! `update` (`PUT jobs/:id`).
+
+pub mod features;
+mod lifecycle;
+mod request;
+mod trace;
+mod update;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,8 +56,6 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without an answer.
     Drop,
-    /// `PUT jobs/:id` only: answer this status after applying the final state (e.g. 202).
-    UpdateStatus(u16),
     /// `POST jobs/:id/artifacts` only: answer 307 to the stand-in's second address.
     RedirectToSecondAddress,
     /// `PATCH jobs/:id/trace` only: store the bytes, then answer this status as if the
@@ -91,6 +101,8 @@ pub struct JobSpec {
     pub depends_on: Vec<i64>,
     /// Extra top-level payload fields, merged last.
     pub extra: serde_json::Map<String, Value>,
+    /// What the job's YAML says that its payload does not carry.
+    pub options: features::JobOptions,
 }
 
 impl JobSpec {
@@ -107,7 +119,21 @@ impl JobSpec {
             git: None,
             depends_on: Vec::new(),
             extra: serde_json::Map::new(),
+            options: features::JobOptions::default(),
         }
+    }
+
+    /// `allow_failure: exit_codes:` (needs the runner's `return_exit_code`).
+    pub fn allow_failure_exit_codes(mut self, codes: &[i64]) -> Self {
+        self.options.allow_failure_exit_codes = codes.to_vec();
+        self
+    }
+
+    /// A pipeline for a merge request: `git_info.refspecs` fetches its ref (needs the
+    /// runner's `refspecs`).
+    pub fn merge_request_ref(mut self, iid: u64) -> Self {
+        self.options.merge_request_ref = Some(iid);
+        self
     }
 
     /// Adds a file variable.
@@ -162,11 +188,17 @@ pub struct JobView {
     pub id: i64,
     /// `pending`, `running`, `canceling`, `canceled`, `success`, `failed`.
     pub status: String,
+    /// The `info.features` of the runner that picked it (`null` before).
+    pub runner_features: Value,
+    /// Failed with an exit code listed in `allow_failure:exit_codes`
+    /// (`Ci::Build#allowed_to_fail_with_code?`).
+    pub allowed_to_fail: bool,
     /// The trace bytes received.
     pub trace: Vec<u8>,
-    /// `failure_reason` of the final update.
+    /// Why GitLab failed the job: the final update's `failure_reason`, or its own drop
+    /// (`runner_unsupported`, `trace_size_exceeded`, `runner_provisioning_timeout`).
     pub failure_reason: Option<String>,
-    /// `exit_code` of the final update.
+    /// `exit_code` of the final `failed` update.
     pub exit_code: Option<i64>,
     /// Every `PUT jobs/:id` body.
     pub updates: Vec<Value>,
@@ -181,6 +213,7 @@ struct Job {
     id: i64,
     token: String,
     payload: Value,
+    options: features::JobOptions,
     status: String,
     trace: Vec<u8>,
     failure_reason: Option<String>,
@@ -188,8 +221,13 @@ struct Job {
     updates: Vec<Value>,
     patches: usize,
     artifacts: Vec<(BTreeMap<String, String>, String, Vec<u8>)>,
-    final_accepted: bool,
     depends_on: Vec<i64>,
+    runner_features: Value,
+    cancel_gracefully: bool,
+    /// Picked by a two-phase runner that has not acknowledged it yet: when the wait expires.
+    ack_deadline: Option<tokio::time::Instant>,
+    /// When the first final update with a checksum came (`Ci::BuildPendingState#created_at`).
+    pending_state_since: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -205,8 +243,12 @@ struct Inner {
     faults: HashMap<Endpoint, VecDeque<Fault>>,
     requests: Vec<RecordedRequest>,
     conflicts: usize,
+    rate_limited: (usize, u64),
     long_poll: Duration,
-    trace_update_interval: Option<u64>,
+    trace_settings: trace::TraceSettings,
+    live_chunks_pending: bool,
+    two_phase_commit: bool,
+    ack_timeout: Duration,
     second_address: String,
     object_store: HashMap<String, Vec<u8>>,
     git_root: Option<std::path::PathBuf>,
@@ -249,6 +291,12 @@ impl GitlabStandIn {
                 next_runner_id: 1,
                 next_job_id: 1000,
                 long_poll: Duration::from_secs(50),
+                trace_settings: trace::TraceSettings {
+                    size_limit_mib: trace::DEFAULT_TRACE_SIZE_LIMIT_MIB,
+                    update_interval: trace::UPDATE_FREQUENCY_WHEN_BEING_WATCHED,
+                },
+                two_phase_commit: true,
+                ack_timeout: lifecycle::RUNNER_ACK_QUEUE_EXPIRY_TIME,
                 ..Inner::default()
             })),
             queued: Arc::new(Notify::new()),
@@ -334,14 +382,51 @@ impl GitlabStandIn {
         self.shared.lock().long_poll = duration;
     }
 
-    /// `X-GitLab-Trace-Update-Interval` sent on trace and update answers.
-    pub fn set_trace_update_interval(&self, seconds: Option<u64>) {
-        self.shared.lock().trace_update_interval = seconds;
+    /// `X-GitLab-Trace-Update-Interval` on trace answers: 3 s while the log is watched (the
+    /// default here), 60 s otherwise (`lib/gitlab/ci/trace.rb`).
+    pub fn set_trace_update_interval(&self, seconds: u64) {
+        self.shared.lock().trace_settings.update_interval = seconds;
     }
 
-    /// The next `n` job requests get `409 Conflict`.
+    /// The plan's `ci_jobs_trace_size_limit` in MiB (100 by default; 0: none).
+    pub fn set_trace_size_limit_mib(&self, mib: u64) {
+        self.shared.lock().trace_settings.size_limit_mib = mib;
+    }
+
+    /// Whether live trace chunks are still to be persisted: while they are, a final update
+    /// with a checksum is answered 202 with a back-off (`update_build_state_service.rb`).
+    pub fn set_live_chunks_pending(&self, pending: bool) {
+        self.shared.lock().live_chunks_pending = pending;
+    }
+
+    /// The `allow_runner_job_acknowledgement` feature flag (on by default): whether runners
+    /// announcing `two_phase_job_commit` get the two-phase workflow.
+    pub fn set_two_phase_commit(&self, enabled: bool) {
+        self.shared.lock().two_phase_commit = enabled;
+    }
+
+    /// How long a two-phase pick waits for its acknowledgement (2 minutes by default).
+    pub fn set_ack_timeout(&self, timeout: Duration) {
+        self.shared.lock().ack_timeout = timeout;
+    }
+
+    /// The next `n` job requests get `409 Conflict`, as GitLab answers when the runner's
+    /// queue could not be read consistently: a build picked concurrently
+    /// (`ActiveRecord::StaleObjectError`, `StateMachines::InvalidTransition`), a build
+    /// locked by another request, stale `ci_pending_builds`, a queue deeper than
+    /// `MAX_QUEUE_DEPTH`, or a replica behind the primary with nothing found
+    /// (`app/services/ci/register_job_service.rb`; `conflict!` in
+    /// `lib/api/ci/helpers/job_request.rb`).
     pub fn inject_conflicts(&self, n: usize) {
         self.shared.lock().conflicts = n;
+    }
+
+    /// The next `n` job requests are throttled: `check_rate_limit!(:runner_jobs_request_api)`
+    /// (`lib/api/ci/runner.rb`) answers 429 with `Retry-After` set to the limit's interval
+    /// (`lib/api/helpers/rate_limiter.rb`; the interval is the limit's own setting, given
+    /// here), before the runner is even authenticated.
+    pub fn rate_limit_job_requests(&self, n: usize, interval: Duration) {
+        self.shared.lock().rate_limited = (n, interval.as_secs());
     }
 
     /// Queues a fault for the next call of `endpoint`.
@@ -361,11 +446,20 @@ impl GitlabStandIn {
         inner.next_job_id += 1;
         let token = format!("glcbt-{id}-{:016x}", rand::random::<u64>());
         let depends_on = spec.depends_on.clone();
+        let options = spec.options.clone();
         let mut payload = payload_for(id, &token, &spec, &self.url);
         if let Value::Object(map) = &mut payload {
             for (key, value) in spec.extra {
                 map.insert(key, value);
             }
+        }
+        // `Ci::BuildRunnerPresenter#refspecs` adds the merge request's ref.
+        if let Some(iid) = options.merge_request_ref
+            && let Some(refspecs) = payload["git_info"]["refspecs"].as_array_mut()
+        {
+            refspecs.push(json!(format!(
+                "+refs/merge-requests/{iid}/head:refs/merge-requests/{iid}/head"
+            )));
         }
         inner.jobs.insert(
             id,
@@ -373,6 +467,7 @@ impl GitlabStandIn {
                 id,
                 token,
                 payload,
+                options,
                 status: "pending".to_owned(),
                 trace: Vec::new(),
                 failure_reason: None,
@@ -380,8 +475,11 @@ impl GitlabStandIn {
                 updates: Vec::new(),
                 patches: 0,
                 artifacts: Vec::new(),
-                final_accepted: false,
                 depends_on,
+                runner_features: Value::Null,
+                cancel_gracefully: false,
+                ack_deadline: None,
+                pending_state_since: None,
             },
         );
         inner.queue.push_back(id);
@@ -396,6 +494,11 @@ impl GitlabStandIn {
         self.shared.lock().jobs.get(&id).map(|job| JobView {
             id: job.id,
             status: job.status.clone(),
+            runner_features: job.runner_features.clone(),
+            allowed_to_fail: job.status == "failed"
+                && job
+                    .exit_code
+                    .is_some_and(|c| job.options.allow_failure_exit_codes.contains(&c)),
             trace: job.trace.clone(),
             failure_reason: job.failure_reason.clone(),
             exit_code: job.exit_code,
@@ -410,7 +513,23 @@ impl GitlabStandIn {
         self.shared.lock().jobs.get(&id).map(|j| j.token.clone())
     }
 
-    /// Sets a job's status, as a user canceling in the UI would (`canceling`, `canceled`).
+    /// Cancels a job as a user does (the `cancel` event): `canceling` for a running job whose
+    /// runner announced `cancel_gracefully`, else `canceled`.
+    pub fn cancel(&self, id: i64) {
+        if let Some(job) = self.shared.lock().jobs.get_mut(&id) {
+            lifecycle::cancel(job);
+        }
+    }
+
+    /// Force-cancels a `canceling` job (the `force_cancel` event).
+    pub fn force_cancel(&self, id: i64) {
+        if let Some(job) = self.shared.lock().jobs.get_mut(&id) {
+            lifecycle::force_cancel(job);
+        }
+    }
+
+    /// Sets a job's status directly, bypassing GitLab's state machine (prefer
+    /// [`GitlabStandIn::cancel`]; this is for states a test needs to start from).
     pub fn set_status(&self, id: i64, status: &str) {
         if let Some(job) = self.shared.lock().jobs.get_mut(&id) {
             job.status = status.to_owned();
@@ -422,13 +541,6 @@ impl GitlabStandIn {
         if let Some(job) = self.shared.lock().jobs.get_mut(&id) {
             job.artifacts
                 .push((BTreeMap::new(), "artifacts.zip".to_owned(), bytes));
-        }
-    }
-
-    /// Drops all but the first `len` trace bytes, as if GitLab lost chunks.
-    pub fn truncate_trace(&self, id: i64, len: usize) {
-        if let Some(job) = self.shared.lock().jobs.get_mut(&id) {
-            job.trace.truncate(len);
         }
     }
 
@@ -521,7 +633,7 @@ fn router(shared: Shared) -> Router {
             "/api/v4/runners/reset_authentication_token",
             post(reset_token),
         )
-        .route("/api/v4/jobs/request", post(request_job))
+        .route("/api/v4/jobs/request", post(request::request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
         .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
         .route(
@@ -714,104 +826,6 @@ async fn reset_token(
     )
 }
 
-async fn request_job(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    if let Some(Fault::Status(status, h)) = take_fault(&shared, Endpoint::RequestJob).await {
-        return status_response(status, &h);
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let header_token = headers
-        .get("runner-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if header_token != token || !shared.lock().runner_tokens.contains_key(&token) {
-        return forbidden();
-    }
-    let last_update = body["last_update"].as_str().map(str::to_owned);
-    let long_poll = shared.lock().long_poll;
-    let deadline = tokio::time::Instant::now() + long_poll;
-    loop {
-        let notified = shared.queued.notified();
-        {
-            let mut inner = shared.lock();
-            if inner.conflicts > 0 {
-                inner.conflicts -= 1;
-                return json_response(StatusCode::CONFLICT, json!({"message": "409 Conflict"}));
-            }
-            let version = inner.queue_version.to_string();
-            if let Some(id) = inner.queue.pop_front() {
-                inner.queue_version += 1;
-                let version = inner.queue_version.to_string();
-                // Like GitLab, dependencies are resolved when the job is picked.
-                let depends_on = inner
-                    .jobs
-                    .get(&id)
-                    .map(|j| j.depends_on.clone())
-                    .unwrap_or_default();
-                let dependencies: Vec<Value> = depends_on
-                    .iter()
-                    .filter_map(|dep| inner.jobs.get(dep))
-                    .map(|dep| {
-                        let archive = dep.artifacts.iter().find(|(q, _, _)| q.get("artifact_type").is_none_or(|t| t == "archive"));
-                        json!({
-                            "id": dep.id,
-                            "token": dep.token,
-                            "name": dep.payload["job_info"]["name"],
-                            "artifacts_file": archive.map(|(_, name, bytes)| json!({"filename": name, "size": bytes.len()})),
-                        })
-                    })
-                    .collect();
-                let job = inner.jobs.get_mut(&id).expect("queued jobs exist");
-                if !dependencies.is_empty() {
-                    job.payload["dependencies"] = Value::Array(dependencies);
-                }
-                job.status = "running".to_owned();
-                let mut response = json_response(StatusCode::CREATED, job.payload.clone());
-                response.headers_mut().insert(
-                    "x-gitlab-last-update",
-                    HeaderValue::from_str(&version).expect("digits"),
-                );
-                return response;
-            }
-            // Workhorse holds the request only when the runner is up to date.
-            if last_update.as_deref() != Some(version.as_str())
-                || tokio::time::Instant::now() >= deadline
-            {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                response.headers_mut().insert(
-                    "x-gitlab-last-update",
-                    HeaderValue::from_str(&version).expect("digits"),
-                );
-                return response;
-            }
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-fn job_headers(response: &mut Response, status: &str, interval: Option<u64>) {
-    response.headers_mut().insert(
-        "job-status",
-        HeaderValue::from_str(status).unwrap_or(HeaderValue::from_static("running")),
-    );
-    if let Some(interval) = interval {
-        response.headers_mut().insert(
-            "x-gitlab-trace-update-interval",
-            HeaderValue::from(interval),
-        );
-    }
-}
-
 async fn update_job(
     State(shared): State<Shared>,
     Path(id): Path<i64>,
@@ -827,65 +841,26 @@ async fn update_job(
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut inner = shared.lock();
-    let interval = inner.trace_update_interval;
-    let Some(job) = inner.jobs.get_mut(&id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
+    let settings = update::UpdateSettings {
+        live_chunks_pending: inner.live_chunks_pending,
+        ack_timeout: inner.ack_timeout,
     };
-    let header_token = headers
-        .get("job-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if header_token != job.token
-        || body["token"].as_str() != Some(job.token.as_str())
-        || job.final_accepted
-    {
+    lifecycle::expire_ack_waits(inner.jobs.values_mut());
+    let Some(job) = inner.jobs.get_mut(&id) else {
         return forbidden();
+    };
+    // `requires :token`; `job_token` is the parameter, else the `JOB-TOKEN` header.
+    let Some(token) = body["token"].as_str() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "token is missing"}),
+        );
+    };
+    if let Some(response) = lifecycle::refuse_job(job, Some(token), true) {
+        return response;
     }
     job.updates.push(body.clone());
-    let state = body["state"].as_str().unwrap_or("");
-    let mut response = match state {
-        "running" => StatusCode::OK.into_response(),
-        "success" | "failed" => {
-            if matches!(job.status.as_str(), "canceled" | "failed") && job.status != state {
-                let mut response = forbidden();
-                job_headers(&mut response, &job.status, interval);
-                return response;
-            }
-            let expected = format!("crc32:{:08x}", crc32fast::hash(&job.trace));
-            // Like GitLab, the trace is checked only when the runner sends its checksum.
-            let checksum_ok = body["output"]["checksum"]
-                .as_str()
-                .is_none_or(|c| c == expected);
-            let size_ok = body["output"]["bytesize"]
-                .as_u64()
-                .is_none_or(|b| b == job.trace.len() as u64);
-            if !checksum_ok || !size_ok {
-                // The trace does not match: the runner must send it again from the start.
-                job.trace.clear();
-                StatusCode::PRECONDITION_FAILED.into_response()
-            } else {
-                job.status = state.to_owned();
-                job.failure_reason = body["failure_reason"].as_str().map(str::to_owned);
-                job.exit_code = body["exit_code"].as_i64();
-                match fault {
-                    Some(Fault::UpdateStatus(status)) => StatusCode::from_u16(status)
-                        .unwrap_or(StatusCode::OK)
-                        .into_response(),
-                    _ => {
-                        job.final_accepted = true;
-                        StatusCode::OK.into_response()
-                    }
-                }
-            }
-        }
-        _ => json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"message": {"state": ["is invalid"]}}),
-        ),
-    };
-    let status = job.status.clone();
-    job_headers(&mut response, &status, interval);
-    response
+    update::update(job, &body, settings)
 }
 
 async fn patch_trace(
@@ -902,62 +877,17 @@ async fn patch_trace(
         return status_response(*status, h);
     }
     let mut inner = shared.lock();
-    let interval = inner.trace_update_interval;
+    let settings = inner.trace_settings;
+    lifecycle::expire_ack_waits(inner.jobs.values_mut());
     let Some(job) = inner.jobs.get_mut(&id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
+        return forbidden();
     };
-    if headers.get("job-token").and_then(|v| v.to_str().ok()) != Some(job.token.as_str())
-        || !matches!(job.status.as_str(), "running" | "canceling")
-    {
-        let mut response = forbidden();
-        let status = job.status.clone();
-        job_headers(&mut response, &status, interval);
+    let token = headers.get("job-token").and_then(|v| v.to_str().ok());
+    if let Some(response) = lifecycle::refuse_job(job, token, false) {
         return response;
     }
-    let Some(range) = headers.get("content-range").and_then(|v| v.to_str().ok()) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"message": "400 Bad request - Content-Range missing"}),
-        );
-    };
-    let parsed = range
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
-    let Some((start, end)) = parsed.filter(|(s, e)| e + 1 == s + body.len()) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"message": format!("400 Bad request - Content-Range {range:?} does not match the body")}),
-        );
-    };
-    // GitLab appends only at the exact end of the log: `Ci::Trace#append`
-    // (gitlabhq/gitlabhq `lib/gitlab/ci/trace.rb`) writes nothing unless the offset equals the
-    // current size and returns that size; `Ci::AppendBuildTraceService`
-    // (`app/services/ci/append_build_trace_service.rb`) then answers 416 and the API puts
-    // `Range: 0-<size>` on it (`lib/api/ci/runner.rb`, `PATCH /jobs/:id/trace`).
-    let have = job.trace.len();
-    let mut response = if start != have {
-        let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-        response.headers_mut().insert(
-            "range",
-            HeaderValue::from_str(&format!("0-{have}")).expect("digits"),
-        );
-        response
-    } else {
-        job.trace.extend_from_slice(&body);
-        job.patches += 1;
-        if let Some(Fault::ApplyThenStatus(status)) = fault {
-            return status_response(status, &[]);
-        }
-        let mut response = StatusCode::ACCEPTED.into_response();
-        response.headers_mut().insert(
-            "range",
-            HeaderValue::from_str(&format!("0-{}", end + 1)).expect("digits"),
-        );
-        response
-    };
-    let status = job.status.clone();
-    job_headers(&mut response, &status, interval);
-    response
+    let range = headers.get("content-range").and_then(|v| v.to_str().ok());
+    trace::append(job, settings, range, &body, fault)
 }
 
 async fn upload_artifact(

@@ -6,7 +6,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind};
 /// What replaces a masked value.
 pub const MASKED: &[u8] = b"[MASKED]";
 
-/// URL query parameters whose values are masked.
+/// URL query parameters whose values are masked: exactly gitlab-runner's `tokenParamKeys`
+/// (`common/buildlogger/internal/urlsanitizer/urlsanitizer.go`).
 pub const SENSITIVE_URL_PARAMS: &[&str] = &[
     "private_token",
     "authenticity_token",
@@ -14,9 +15,6 @@ pub const SENSITIVE_URL_PARAMS: &[&str] = &[
     "x-amz-signature",
     "x-amz-credential",
     "x-amz-security-token",
-    "x-goog-signature",
-    "x-goog-credential",
-    "sig",
 ];
 
 /// Token prefixes masked with `FF_MASK_ALL_DEFAULT_TOKENS` (`glpat-` is masked always).
@@ -39,6 +37,27 @@ pub const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
 
 /// At most this many token prefixes are used, as in gitlab-runner.
 pub const MAX_TOKEN_PREFIXES: usize = 15;
+
+/// The token prefixes gitlab-runner masks with, from the payload's
+/// `features.token_mask_prefixes` and its defaults (`common/buildlogger/build_logger.go`):
+/// each trimmed, sorted by length then bytes, duplicates and empty ones dropped
+/// (`common/buildlogger/internal/unique.go`), and the 15 shortest kept
+/// (`internal/tokensanitizer/token_masker.go`, `New`).
+pub fn select_token_prefixes<I, S>(prefixes: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut prefixes: Vec<String> = prefixes
+        .into_iter()
+        .map(|p| p.as_ref().trim().to_owned())
+        .collect();
+    prefixes.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    prefixes.dedup();
+    prefixes.retain(|p| !p.is_empty());
+    prefixes.truncate(MAX_TOKEN_PREFIXES);
+    prefixes
+}
 
 /// Replaces every occurrence of any phrase with `[MASKED]`, longest phrase first at the
 /// leftmost position, holding back only the bytes that could still begin a phrase.
@@ -172,8 +191,8 @@ pub struct TriggerMasker {
 }
 
 impl TriggerMasker {
-    /// A masker for the sensitive URL parameters and the given token prefixes (at most 15
-    /// prefixes are used).
+    /// A masker for the sensitive URL parameters and the given token prefixes (chosen by
+    /// [`select_token_prefixes`]).
     pub fn new<I, S>(token_prefixes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -183,16 +202,7 @@ impl TriggerMasker {
             .iter()
             .flat_map(|p| [format!("?{p}="), format!("&{p}=")])
             .collect();
-        let mut prefixes: Vec<String> = Vec::new();
-        for prefix in token_prefixes {
-            let prefix = prefix.as_ref();
-            if !prefix.is_empty()
-                && !prefixes.iter().any(|p| p == prefix)
-                && prefixes.len() < MAX_TOKEN_PREFIXES
-            {
-                prefixes.push(prefix.to_owned());
-            }
-        }
+        let prefixes = select_token_prefixes(token_prefixes);
         let hold_back = url_patterns
             .iter()
             .chain(&prefixes)

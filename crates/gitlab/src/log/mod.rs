@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use mask::{
     DEFAULT_TOKEN_PREFIXES, MASKED, MAX_TOKEN_PREFIXES, PhraseMasker, SENSITIVE_URL_PARAMS,
-    TriggerMasker,
+    TriggerMasker, select_token_prefixes,
 };
 pub use sections::*;
 pub use sink::{TraceSink, TraceStore, limit_message};
@@ -52,19 +52,21 @@ impl std::fmt::Debug for LogSettings {
 }
 
 impl LogSettings {
-    /// gitlab-runner's token prefixes: `glpat-`, the defaults when `mask_all_default_tokens`,
-    /// then `extra` (from the payload's `features.token_mask_prefixes`).
+    /// gitlab-runner's token prefixes: `extra` (the payload's `features.token_mask_prefixes`)
+    /// with `glpat-` and, when `mask_all_default_tokens`, the other defaults, chosen by
+    /// [`mask::select_token_prefixes`].
     pub fn token_prefixes(mask_all_default_tokens: bool, extra: &[String]) -> Vec<String> {
         let defaults: &[&str] = if mask_all_default_tokens {
             DEFAULT_TOKEN_PREFIXES
         } else {
             &["glpat-"]
         };
-        defaults
-            .iter()
-            .map(|s| s.to_string())
-            .chain(extra.iter().cloned())
-            .collect()
+        mask::select_token_prefixes(
+            extra
+                .iter()
+                .map(String::as_str)
+                .chain(defaults.iter().copied()),
+        )
     }
 }
 
@@ -236,7 +238,9 @@ mod tests {
         let mut w = trace.writer(Stream::JOB);
         w.write_bytes(b"extra0-a extra5-b\n").unwrap();
         w.flush_all().unwrap();
-        // 14 defaults + extra0 fill the 15 places; extra5 is not masked.
+        // Sorted by length then bytes, the 15 shortest are 3 five-byte and 7 six-byte
+        // defaults, then extra0- to extra4- (before glffct- and glsoat-): extra5 is not
+        // masked.
         assert_eq!(
             trace.sink().store().read(0, 100).unwrap(),
             b"extra0-[MASKED] extra5-b\n"
