@@ -143,6 +143,10 @@ pub fn load_helm_values(
             ));
         }
     }
+    for note in crate::chart_values::notes(&values) {
+        let path: Vec<&str> = note.path.iter().map(String::as_str).collect();
+        parsed.warnings.push(reader.warning(&path, note.message));
+    }
     let mut runners = std::mem::take(&mut parsed.config.runners);
     if runners.len() > 1 {
         let path = KeyPath::root().key("runners").index(1);

@@ -6,6 +6,7 @@
 //! the values of the official GitLab Runner Helm chart ([`load_helm_values`]), whose
 //! `runners.config` holds the TOML of the runner.
 
+pub mod chart_values;
 mod diagnostics;
 mod duration;
 pub mod edit;

@@ -479,6 +479,34 @@ fn the_official_charts_values_are_honoured_or_reported() {
     ] {
         assert!(!notes.contains(&format!(": {honoured}: ")), "{notes}");
     }
+    // `config check --values` says the same of the values file, with locations.
+    let output = Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args([
+            "config",
+            "check",
+            "--values",
+            "chart/tests/official-values.yaml",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "official-values.yaml:8:1: unregisterRunners: is not honoured by podrunner: ",
+        "sessionServer: is not honoured by podrunner: ",
+        "someTypo: is not a value of podrunner's chart nor of the official GitLab Runner chart",
+        "runners.tags: is not honoured by podrunner: ",
+        "runners.cache: is not honoured by podrunner: ",
+        "livenessProbe.exec: is not honoured by podrunner: ",
+    ] {
+        assert!(
+            said.contains(line),
+            "{line:?} missing from config check:\n{said}"
+        );
+    }
+    assert_eq!(output.status.code(), Some(0), "{said}");
+
     let seed = render("examples/seed-values.yaml", "gitlab-runner");
     let seed_notes = seed["podrunner/templates/NOTES.txt"].as_str().unwrap();
     assert!(
