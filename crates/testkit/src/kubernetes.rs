@@ -6,7 +6,7 @@
 //! exists); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
-//! is recorded so tests can count them.
+//! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
@@ -30,6 +30,10 @@ use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
+
+mod rbac;
+
+pub use rbac::Authorization;
 
 /// What an image name stands for on this stand-in's nodes.
 #[derive(Clone, Debug)]
@@ -163,6 +167,8 @@ struct Inner {
     /// When each container started running, by (namespace, pod, container).
     started: HashMap<(String, String, String), std::time::SystemTime>,
     uid_counter: u64,
+    /// Tokens, RBAC objects and authorisation decisions.
+    rbac: rbac::Rbac,
 }
 
 #[derive(Clone)]
@@ -235,15 +241,9 @@ impl KubernetesStandIn {
         &self.url
     }
 
-    /// Writes a kubeconfig for this API server (context `stand-in`) into `dir`.
+    /// Writes a kubeconfig for this API server (context `stand-in`, the admin token) into `dir`.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\nusers:\n- name: stand-in\n  user:\n    token: stand-in-token\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\ncurrent-context: stand-in\n",
-            self.url
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        self.write_kubeconfig_with_token(dir, rbac::ADMIN_TOKEN)
     }
 
     /// Says what `name` stands for when a pod uses it as its image.
@@ -384,6 +384,10 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(pod_exec),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            rbac::filter,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             connection_faults,

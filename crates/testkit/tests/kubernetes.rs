@@ -590,3 +590,89 @@ async fn exec_runs_a_command_in_the_container_over_websocket() {
         "recorded"
     );
 }
+
+/// RBAC: once a Role is loaded, a ServiceAccount gets exactly what its bindings grant and the
+/// real 403 `Status` otherwise; the admin token (system:masters) keeps everything; an unknown
+/// token is 401.
+#[tokio::test]
+async fn rbac_grants_what_the_bindings_say_and_answers_the_real_forbidden() {
+    let kube = KubernetesStandIn::start(1, 4.0).await;
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "jobs", "namespace": NS},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "create"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "jobs", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "jobs"},
+               "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": "ci"}]}),
+    ] {
+        kube.load_rbac(&object).unwrap();
+    }
+    let token = kube.service_account_token("ci", "runner");
+    let http = reqwest::Client::new();
+    let url = kube.url().to_owned();
+    let get = |path: String, token: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .get(format!("{url}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let code = response.status().as_u16();
+            (code, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, _) = get(format!("/api/v1/namespaces/{NS}/pods"), token.clone()).await;
+    assert_eq!(code, 200);
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/secrets"), token.clone()).await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        status["message"],
+        format!(
+            "secrets is forbidden: User \"system:serviceaccount:ci:runner\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{NS}\""
+        )
+    );
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(status["details"]["kind"], "secrets");
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/secrets/x"), token.clone()).await;
+    assert_eq!(code, 403);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("secrets \"x\" is forbidden: User \"system:serviceaccount:ci:runner\" cannot get resource"),
+        "{status}"
+    );
+    let (code, _) = get("/api/v1/namespaces/elsewhere/pods".into(), token.clone()).await;
+    assert_eq!(code, 403, "a RoleBinding grants only in its namespace");
+    let (code, status) = get("/api/v1/pods".into(), token.clone()).await;
+    assert_eq!(code, 403);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("at the cluster scope"),
+        "{status}"
+    );
+    let (code, _) = get(
+        format!("/api/v1/namespaces/{NS}/secrets"),
+        "stand-in-token".into(),
+    )
+    .await;
+    assert_eq!(code, 200, "system:masters is allowed everything");
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/pods"), "made-up".into()).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    let decisions: Vec<_> = kube
+        .authorizations()
+        .into_iter()
+        .filter(|a| a.user == "system:serviceaccount:ci:runner")
+        .map(|a| (a.verb, a.resource, a.allowed))
+        .collect();
+    assert_eq!(decisions[0], ("list".into(), "pods".into(), true));
+    assert_eq!(decisions[1], ("list".into(), "secrets".into(), false));
+}
