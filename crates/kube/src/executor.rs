@@ -816,23 +816,32 @@ impl KubernetesExecutor {
         }
     }
 
+    /// One sweep of `namespace`. Every failed call is reported ([`Event::SweepFailed`], logged
+    /// and counted); a failed Secrets list still lets the pods be swept.
     async fn sweep(&self, namespace: &str, calls: &ApiCalls) {
         let states = self.states(namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
         let params = kube::api::ListParams::default().labels(&selector);
-        let (Ok(pods), Ok(secrets)) = (
-            calls.run("list Pods", || pods_api.list(&params)).await,
-            calls
-                .run("list Secrets", || secrets_api.list(&params))
-                .await,
-        ) else {
-            return;
+        let failed = |call: &'static str, error: &kube::Error| {
+            Event::SweepFailed {
+                namespace: namespace.to_owned(),
+                call,
+                error: api_error(error),
+            }
+            .emit();
+        };
+        let pods = match calls.run("list Pods", || pods_api.list(&params)).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                // Without the pods, no Secret can be judged stray either.
+                return failed("list Pods", &e);
+            }
         };
         let (background, plain) = (DeleteParams::background(), DeleteParams::default());
         let mut existing = std::collections::HashSet::new();
-        for pod in pods.items {
+        for pod in pods {
             let Some(name) = pod.metadata.name else {
                 continue;
             };
@@ -843,13 +852,23 @@ impl KubernetesExecutor {
                     name: name.clone(),
                 }
                 .emit();
-                let _ = calls
+                let deleted = calls
                     .run("delete Pod", || pods_api.delete(&name, &background))
                     .await;
+                if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                    failed("delete Pod", &e);
+                }
             }
             existing.insert(name);
         }
-        for secret in secrets.items {
+        let secrets = match calls
+            .run("list Secrets", || secrets_api.list(&params))
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => return failed("list Secrets", &e),
+        };
+        for secret in secrets {
             let Some(name) = secret.metadata.name else {
                 continue;
             };
@@ -864,9 +883,12 @@ impl KubernetesExecutor {
                     name: name.clone(),
                 }
                 .emit();
-                let _ = calls
+                let deleted = calls
                     .run("delete Secret", || secrets_api.delete(&name, &plain))
                     .await;
+                if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                    failed("delete Secret", &e);
+                }
             }
         }
     }
@@ -961,9 +983,17 @@ impl KubernetesExecutor {
         let params = DeleteParams::default();
         for secret in secrets {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
-            let _ = calls
+            let deleted = calls
                 .run("delete Secret", || api.delete(name, &params))
                 .await;
+            // Said, not dropped: the sweep retries it (it carries the manager's label).
+            if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                Event::KubernetesProblem {
+                    doing: format!("deleting Secret {name} (the sweep tries again)"),
+                    error: api_error(&e),
+                }
+                .emit();
+            }
         }
     }
 
@@ -1143,6 +1173,14 @@ fn already_exists(error: kube::Error) -> Result<(), kube::Error> {
         Ok(())
     } else {
         Err(error)
+    }
+}
+
+/// A delete that found nothing to delete did what it was for.
+fn gone(error: kube::Error) -> Result<(), kube::Error> {
+    match &error {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        _ => Err(error),
     }
 }
 

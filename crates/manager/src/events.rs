@@ -156,6 +156,16 @@ pub enum Event {
         /// Its name.
         name: String,
     },
+    /// A call of the sweep of stray pods and Secrets failed: what it should have cleaned up
+    /// stays until the next sweep (and keeps billing, on Fargate).
+    SweepFailed {
+        /// The namespace swept.
+        namespace: String,
+        /// The call that failed (`list Secrets`, `delete Pod`, ...).
+        call: &'static str,
+        /// The API's answer.
+        error: String,
+    },
 }
 
 impl Event {
@@ -266,6 +276,16 @@ impl Event {
                 "warning",
                 format!("Deleted a stray {kind} no job follows name={namespace}/{name}"),
             ),
+            Event::SweepFailed {
+                namespace,
+                call,
+                error,
+            } => (
+                "error",
+                format!(
+                    "Sweep of stray pods and Secrets failed namespace={namespace} call={call:?} error={error:?}"
+                ),
+            ),
             Event::Stopped { all_jobs_finished } => (
                 "info",
                 format!("Job loop stopped all_jobs_finished={all_jobs_finished}"),
@@ -352,6 +372,13 @@ impl Event {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(call.clone())
+                    .or_default() += 1;
+            }
+            Event::SweepFailed { call, .. } => {
+                *m.sweep_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((*call).to_owned())
                     .or_default() += 1;
             }
             _ => {}

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub(crate) api_statuses: Mutex<BTreeMap<(String, String, String), u64>>,
     pub(crate) fargate: Mutex<FargateTotals>,
     pub(crate) kubernetes_retries: Mutex<BTreeMap<String, u64>>,
+    pub(crate) sweep_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What the jobs that ran on Fargate used, summed.
@@ -126,6 +127,13 @@ impl Metrics {
                 escape(call)
             ));
         }
+        out.push_str("# HELP podrunner_kubernetes_sweep_errors_total Failed calls of the sweep of stray pods and Secrets, by call.\n# TYPE podrunner_kubernetes_sweep_errors_total counter\n");
+        for (call, total) in lock(&self.sweep_errors).iter() {
+            out.push_str(&format!(
+                "podrunner_kubernetes_sweep_errors_total{{system_id=\"{system_id}\",call=\"{}\"}} {total}\n",
+                escape(call)
+            ));
+        }
         out
     }
 }
@@ -193,12 +201,19 @@ mod tests {
             retry_in: std::time::Duration::from_millis(500),
         }
         .count();
+        Event::SweepFailed {
+            namespace: "ci".into(),
+            call: "list Secrets",
+            error: "secrets is forbidden".into(),
+        }
+        .count();
         let text = metrics().render();
         for line in [
             "podrunner_fargate_jobs_total{system_id=\"\"} 2\n",
             "podrunner_fargate_pod_seconds_total{system_id=\"\"} 120.500\n",
             "podrunner_fargate_cost_usd_total{system_id=\"\"} 0.005000\n",
             "podrunner_kubernetes_api_retries_total{system_id=\"\",call=\"create Pod\"} 1\n",
+            "podrunner_kubernetes_sweep_errors_total{system_id=\"\",call=\"list Secrets\"} 1\n",
             "# TYPE podrunner_fargate_cost_usd_total counter\n",
         ] {
             assert!(text.contains(line), "{line:?} is not in:\n{text}");
