@@ -31,8 +31,8 @@ fn static_binary() -> PathBuf {
     path
 }
 
-/// The chart's manifests for the seed values, parsed, as JSON.
-fn rendered_chart() -> Vec<Value> {
+/// The chart's manifests for the values in `values`, parsed, as JSON.
+fn rendered_chart(values: &Path) -> Vec<Value> {
     let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
         "PODRUNNER_CHART_PYTHON is not set: scripts/test installs helm-python-sdk and sets it",
     );
@@ -41,7 +41,7 @@ fn rendered_chart() -> Vec<Value> {
             "chart/tests/helm.py",
             "render",
             "chart/podrunner",
-            "examples/seed-values.yaml",
+            values.to_str().unwrap(),
             RELEASE_NAMESPACE,
         ])
         .current_dir(repo_root())
@@ -101,6 +101,13 @@ impl Harness {
     /// Both stand-ins, the chart's RBAC loaded, and `podrunner run --values` with the seed
     /// values under the chart's ServiceAccount.
     async fn start() -> Harness {
+        let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+        Harness::with_values(&seed, |_| {}).await
+    }
+
+    /// Like [`Harness::start`] with these Helm values, `prepare` setting up the Kubernetes
+    /// stand-in before the manager starts.
+    async fn with_values(values: &str, prepare: impl FnOnce(&KubernetesStandIn)) -> Harness {
         let gitlab = GitlabStandIn::start().await;
         gitlab.add_runner_token(TOKEN);
         gitlab.set_long_poll(Duration::from_secs(5));
@@ -113,7 +120,11 @@ impl Harness {
         kube.map_image("alpine:3.20", Image::HostRoot);
         kube.map_image("alpine:latest", Image::HostRoot);
         kube.set_fargate_boot(Duration::from_millis(200));
-        let documents = rendered_chart();
+        prepare(&kube);
+        let dir = tempfile::tempdir().unwrap();
+        let values_file = dir.path().join("values.yaml");
+        std::fs::write(&values_file, values).unwrap();
+        let documents = rendered_chart(&values_file);
         let mut role = Value::Null;
         let mut subject = None;
         for document in &documents {
@@ -138,11 +149,8 @@ impl Harness {
         let (sa_namespace, sa_name) = subject.expect("the chart binds its ServiceAccount");
         assert_eq!(sa_namespace, RELEASE_NAMESPACE);
         let token = kube.service_account_token(&sa_namespace, &sa_name);
-        let dir = tempfile::tempdir().unwrap();
         let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
-        // A copy, unchanged: the manager keeps its system ID next to its configuration.
-        let values = dir.path().join("seed-values.yaml");
-        std::fs::copy(repo_root().join("examples/seed-values.yaml"), &values).unwrap();
+        let values = values_file;
         let child = spawn_manager(&values, &gitlab, &kubeconfig);
         Harness {
             gitlab,
@@ -443,4 +451,72 @@ async fn a_forbidden_sweep_call_is_logged_and_the_pods_are_swept_anyway() {
     );
     let _ = child.start_kill();
     let _ = child.wait().await;
+}
+
+/// A job whose image's USER is not root reads its spec and runs, under the chart's RBAC.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_in_a_non_root_image_runs() {
+    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+    let h =
+        Harness::with_values(&seed, |kube| kube.set_image_user("alpine:3.20", 1000, 1000)).await;
+    let id = h
+        .gitlab
+        .enqueue(job("non-root", &["echo \"running as $(id -u):$(id -g)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    let pod_log: String = h
+        .kube
+        .authorizations()
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| format!("denied {a:?}\n"))
+        .collect();
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}\n{pod_log}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("running as 1000:1000"), "{trace}");
+    h.clean().await;
+    h.stop().await;
+}
+
+/// A job with `run_as_user` and no `fs_group` reads its spec and runs as that user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_run_as_user_and_no_fs_group_runs() {
+    let values = "runners:\n  config: |\n    [[runners]]\n      [runners.kubernetes]\n        namespace = \"gitlab-runner\"\n        poll_timeout = 60\n        [runners.kubernetes.pod_labels]\n          use-fargate = \"true\"\n        [runners.kubernetes.pod_security_context]\n          run_as_user = 1234\n";
+    let h = Harness::with_values(values, |_| {}).await;
+    let id = h
+        .gitlab
+        .enqueue(job("run-as-user", &["echo \"running as $(id -u)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("running as 1234"), "{trace}");
+    let pod = h
+        .kube
+        .authorizations()
+        .iter()
+        .any(|a| a.verb == "create" && a.resource == "pods" && a.allowed);
+    assert!(pod, "the pod was created under the chart's Role");
+    h.clean().await;
+    h.stop().await;
 }

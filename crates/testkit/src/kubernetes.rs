@@ -12,8 +12,9 @@
 //! either the host's root (read-only), or an empty root holding named host files (a
 //! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`
 //! and `secret` volumes are bind-mounted at their `mountPath`; `terminationMessagePath` is a
-//! file whose contents become the termination message. OOM kills and evictions can be
-//! injected, and `activeDeadlineSeconds` is enforced.
+//! file whose contents become the termination message. Containers run as their image's USER
+//! or security context, Secret files are owned as the kubelet makes them (module `identity`).
+//! OOM kills and evictions can be injected, and `activeDeadlineSeconds` is enforced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+mod identity;
 mod rbac;
 
 pub use rbac::Authorization;
@@ -167,6 +169,8 @@ struct Inner {
     /// When each container started running, by (namespace, pod, container).
     started: HashMap<(String, String, String), std::time::SystemTime>,
     uid_counter: u64,
+    /// The USER (uid, gid) of images that declare one.
+    image_users: HashMap<String, (i64, i64)>,
     /// Tokens, RBAC objects and authorisation decisions.
     rbac: rbac::Rbac,
 }
@@ -210,6 +214,11 @@ impl KubernetesStandIn {
     pub async fn start(ec2_nodes: usize, ec2_cpu: f64) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let work_dir = tempfile::tempdir().expect("temporary directory for the kubelet");
+        // Reachable by the unprivileged sandboxes of non-root containers (module identity).
+        let _ = std::fs::set_permissions(
+            work_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
         let shared = Shared {
             inner: Arc::new(Mutex::new(Inner {
                 ec2_nodes,
@@ -2166,6 +2175,7 @@ fn prepare_volumes(
                     .collect(),
                 None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
             };
+            let mut files = Vec::new();
             for (key, path) in items {
                 let Some(bytes) = data.get(&key) else {
                     return Err(format!(
@@ -2175,12 +2185,12 @@ fn prepare_volumes(
                 };
                 std::fs::write(dir.join(&path), &bytes.0)
                     .map_err(|e| format!("volume {}: {e}", volume.name))?;
-                let mode = source.default_mode.unwrap_or(0o644) as u32;
-                let _ = std::fs::set_permissions(
-                    dir.join(&path),
-                    std::os::unix::fs::PermissionsExt::from_mode(mode),
-                );
+                files.push(dir.join(&path));
             }
+            let mode = source.default_mode.unwrap_or(0o644) as u32;
+            let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
+            identity::own_secret_volume(&dir, &files, mode, fs_group)
+                .map_err(|e| format!("volume {}: {e}", volume.name))?;
         } else {
             return Err(format!(
                 "volume {}: the stand-in's kubelet mounts emptyDir and secret volumes only",
@@ -2236,7 +2246,7 @@ fn start_container(
             container.name
         ));
     }
-    let mut command = tokio::process::Command::new("bwrap");
+    let mut command = identity::sandbox_for(shared, namespace, name, container);
     command.args([
         "--die-with-parent",
         "--unshare-pid",
@@ -2304,6 +2314,7 @@ fn start_container(
         .unwrap_or_else(|| "/dev/termination-log".into());
     let message_file = pod_dir.join(format!("{}.termination-log", container.name));
     std::fs::write(&message_file, b"").map_err(|e| e.to_string())?;
+    identity::termination_message_file(&message_file).map_err(|e| e.to_string())?;
     command.arg("--bind").arg(&message_file).arg(&message_path);
     if let Some(dir) = &container.working_dir {
         command.args(["--chdir", dir]);

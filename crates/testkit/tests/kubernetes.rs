@@ -676,3 +676,82 @@ async fn rbac_grants_what_the_bindings_say_and_answers_the_real_forbidden() {
     assert_eq!(decisions[0], ("list".into(), "pods".into(), true));
     assert_eq!(decisions[1], ("list".into(), "secrets".into(), false));
 }
+
+/// Container identity: the image's USER, or runAsUser/runAsGroup, really runs the process; a
+/// root-owned 0400 Secret file is unreadable to a non-root user, 0444 is readable, and with
+/// fsGroup the file is group-owned and group-readable; emptyDir is writable by anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_run_as_their_user_and_secret_files_are_owned_as_the_kubelet_makes_them() {
+    let kube = stand_in().await;
+    kube.map_image("nonroot:1", Image::HostRoot);
+    kube.set_image_user("nonroot:1", 1000, 1000);
+    let client = Client::new(&kube);
+    let (code, _) = client
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "spec"}, "data": {"job.json": "eyJoZWxsbyI6MX0="}}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let script = "id -u; id -g; stat -c '%a' /spec/job.json; cat /spec/job.json 2>/dev/null && echo read || echo unreadable; touch /builds/x && echo wrote";
+    let cases = [
+        // (pod, image, pod securityContext, defaultMode, expected output)
+        (
+            "image-user-0400",
+            "nonroot:1",
+            json!({}),
+            0o400,
+            "1000\n1000\n400\nunreadable\nwrote\n",
+        ),
+        (
+            "image-user-0444",
+            "nonroot:1",
+            json!({}),
+            0o444,
+            "1000\n1000\n444\n{\"hello\":1}read\nwrote\n",
+        ),
+        (
+            "run-as-user-0400",
+            "debian:12",
+            json!({"runAsUser": 2000}),
+            0o400,
+            "2000\n0\n400\nunreadable\nwrote\n",
+        ),
+        (
+            "fs-group-0400",
+            "debian:12",
+            json!({"runAsUser": 2000, "runAsGroup": 2000, "fsGroup": 3000}),
+            0o400,
+            "2000\n2000\n440\n{\"hello\":1}read\nwrote\n",
+        ),
+        (
+            "root-0400",
+            "debian:12",
+            json!({}),
+            0o400,
+            "0\n0\n400\n{\"hello\":1}read\nwrote\n",
+        ),
+    ];
+    for (name, image, security, mode, _) in &cases {
+        let mut body = pod(
+            name,
+            json!({}),
+            json!([{"name": "build", "image": image, "command": ["/bin/sh", "-c", script],
+                    "volumeMounts": [{"name": "spec", "mountPath": "/spec"},
+                                     {"name": "builds", "mountPath": "/builds"}]}]),
+        );
+        body["spec"]["securityContext"] = security.clone();
+        body["spec"]["volumes"] = json!([
+            {"name": "spec", "secret": {"secretName": "spec", "defaultMode": mode}},
+            {"name": "builds", "emptyDir": {}},
+        ]);
+        let (code, answer) = client.create("pods", body).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    for (name, _, _, _, expected) in &cases {
+        client
+            .wait_pod(name, |p| matches!(phase(p), "Succeeded" | "Failed"))
+            .await;
+        assert_eq!(kube.logs(NS, name, "build"), *expected, "pod {name}");
+    }
+}
