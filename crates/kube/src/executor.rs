@@ -126,6 +126,19 @@ impl PodStates {
             .unwrap_or_default()
     }
 
+    /// Applies the end of a relist (kube-runtime `watcher::Event::InitDone`): a followed pod
+    /// that was known and is not in the list was deleted while the watch was down
+    /// (kube-runtime `watcher.rs`: objects not listed again "should be assumed to have been
+    /// Deleted"; its reflector store swaps in the listed set the same way).
+    fn relisted(&self, listed: &std::collections::HashSet<String>) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, sender) in pods.iter() {
+            if !listed.contains(name) && sender.borrow().is_some() {
+                sender.send_replace(None);
+            }
+        }
+    }
+
     fn update(&self, name: &str, pod: Option<Pod>) {
         if let Some(sender) = self
             .pods
@@ -303,9 +316,16 @@ impl KubernetesExecutor {
                 .default_backoff()
                 .take_until(cancel.cancelled_owned());
             futures::pin_mut!(stream);
+            // The pods of the (re)list under way, from Init to InitDone.
+            let mut listed = std::collections::HashSet::new();
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        listed.insert(name.clone());
+                        feed.update(&name, Some(pod));
+                    }
+                    Ok(watcher::Event::Apply(pod)) => {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         feed.update(&name, Some(pod));
                     }
@@ -313,7 +333,11 @@ impl KubernetesExecutor {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         feed.update(&name, None);
                     }
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Ok(watcher::Event::Init) => listed.clear(),
+                    Ok(watcher::Event::InitDone) => {
+                        feed.relisted(&listed);
+                        listed.clear();
+                    }
                     Err(e) => Event::KubernetesProblem {
                         doing: "watching job pods (the watch restarts)".into(),
                         error: e.to_string(),

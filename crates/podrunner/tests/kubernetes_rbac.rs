@@ -520,3 +520,58 @@ async fn a_job_with_run_as_user_and_no_fs_group_runs() {
     h.clean().await;
     h.stop().await;
 }
+
+/// A job pod deleted while the manager's watch was down (and the watch history compacted, so
+/// the manager must list again) fails its job with the reason within 60 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_deleted_during_a_watch_outage_fails_its_job() {
+    let h = Harness::start().await;
+    let id = h.gitlab.enqueue(job("long", &["sleep 120"]));
+    h.gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 120")
+        })
+        .await;
+    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let outage = h.kube.watch_outage();
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod}",
+            h.kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(&json!({"gracePeriodSeconds": 0}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    for _ in 0..100 {
+        if h.kube.objects("Pod").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.kube.objects("Pod").is_empty());
+    h.kube.compact_watch_history();
+    drop(outage);
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    assert!(
+        log.contains(&format!(
+            "pod {JOB_NAMESPACE}/{pod} was deleted before the job finished"
+        )),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}

@@ -34,8 +34,10 @@ use tokio::sync::{Notify, broadcast};
 
 mod identity;
 mod rbac;
+mod watch_history;
 
 pub use rbac::Authorization;
+pub use watch_history::WatchOutage;
 
 /// What an image name stands for on this stand-in's nodes.
 #[derive(Clone, Debug)]
@@ -171,6 +173,8 @@ struct Inner {
     uid_counter: u64,
     /// The USER (uid, gid) of images that declare one.
     image_users: HashMap<String, (i64, i64)>,
+    /// The watch history's window and watch outages.
+    watch_history: watch_history::WatchHistory,
     /// Tokens, RBAC objects and authorisation decisions.
     rbac: rbac::Rbac,
 }
@@ -928,6 +932,10 @@ async fn list_or_watch_in(
         .as_deref()
         .filter(|rv| !rv.is_empty() && *rv != "0")
         .and_then(|rv| rv.parse().ok());
+    if let Some(refused) = watch_history::refuse(&shared, since) {
+        return refused;
+    }
+    let mut ended = watch_history::ended(&shared);
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(256);
     let (mut changes, backlog, current) = {
         let inner = shared.lock();
@@ -974,6 +982,7 @@ async fn list_or_watch_in(
         loop {
             tokio::select! {
                 () = &mut deadline => return,
+                _ = ended.changed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let rv = shared_for_task.lock().resource_version.max(last);
                     let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}});

@@ -755,3 +755,91 @@ async fn containers_run_as_their_user_and_secret_files_are_owned_as_the_kubelet_
         assert_eq!(kube.logs(NS, name, "build"), *expected, "pod {name}");
     }
 }
+
+/// Watch history: after compaction a watch from an older resourceVersion gets the one 410
+/// `Expired` event, and a pod deleted in the gap is missing from the relist; an outage ends
+/// open watches and refuses new ones until it is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_history_expires_old_watches_and_an_outage_ends_them() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let container =
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/sleep", "30"]}]);
+    for name in ["kept", "deleted"] {
+        let mut body = pod(name, json!({}), container.clone());
+        body["spec"]["terminationGracePeriodSeconds"] = json!(0);
+        assert_eq!(client.create("pods", body).await.0, 201);
+    }
+    let (_, list) = client.get("pods").await;
+    let old_rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An open watch ends with the outage; a new one is refused until it is over.
+    let open = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let outage = kube.watch_outage();
+    let body = tokio::time::timeout(Duration::from_secs(5), open.text())
+        .await
+        .expect("the open watch ends with the outage")
+        .unwrap();
+    assert!(!body.contains("ERROR"), "{body}");
+    let refused = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(client.delete("pods/deleted", Some(0)).await, 200);
+    client.wait_gone("pods/deleted").await;
+    kube.compact_watch_history();
+    drop(outage);
+    let expired = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.status().as_u16(),
+        200,
+        "the error comes inside the stream"
+    );
+    let text = tokio::time::timeout(Duration::from_secs(5), expired.text())
+        .await
+        .expect("an expired watch ends after its error")
+        .unwrap();
+    let event: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(event["type"], "ERROR");
+    assert_eq!(event["object"]["code"], 410);
+    assert_eq!(event["object"]["reason"], "Expired");
+    assert!(
+        event["object"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("too old resource version: {old_rv} (")),
+        "{event}"
+    );
+    let (_, relist) = client.get("pods").await;
+    let names: Vec<&str> = relist["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"]);
+}
