@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::config::{
@@ -37,11 +37,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::{ApiCalls, RateLimit, RetryPolicy};
+use crate::judge::{FargateEvent, FargateSignals, judge, scheduling_message};
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
-
-/// How long a pod may report `ErrImagePull` before the job fails (the kubelet retries once
-/// quickly; `ImagePullBackOff` fails at once).
-const IMAGE_PULL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the manager looks for its stray pods and Secrets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -74,6 +71,8 @@ struct PodStates {
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
     /// Messages of the Warning events of followed pods, by pod name, in order, once each.
     warnings: Mutex<HashMap<String, Vec<String>>>,
+    /// What the Fargate scheduler's events said about followed pods, by pod name.
+    fargate: Mutex<HashMap<String, FargateSignals>>,
 }
 
 impl PodStates {
@@ -100,6 +99,35 @@ impl PodStates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Records a Fargate scheduler event about pod `name` (if followed) and wakes its follower.
+    fn fargate_event(&self, name: &str, event: FargateEvent) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = pods.get(name) else {
+            return;
+        };
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .apply(event);
+        sender.send_modify(|_| {});
+    }
+
+    /// The Fargate scheduler's signals about pod `name` so far.
+    fn fargate_of(&self, name: &str) -> FargateSignals {
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records a Warning event of pod `name` (if followed) and wakes its follower.
@@ -235,7 +263,8 @@ pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError
 }
 
 /// How a job's pod ended up, as far as the executor can tell.
-enum Outcome {
+#[derive(Debug)]
+pub(crate) enum Outcome {
     /// The build container ended; its termination message, exit code and reason.
     BuildEnded {
         report: Option<TerminationReport>,
@@ -365,6 +394,16 @@ impl KubernetesExecutor {
                         failing = false;
                         let pod = e.involved_object.name.clone().unwrap_or_default();
                         let message = e.message.clone().unwrap_or_default();
+                        let component = e
+                            .reporting_component
+                            .as_deref()
+                            .filter(|c| !c.is_empty())
+                            .or_else(|| e.source.as_ref().and_then(|s| s.component.as_deref()));
+                        if let Some(signal) =
+                            FargateEvent::read(e.reason.as_deref(), component, &message)
+                        {
+                            feed.fargate_event(&pod, signal);
+                        }
                         // The spec Secret is created just after its pod: a kubelet that
                         // looked before then retries; that is not news for the job log.
                         let own_spec = format!("secret \"{pod}-spec\" not found");
@@ -956,7 +995,8 @@ impl KubernetesExecutor {
                     {
                         *provisioned = Some((capacity.clone(), tokio::time::Instant::now()));
                     }
-                    if let Some(outcome) = judge(pod, &mut pull_error_since) {
+                    let fargate = self.states(namespace).fargate_of(pod_name);
+                    if let Some(outcome) = judge(pod, &fargate, &mut pull_error_since) {
                         return outcome;
                     }
                     if let Some(open) = log.as_mut() {
@@ -973,7 +1013,7 @@ impl KubernetesExecutor {
                         .and_then(|s| s.node_name.as_ref())
                         .is_some();
                     if !scheduled && started.elapsed() >= poll_timeout {
-                        let why = scheduling_message(pod)
+                        let why = scheduling_message(pod, &fargate)
                             .map(|m| format!(": {m}"))
                             .unwrap_or_default();
                         return Outcome::Failed(format!(
@@ -1053,137 +1093,6 @@ impl KubernetesExecutor {
             failure_reason: Some("runner_system_failure".to_owned()),
         }
     }
-}
-
-/// What the pod's state says about the job, if it says it is over.
-fn judge(pod: &Pod, pull_error_since: &mut Option<tokio::time::Instant>) -> Option<Outcome> {
-    let status = pod.status.as_ref()?;
-    for condition in status.conditions.iter().flatten() {
-        if condition.type_ == "PodScheduled"
-            && condition.status == "False"
-            && condition.reason.as_deref() == Some("POD_UNSUPPORTED_ON_FARGATE")
-        {
-            return Some(Outcome::Failed(format!(
-                "Fargate cannot run this pod: {}",
-                condition
-                    .message
-                    .as_deref()
-                    .unwrap_or("POD_UNSUPPORTED_ON_FARGATE")
-            )));
-        }
-    }
-    let statuses: Vec<&ContainerStatus> = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .collect();
-    let mut pulling = false;
-    for container in &statuses {
-        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let message = waiting.message.clone().unwrap_or_default();
-        let image = &container.image;
-        match waiting.reason.as_deref() {
-            Some("InvalidImageName") => {
-                return Some(Outcome::Failed(format!(
-                    "container {}: invalid image name {image:?}: {message}",
-                    container.name
-                )));
-            }
-            Some("CreateContainerConfigError" | "CreateContainerError") => {
-                return Some(Outcome::Failed(format!(
-                    "container {} cannot be created: {message}",
-                    container.name
-                )));
-            }
-            Some("ImagePullBackOff") => {
-                return Some(Outcome::Failed(format!(
-                    "container {}: cannot pull image {image:?}: {message}",
-                    container.name
-                )));
-            }
-            Some("ErrImagePull") => {
-                pulling = true;
-                let since = pull_error_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= IMAGE_PULL_GRACE {
-                    return Some(Outcome::Failed(format!(
-                        "container {}: cannot pull image {image:?}: {message}",
-                        container.name
-                    )));
-                }
-            }
-            _ => {}
-        }
-    }
-    if !pulling {
-        *pull_error_since = None;
-    }
-    // The build container is the first container.
-    let build = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == "build");
-    if let Some(terminated) = build.and_then(|b| b.state.as_ref()?.terminated.as_ref()) {
-        let report: Option<TerminationReport> = terminated
-            .message
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok());
-        let reason = terminated.reason.clone().unwrap_or_default();
-        let pod_reason = status
-            .reason
-            .as_deref()
-            .map(|r| {
-                format!(
-                    "; pod {r}: {}",
-                    status.message.as_deref().unwrap_or_default()
-                )
-            })
-            .unwrap_or_default();
-        let why = if reason == "OOMKilled" {
-            format!(
-                "the build container was killed for using more memory than its limit (OOMKilled, exit code {}){pod_reason}",
-                terminated.exit_code
-            )
-        } else {
-            format!(
-                "the build container ended ({reason}, exit code {}) before the job reached a final state{pod_reason}",
-                terminated.exit_code
-            )
-        };
-        return Some(Outcome::BuildEnded { report, why });
-    }
-    // Init container failures and pod-level endings (eviction, deadline) before the build ends.
-    for init in status.init_container_statuses.iter().flatten() {
-        if let Some(terminated) = init.state.as_ref().and_then(|s| s.terminated.as_ref())
-            && terminated.exit_code != 0
-        {
-            return Some(Outcome::Failed(format!(
-                "init container {} failed (exit code {}): the agent could not be installed from {:?}",
-                init.name, terminated.exit_code, init.image
-            )));
-        }
-    }
-    if status.phase.as_deref() == Some("Failed") {
-        return Some(Outcome::Failed(format!(
-            "the pod failed: {} {}",
-            status.reason.as_deref().unwrap_or_default(),
-            status.message.as_deref().unwrap_or_default()
-        )));
-    }
-    None
-}
-
-fn scheduling_message(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-        .and_then(|c| c.message.clone())
 }
 
 /// A 409: the object exists.

@@ -5,6 +5,7 @@
 pub mod calls;
 pub mod executor;
 pub mod fargate;
+mod judge;
 pub mod plan;
 
 pub use executor::{ConnectError, KubernetesExecutor, connect};

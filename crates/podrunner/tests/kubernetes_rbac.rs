@@ -575,3 +575,80 @@ async fn a_pod_deleted_during_a_watch_outage_fails_its_job() {
     h.clean().await;
     h.stop().await;
 }
+
+/// Helm values: one runner in the job namespace on Fargate, with `poll_timeout` and these
+/// extra `[runners.kubernetes]` lines.
+fn values_with(poll_timeout: u32, kubernetes: &str) -> String {
+    let mut config = format!(
+        "[[runners]]\n  [runners.kubernetes]\n    namespace = \"{JOB_NAMESPACE}\"\n    poll_timeout = {poll_timeout}\n{kubernetes}    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n"
+    );
+    config = config
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect::<String>();
+    format!("runners:\n  config: |\n{config}")
+}
+
+/// A privileged pod (let through with `reject_unsupported = false`) is refused by Fargate;
+/// the job fails at once, long before `poll_timeout`, with Fargate's message and the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_fargate_does_not_support_fails_at_once_with_the_kaniko_hint() {
+    let values = values_with(
+        600,
+        "    privileged = true\n    [runners.kubernetes.fargate]\n      reject_unsupported = false\n",
+    );
+    let h = Harness::with_values(&values, |_| {}).await;
+    let started = std::time::Instant::now();
+    let id = h.gitlab.enqueue(job("dind", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let log = h.manager_log();
+    assert!(
+        log.contains(
+            "Fargate cannot run this pod: Pod not supported on Fargate: invalid SecurityContext fields: Privileged"
+        ) && log.contains("docker-in-docker cannot work: build images with kaniko or buildah"),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// While Fargate has no capacity the pod waits; the shortage is written to the job log and the
+/// job fails at `poll_timeout` with it as the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_capacity_shortage_is_logged_and_fails_at_poll_timeout() {
+    let values = values_with(5, "");
+    let h = Harness::with_values(&values, |kube| {
+        kube.set_fargate_capacity_shortage(Some(
+            podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE,
+        ))
+    })
+    .await;
+    let id = h.gitlab.enqueue(job("waits", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    let reason = format!(
+        "was not scheduled within poll_timeout (5s): Fargate capacity shortage: {}",
+        podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE
+    );
+    assert!(log.contains(&reason), "{log}");
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(
+        trace.contains(podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE),
+        "{trace}"
+    );
+    h.clean().await;
+    h.stop().await;
+}

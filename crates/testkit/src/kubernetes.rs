@@ -32,10 +32,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+mod fargate_capacity;
 mod identity;
 mod rbac;
 mod watch_history;
 
+pub use fargate_capacity::CAPACITY_UNAVAILABLE;
 pub use rbac::Authorization;
 pub use watch_history::WatchOutage;
 
@@ -173,6 +175,8 @@ struct Inner {
     uid_counter: u64,
     /// The USER (uid, gid) of images that declare one.
     image_users: HashMap<String, (i64, i64)>,
+    /// The message of an injected Fargate capacity shortage, while it lasts.
+    fargate_capacity_shortage: Option<String>,
     /// The watch history's window and watch outages.
     watch_history: watch_history::WatchHistory,
     /// Tokens, RBAC objects and authorisation decisions.
@@ -1735,6 +1739,10 @@ async fn schedule_and_run(
                 "fargate-scheduler",
             );
             wait_until_gone(shared, namespace, name, uid, stop).await;
+            return;
+        }
+        if !fargate_capacity::wait_for_capacity(shared, (namespace, name, uid), &stored, stop).await
+        {
             return;
         }
         let ip = {

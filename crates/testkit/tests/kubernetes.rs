@@ -843,3 +843,39 @@ async fn a_compacted_history_expires_old_watches_and_an_outage_ends_them() {
         .collect();
     assert_eq!(names, ["kept"]);
 }
+
+/// An injected Fargate capacity shortage keeps a Fargate pod Pending with one Warning
+/// FailedScheduling event from fargate-scheduler; once it ends, the pod is scheduled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_capacity_shortage_keeps_the_pod_pending_until_it_ends() {
+    let kube = stand_in().await;
+    kube.set_fargate_capacity_shortage(Some(podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE));
+    let client = Client::new(&kube);
+    let body = pod(
+        "waits",
+        json!({"use-fargate": "true"}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]),
+    );
+    assert_eq!(client.create("pods", body).await.0, 201);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = client.events_of("waits").await;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "FailedScheduling");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["source"]["component"], "fargate-scheduler");
+    assert_eq!(
+        events[0]["message"],
+        podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE
+    );
+    let (_, stored) = client.get("pods/waits").await;
+    assert_eq!(phase(&stored), "Pending");
+    assert!(stored["spec"]["nodeName"].is_null());
+    kube.set_fargate_capacity_shortage(None);
+    client.wait_pod("waits", |p| phase(p) == "Succeeded").await;
+}
