@@ -67,6 +67,33 @@ impl FargateSignals {
     }
 }
 
+/// Whether the Eviction API is deleting the pod (kubernetes
+/// `pkg/registry/core/pod/storage/eviction.go` sets `DisruptionTarget`, reason
+/// `EvictionByEvictionAPI`, before deleting it). On Fargate that is EKS patching the pod's
+/// node (`awsdocs/amazon-eks-user-guide` `fargate-pod-patching.adoc`).
+fn evicted(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status.conditions.iter().flatten().find(|c| {
+        c.type_ == "DisruptionTarget"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("EvictionByEvictionAPI")
+    })?;
+    let spec = pod.spec.as_ref();
+    let on_fargate = spec.and_then(|s| s.scheduler_name.as_deref()) == Some(FARGATE_SCHEDULER)
+        || spec
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| n.starts_with("fargate-"));
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    Some(if on_fargate {
+        format!("pod {namespace}/{name} was evicted by Fargate (patching); retry the job")
+    } else {
+        format!(
+            "pod {namespace}/{name} was evicted through the Eviction API (a node drain or scale-down); retry the job"
+        )
+    })
+}
+
 /// The failure for a pod Fargate cannot run, with the way out where there is one.
 fn unsupported_on_fargate(message: &str) -> String {
     let hint = if message.contains("Privileged") {
@@ -98,6 +125,9 @@ pub(crate) fn judge(
     }
     if let Some(message) = &fargate.unsupported {
         return Some(Outcome::Failed(unsupported_on_fargate(message)));
+    }
+    if let Some(why) = evicted(pod) {
+        return Some(Outcome::Failed(why));
     }
     let statuses: Vec<&ContainerStatus> = status
         .init_container_statuses
@@ -290,9 +320,34 @@ mod tests {
                 "ended: the build container was killed for using more memory than its limit (OOMKilled, exit code 137)",
             ),
         ];
+        let eviction = json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]});
+        let cases = cases.into_iter().chain([
+            ("eviction elsewhere", eviction.clone(), none.clone(),
+             "failed: pod /p was evicted through the Eviction API (a node drain or scale-down); retry the job"),
+            ("preemption is not eviction",
+             json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                     "reason": "PreemptionByScheduler"}]}),
+             none.clone(), "none"),
+        ]);
         for (name, status, fargate, expected) in cases {
             assert_eq!(verdict(&pod(status), &fargate), expected, "case {name}");
         }
+    }
+
+    #[test]
+    fn a_fargate_eviction_is_patching() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ci"},
+            "spec": {"schedulerName": "fargate-scheduler", "containers": []},
+            "status": {"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                       "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            verdict(&pod, &FargateSignals::default()),
+            "failed: pod ci/p was evicted by Fargate (patching); retry the job"
+        );
     }
 
     #[test]

@@ -652,3 +652,50 @@ async fn a_fargate_capacity_shortage_is_logged_and_fails_at_poll_timeout() {
     h.clean().await;
     h.stop().await;
 }
+
+/// Fargate's patching evicts a running job's pod through the Eviction API: the job fails with
+/// "evicted by Fargate (patching); retry the job".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patching_eviction_is_reported_as_such() {
+    let h = Harness::start().await;
+    let id = h.gitlab.enqueue(job("long", &["sleep 120"]));
+    h.gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 120")
+        })
+        .await;
+    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // EKS evicts as itself, not as the runner.
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod}/eviction",
+            h.kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(&json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                      "metadata": {"name": pod, "namespace": JOB_NAMESPACE}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    assert!(
+        log.contains(&format!(
+            "pod {JOB_NAMESPACE}/{pod} was evicted by Fargate (patching); retry the job"
+        )),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+mod eviction;
 mod fargate_capacity;
 mod identity;
 mod rbac;
@@ -400,6 +401,10 @@ fn router(shared: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/eviction",
+            axum::routing::post(eviction::evict),
         )
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

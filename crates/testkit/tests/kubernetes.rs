@@ -879,3 +879,53 @@ async fn a_fargate_capacity_shortage_keeps_the_pod_pending_until_it_ends() {
     kube.set_fargate_capacity_shortage(None);
     client.wait_pod("waits", |p| phase(p) == "Succeeded").await;
 }
+
+/// The Eviction API marks the pod `DisruptionTarget` (EvictionByEvictionAPI), then deletes it
+/// with its grace period, and answers 201 Success.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_marks_the_pod_disruption_target_then_deletes_it() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let mut body = pod(
+        "evicted",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/sleep", "30"]}]),
+    );
+    body["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    assert_eq!(client.create("pods", body).await.0, 201);
+    client.wait_pod("evicted", |p| phase(p) == "Running").await;
+    let (code, status) = client
+        .create(
+            "pods/evicted/eviction",
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                   "metadata": {"name": "evicted", "namespace": NS}}),
+        )
+        .await;
+    assert_eq!(
+        (code, status["status"].as_str()),
+        (201, Some("Success")),
+        "{status}"
+    );
+    let (_, stored) = client.get("pods/evicted").await;
+    assert!(
+        !stored["metadata"]["deletionTimestamp"].is_null(),
+        "{stored}"
+    );
+    let condition = stored["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .cloned()
+        .unwrap_or_else(|| panic!("{stored}"));
+    assert_eq!(condition["reason"], "EvictionByEvictionAPI");
+    assert_eq!(condition["message"], "Eviction API: evicting");
+    client.wait_gone("pods/evicted").await;
+    let (code, _) = client
+        .create(
+            "pods/evicted/eviction",
+            json!({"apiVersion": "policy/v1", "kind": "Eviction"}),
+        )
+        .await;
+    assert_eq!(code, 404);
+}
