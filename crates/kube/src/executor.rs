@@ -467,6 +467,14 @@ impl KubernetesExecutor {
             .iter()
             .map(|w| format!("WARNING: {w}"))
             .collect();
+        if let Some(warning) = crate::fargate::unmatched_profile_warning(&planned.pod, fargate) {
+            Event::KubernetesProblem {
+                doing: format!("planning the pod of job {}", job.payload.job.id),
+                error: warning.clone(),
+            }
+            .emit();
+            notes.push(format!("WARNING: {warning}"));
+        }
         if let Some(prediction) = &prediction {
             notes.push(format!(
                 "Fargate: profile {}, pod sized {}vCPU {}GB (requests {} vCPU, {:.2} GB), ${:.6}/h",

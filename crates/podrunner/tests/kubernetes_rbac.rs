@@ -699,3 +699,43 @@ async fn a_patching_eviction_is_reported_as_such() {
     h.clean().await;
     h.stop().await;
 }
+
+/// With declared Fargate profiles, a pod none of them selects is warned about in the job log
+/// and the manager's log (here it runs on an EC2 node), and by `podrunner plan`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_no_declared_profile_selects_is_warned_about() {
+    let config = format!(
+        "[[runners]]\n  [runners.kubernetes]\n    namespace = \"{JOB_NAMESPACE}\"\n    poll_timeout = 30\n    [runners.kubernetes.fargate]\n      [[runners.kubernetes.fargate.profiles]]\n        name = \"gitlab-jobs\"\n        [[runners.kubernetes.fargate.profiles.selectors]]\n          namespace = \"{JOB_NAMESPACE}\"\n          labels = {{ use-fargate = \"true\" }}\n"
+    );
+    let indented: String = config.lines().map(|l| format!("    {l}\n")).collect();
+    let values = format!("runners:\n  config: |\n{indented}");
+    let h = Harness::with_values(&values, |_| {}).await;
+    let warning =
+        "no declared Fargate profile (gitlab-jobs) selects this pod (namespace \"gitlab-runner\")";
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("plan")
+        .arg("--values")
+        .arg(&h.values)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    assert!(stderr.contains(warning), "{stderr}");
+    let id = h.gitlab.enqueue(job("ec2", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains(warning), "{trace}");
+    // The log quotes its values, escaping the namespace's quotes.
+    assert!(
+        h.manager_log()
+            .contains("no declared Fargate profile (gitlab-jobs) selects this pod"),
+        "{}",
+        h.manager_log()
+    );
+    h.clean().await;
+    h.stop().await;
+}

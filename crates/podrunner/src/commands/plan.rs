@@ -109,11 +109,13 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
         for warning in &planned.warnings {
             eprintln!("warning: runners[{index}]: {warning}");
         }
-        let fargate = podrunner_kube::fargate::predict(
-            &planned.pod,
-            runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref()),
-            args.fargate,
-        );
+        let declared = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
+        if let Some(warning) =
+            podrunner_kube::fargate::unmatched_profile_warning(&planned.pod, declared)
+        {
+            eprintln!("warning: runners[{index}]: {warning}");
+        }
+        let fargate = podrunner_kube::fargate::predict(&planned.pod, declared, args.fargate);
         plans.push((
             runner
                 .name
