@@ -981,6 +981,7 @@ impl KubernetesExecutor {
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
         let started = tokio::time::Instant::now();
         let mut seen = false;
+        let mut ran = false;
         let mut pull_error_since: Option<tokio::time::Instant> = None;
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
@@ -1020,14 +1021,26 @@ impl KubernetesExecutor {
                         .as_ref()
                         .and_then(|s| s.node_name.as_ref())
                         .is_some();
-                    if !scheduled && started.elapsed() >= poll_timeout {
-                        let why = scheduling_message(pod, &fargate)
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default();
-                        return Outcome::Failed(format!(
-                            "pod {namespace}/{pod_name} was not scheduled within poll_timeout ({}s){why}",
-                            poll_timeout.as_secs()
-                        ));
+                    // poll_timeout bounds the wait until the pod runs, as gitlab-runner's
+                    // waitForPodRunning does; once it ran, the job's own timeout rules.
+                    ran |= crate::judge::has_run(pod);
+                    if !ran && started.elapsed() >= poll_timeout {
+                        let seconds = poll_timeout.as_secs();
+                        return Outcome::Failed(if scheduled {
+                            let why = crate::judge::waiting_message(pod)
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default();
+                            format!(
+                                "pod {namespace}/{pod_name} was scheduled but not running within poll_timeout ({seconds}s){why}"
+                            )
+                        } else {
+                            let why = scheduling_message(pod, &fargate)
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default();
+                            format!(
+                                "pod {namespace}/{pod_name} was not scheduled within poll_timeout ({seconds}s){why}"
+                            )
+                        });
                     }
                 }
             }

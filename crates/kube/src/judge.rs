@@ -149,7 +149,9 @@ pub(crate) fn judge(
                     container.name
                 )));
             }
-            Some("CreateContainerConfigError" | "CreateContainerError") => {
+            // Final: the pod's configuration names something missing. CreateContainerError
+            // is the runtime's, and the kubelet retries it: the pod waits, up to poll_timeout.
+            Some("CreateContainerConfigError") => {
                 return Some(Outcome::Failed(format!(
                     "container {} cannot be created: {message}",
                     container.name
@@ -233,6 +235,34 @@ pub(crate) fn judge(
     None
 }
 
+/// What the first waiting container waits for ("container build: ContainerCreating: …"), for
+/// the `poll_timeout` failure of a scheduled pod that does not run.
+pub(crate) fn waiting_message(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref().unwrap_or("Waiting");
+            Some(match waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(message) => format!("container {}: {reason}: {message}", c.name),
+                None => format!("container {}: {reason}", c.name),
+            })
+        })
+}
+
+/// Whether the pod got past Pending (gitlab-runner's `waitForPodRunning` waits for that,
+/// `executors/kubernetes/util.go` `isRunning`: Running, or already Succeeded/Failed).
+pub(crate) fn has_run(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase != "Pending")
+}
+
 /// Why the pod is not scheduled yet, for the `poll_timeout` failure: a Fargate capacity
 /// shortage first, else the `PodScheduled` condition's message.
 pub(crate) fn scheduling_message(pod: &Pod, fargate: &FargateSignals) -> Option<String> {
@@ -311,6 +341,13 @@ mod tests {
                         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"x\" not found"}}}]}),
                 none.clone(),
                 "failed: container build cannot be created: secret \"x\" not found",
+            ),
+            (
+                "create error waits",
+                json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "CreateContainerError", "message": "context deadline exceeded"}}}]}),
+                none.clone(),
+                "none",
             ),
             (
                 "oom",
@@ -394,5 +431,20 @@ mod tests {
             scheduling_message(&pending, &FargateSignals::default()),
             None
         );
+    }
+
+    #[test]
+    fn a_waiting_pod_says_what_it_waits_for() {
+        let waiting = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerError", "message": "context deadline exceeded"}}}]}),
+        );
+        assert_eq!(
+            waiting_message(&waiting).as_deref(),
+            Some("container build: CreateContainerError: context deadline exceeded")
+        );
+        assert!(!has_run(&waiting));
+        assert!(has_run(&pod(json!({"phase": "Running"}))));
+        assert!(has_run(&pod(json!({"phase": "Failed"}))));
     }
 }
