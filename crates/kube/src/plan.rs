@@ -934,6 +934,19 @@ pub fn plan(
                     ..Default::default()
                 }
             }),
+            // Pod-level profiles: what PodSecurity `restricted` asks of every job pod.
+            seccomp_profile: p.seccomp_profile.as_ref().map(|profile| {
+                k8s_openapi::api::core::v1::SeccompProfile {
+                    type_: profile.profile_type.clone().unwrap_or_default(),
+                    localhost_profile: profile.localhost_profile.clone(),
+                }
+            }),
+            app_armor_profile: p.app_armor_profile.as_ref().map(|profile| {
+                k8s_openapi::api::core::v1::AppArmorProfile {
+                    type_: profile.profile_type.clone().unwrap_or_default(),
+                    localhost_profile: profile.localhost_profile.clone(),
+                }
+            }),
             ..Default::default()
         });
     let deadline = runner
