@@ -739,3 +739,50 @@ async fn a_pod_no_declared_profile_selects_is_warned_about() {
     h.clean().await;
     h.stop().await;
 }
+
+/// A job in a namespace enforcing PodSecurity `restricted`: refused with the admission
+/// message when the configuration does not opt in, run when it does (seccomp from
+/// `pod_security_context`, no privilege escalation, all capabilities dropped, non-root).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_in_a_restricted_namespace() {
+    let restricted = |kube: &KubernetesStandIn| {
+        kube.set_namespace_labels(
+            JOB_NAMESPACE,
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+    };
+    // Not opted in: refused at creation, with the reason.
+    let h = Harness::with_values(&values_with(30, ""), restricted).await;
+    let id = h.gitlab.enqueue(job("refused", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed");
+    let log = h.manager_log();
+    assert!(
+        log.contains("is forbidden: violates PodSecurity \\\"restricted:latest\\\": allowPrivilegeEscalation != false"),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+
+    let opted_in = "    allow_privilege_escalation = false\n    cap_drop = [\"ALL\"]\n    [runners.kubernetes.pod_security_context]\n      run_as_non_root = true\n      run_as_user = 1000\n      [runners.kubernetes.pod_security_context.seccomp_profile]\n        type = \"RuntimeDefault\"\n";
+    let h = Harness::with_values(&values_with(30, opted_in), restricted).await;
+    let id = h
+        .gitlab
+        .enqueue(job("admitted", &["echo \"admitted as $(id -u)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "success", "{}", h.manager_log());
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("admitted as 1000"), "{trace}");
+    h.clean().await;
+    h.stop().await;
+}

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+mod admission;
 mod eviction;
 mod fargate_capacity;
 mod identity;
@@ -176,6 +177,8 @@ struct Inner {
     uid_counter: u64,
     /// The USER (uid, gid) of images that declare one.
     image_users: HashMap<String, (i64, i64)>,
+    /// Namespace labels (PodSecurity admission reads them).
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// The message of an injected Fargate capacity shortage, while it lasts.
     fargate_capacity_shortage: Option<String>,
     /// The watch history's window and watch outages.
@@ -644,6 +647,11 @@ async fn create(
                 kind.name()
             ),
         );
+    }
+    if kind == Kind::Pod
+        && let Some(refused) = admission::admit(&inner, &namespace, &name, &object)
+    {
+        return refused;
     }
     if inner
         .objects

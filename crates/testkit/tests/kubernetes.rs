@@ -929,3 +929,49 @@ async fn an_eviction_marks_the_pod_disruption_target_then_deletes_it() {
         .await;
     assert_eq!(code, 404);
 }
+
+/// PodSecurity admission: a `restricted` namespace refuses a pod that does not opt in, with
+/// the admission plugin's message; a pod that does is admitted; `baseline` refuses only what
+/// baseline forbids.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_security_admission_enforces_the_namespace_level() {
+    let kube = stand_in().await;
+    kube.set_namespace_labels(NS, &[("pod-security.kubernetes.io/enforce", "restricted")]);
+    let client = Client::new(&kube);
+    let plain = pod(
+        "plain",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]),
+    );
+    let mut with_init = plain.clone();
+    with_init["spec"]["initContainers"] =
+        json!([{"name": "init", "image": "debian:12", "command": ["/bin/true"]}]);
+    let (code, status) = client.create("pods", with_init).await;
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods \"plain\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (containers \"init\", \"build\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (containers \"init\", \"build\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or containers \"init\", \"build\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or containers \"init\", \"build\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+    );
+    let mut compliant = plain.clone();
+    compliant["metadata"]["name"] = json!("compliant");
+    compliant["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+    compliant["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    let (code, status) = client.create("pods", compliant).await;
+    assert_eq!(code, 201, "{status}");
+    kube.set_namespace_labels(NS, &[("pod-security.kubernetes.io/enforce", "baseline")]);
+    let mut privileged = plain.clone();
+    privileged["metadata"]["name"] = json!("privileged");
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let (code, status) = client.create("pods", privileged).await;
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods \"privileged\" is forbidden: violates PodSecurity \"baseline:latest\": privileged (container \"build\" must not set securityContext.privileged=true)"
+    );
+    assert_eq!(
+        client.create("pods", plain).await.0,
+        201,
+        "baseline admits a plain pod"
+    );
+}
