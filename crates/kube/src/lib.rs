@@ -7,6 +7,7 @@ pub mod executor;
 pub mod fargate;
 mod judge;
 pub mod plan;
+pub mod pod_security;
 
 pub use executor::{ConnectError, KubernetesExecutor, connect};
 pub use plan::{PlanContext, PlanError, PodPlan, plan};

@@ -740,9 +740,25 @@ async fn a_pod_no_declared_profile_selects_is_warned_about() {
     h.stop().await;
 }
 
+/// What `podrunner plan` says about the PodSecurity level of the planned pod.
+fn planned_level(values: &Path) -> String {
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("plan")
+        .arg("--values")
+        .arg(values)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .find(|l| l.starts_with("# pod security: meets "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A job in a namespace enforcing PodSecurity `restricted`: refused with the admission
 /// message when the configuration does not opt in, run when it does (seccomp from
-/// `pod_security_context`, no privilege escalation, all capabilities dropped, non-root).
+/// `pod_security_context`, no privilege escalation, all capabilities dropped, non-root);
+/// `podrunner plan` says which level each planned pod meets.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_in_a_restricted_namespace() {
     let restricted = |kube: &KubernetesStandIn| {
@@ -753,6 +769,7 @@ async fn a_job_in_a_restricted_namespace() {
     };
     // Not opted in: refused at creation, with the reason.
     let h = Harness::with_values(&values_with(30, ""), restricted).await;
+    assert_eq!(planned_level(&h.values), "# pod security: meets baseline");
     let id = h.gitlab.enqueue(job("refused", &["true"]));
     let view = h
         .gitlab
@@ -771,6 +788,7 @@ async fn a_job_in_a_restricted_namespace() {
 
     let opted_in = "    allow_privilege_escalation = false\n    cap_drop = [\"ALL\"]\n    [runners.kubernetes.pod_security_context]\n      run_as_non_root = true\n      run_as_user = 1000\n      [runners.kubernetes.pod_security_context.seccomp_profile]\n        type = \"RuntimeDefault\"\n";
     let h = Harness::with_values(&values_with(30, opted_in), restricted).await;
+    assert_eq!(planned_level(&h.values), "# pod security: meets restricted");
     let id = h
         .gitlab
         .enqueue(job("admitted", &["echo \"admitted as $(id -u)\""]));
