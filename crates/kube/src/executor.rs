@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::config::{
@@ -37,11 +37,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::{ApiCalls, RateLimit, RetryPolicy};
+use crate::judge::{FargateEvent, FargateSignals, judge, scheduling_message};
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
-
-/// How long a pod may report `ErrImagePull` before the job fails (the kubelet retries once
-/// quickly; `ImagePullBackOff` fails at once).
-const IMAGE_PULL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the manager looks for its stray pods and Secrets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -74,6 +71,8 @@ struct PodStates {
     pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
     /// Messages of the Warning events of followed pods, by pod name, in order, once each.
     warnings: Mutex<HashMap<String, Vec<String>>>,
+    /// What the Fargate scheduler's events said about followed pods, by pod name.
+    fargate: Mutex<HashMap<String, FargateSignals>>,
 }
 
 impl PodStates {
@@ -100,6 +99,35 @@ impl PodStates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Records a Fargate scheduler event about pod `name` (if followed) and wakes its follower.
+    fn fargate_event(&self, name: &str, event: FargateEvent) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = pods.get(name) else {
+            return;
+        };
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .apply(event);
+        sender.send_modify(|_| {});
+    }
+
+    /// The Fargate scheduler's signals about pod `name` so far.
+    fn fargate_of(&self, name: &str) -> FargateSignals {
+        self.fargate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Records a Warning event of pod `name` (if followed) and wakes its follower.
@@ -124,6 +152,19 @@ impl PodStates {
             .get(name)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Applies the end of a relist (kube-runtime `watcher::Event::InitDone`): a followed pod
+    /// that was known and is not in the list was deleted while the watch was down
+    /// (kube-runtime `watcher.rs`: objects not listed again "should be assumed to have been
+    /// Deleted"; its reflector store swaps in the listed set the same way).
+    fn relisted(&self, listed: &std::collections::HashSet<String>) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, sender) in pods.iter() {
+            if !listed.contains(name) && sender.borrow().is_some() {
+                sender.send_replace(None);
+            }
+        }
     }
 
     fn update(&self, name: &str, pod: Option<Pod>) {
@@ -222,7 +263,8 @@ pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError
 }
 
 /// How a job's pod ended up, as far as the executor can tell.
-enum Outcome {
+#[derive(Debug)]
+pub(crate) enum Outcome {
     /// The build container ended; its termination message, exit code and reason.
     BuildEnded {
         report: Option<TerminationReport>,
@@ -303,9 +345,16 @@ impl KubernetesExecutor {
                 .default_backoff()
                 .take_until(cancel.cancelled_owned());
             futures::pin_mut!(stream);
+            // The pods of the (re)list under way, from Init to InitDone.
+            let mut listed = std::collections::HashSet::new();
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        listed.insert(name.clone());
+                        feed.update(&name, Some(pod));
+                    }
+                    Ok(watcher::Event::Apply(pod)) => {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         feed.update(&name, Some(pod));
                     }
@@ -313,7 +362,11 @@ impl KubernetesExecutor {
                         let name = pod.metadata.name.clone().unwrap_or_default();
                         feed.update(&name, None);
                     }
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Ok(watcher::Event::Init) => listed.clear(),
+                    Ok(watcher::Event::InitDone) => {
+                        feed.relisted(&listed);
+                        listed.clear();
+                    }
                     Err(e) => Event::KubernetesProblem {
                         doing: "watching job pods (the watch restarts)".into(),
                         error: e.to_string(),
@@ -341,6 +394,16 @@ impl KubernetesExecutor {
                         failing = false;
                         let pod = e.involved_object.name.clone().unwrap_or_default();
                         let message = e.message.clone().unwrap_or_default();
+                        let component = e
+                            .reporting_component
+                            .as_deref()
+                            .filter(|c| !c.is_empty())
+                            .or_else(|| e.source.as_ref().and_then(|s| s.component.as_deref()));
+                        if let Some(signal) =
+                            FargateEvent::read(e.reason.as_deref(), component, &message)
+                        {
+                            feed.fargate_event(&pod, signal);
+                        }
                         // The spec Secret is created just after its pod: a kubelet that
                         // looked before then retries; that is not news for the job log.
                         let own_spec = format!("secret \"{pod}-spec\" not found");
@@ -404,6 +467,14 @@ impl KubernetesExecutor {
             .iter()
             .map(|w| format!("WARNING: {w}"))
             .collect();
+        if let Some(warning) = crate::fargate::unmatched_profile_warning(&planned.pod, fargate) {
+            Event::KubernetesProblem {
+                doing: format!("planning the pod of job {}", job.payload.job.id),
+                error: warning.clone(),
+            }
+            .emit();
+            notes.push(format!("WARNING: {warning}"));
+        }
         if let Some(prediction) = &prediction {
             notes.push(format!(
                 "Fargate: profile {}, pod sized {}vCPU {}GB (requests {} vCPU, {:.2} GB), ${:.6}/h",
@@ -822,23 +893,32 @@ impl KubernetesExecutor {
         }
     }
 
+    /// One sweep of `namespace`. Every failed call is reported ([`Event::SweepFailed`], logged
+    /// and counted); a failed Secrets list still lets the pods be swept.
     async fn sweep(&self, namespace: &str, calls: &ApiCalls) {
         let states = self.states(namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
         let params = kube::api::ListParams::default().labels(&selector);
-        let (Ok(pods), Ok(secrets)) = (
-            calls.run("list Pods", || pods_api.list(&params)).await,
-            calls
-                .run("list Secrets", || secrets_api.list(&params))
-                .await,
-        ) else {
-            return;
+        let failed = |call: &'static str, error: &kube::Error| {
+            Event::SweepFailed {
+                namespace: namespace.to_owned(),
+                call,
+                error: api_error(error),
+            }
+            .emit();
+        };
+        let pods = match calls.run("list Pods", || pods_api.list(&params)).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                // Without the pods, no Secret can be judged stray either.
+                return failed("list Pods", &e);
+            }
         };
         let (background, plain) = (DeleteParams::background(), DeleteParams::default());
         let mut existing = std::collections::HashSet::new();
-        for pod in pods.items {
+        for pod in pods {
             let Some(name) = pod.metadata.name else {
                 continue;
             };
@@ -849,13 +929,23 @@ impl KubernetesExecutor {
                     name: name.clone(),
                 }
                 .emit();
-                let _ = calls
+                let deleted = calls
                     .run("delete Pod", || pods_api.delete(&name, &background))
                     .await;
+                if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                    failed("delete Pod", &e);
+                }
             }
             existing.insert(name);
         }
-        for secret in secrets.items {
+        let secrets = match calls
+            .run("list Secrets", || secrets_api.list(&params))
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => return failed("list Secrets", &e),
+        };
+        for secret in secrets {
             let Some(name) = secret.metadata.name else {
                 continue;
             };
@@ -870,9 +960,12 @@ impl KubernetesExecutor {
                     name: name.clone(),
                 }
                 .emit();
-                let _ = calls
+                let deleted = calls
                     .run("delete Secret", || secrets_api.delete(&name, &plain))
                     .await;
+                if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                    failed("delete Secret", &e);
+                }
             }
         }
     }
@@ -897,6 +990,7 @@ impl KubernetesExecutor {
         let mut seen = false;
         // Pod start latency is reported once, for pods this run saw before they ran.
         let mut start_reported = false;
+        let mut ran = false;
         let mut pull_error_since: Option<tokio::time::Instant> = None;
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
@@ -933,7 +1027,8 @@ impl KubernetesExecutor {
                     {
                         *provisioned = Some((capacity.clone(), tokio::time::Instant::now()));
                     }
-                    if let Some(outcome) = judge(pod, &mut pull_error_since) {
+                    let fargate = self.states(namespace).fargate_of(pod_name);
+                    if let Some(outcome) = judge(pod, &fargate, &mut pull_error_since) {
                         return outcome;
                     }
                     if let Some(open) = log.as_mut() {
@@ -949,14 +1044,26 @@ impl KubernetesExecutor {
                         .as_ref()
                         .and_then(|s| s.node_name.as_ref())
                         .is_some();
-                    if !scheduled && started.elapsed() >= poll_timeout {
-                        let why = scheduling_message(pod)
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default();
-                        return Outcome::Failed(format!(
-                            "pod {namespace}/{pod_name} was not scheduled within poll_timeout ({}s){why}",
-                            poll_timeout.as_secs()
-                        ));
+                    // poll_timeout bounds the wait until the pod runs, as gitlab-runner's
+                    // waitForPodRunning does; once it ran, the job's own timeout rules.
+                    ran |= crate::judge::has_run(pod);
+                    if !ran && started.elapsed() >= poll_timeout {
+                        let seconds = poll_timeout.as_secs();
+                        return Outcome::Failed(if scheduled {
+                            let why = crate::judge::waiting_message(pod)
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default();
+                            format!(
+                                "pod {namespace}/{pod_name} was scheduled but not running within poll_timeout ({seconds}s){why}"
+                            )
+                        } else {
+                            let why = scheduling_message(pod, &fargate)
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default();
+                            format!(
+                                "pod {namespace}/{pod_name} was not scheduled within poll_timeout ({seconds}s){why}"
+                            )
+                        });
                     }
                 }
             }
@@ -984,9 +1091,17 @@ impl KubernetesExecutor {
         let params = DeleteParams::default();
         for secret in secrets {
             let name = secret.metadata.name.as_deref().unwrap_or_default();
-            let _ = calls
+            let deleted = calls
                 .run("delete Secret", || api.delete(name, &params))
                 .await;
+            // Said, not dropped: the sweep retries it (it carries the manager's label).
+            if let Err(e) = deleted.map(|_| ()).or_else(gone) {
+                Event::KubernetesProblem {
+                    doing: format!("deleting Secret {name} (the sweep tries again)"),
+                    error: api_error(&e),
+                }
+                .emit();
+            }
         }
     }
 
@@ -1024,137 +1139,6 @@ impl KubernetesExecutor {
     }
 }
 
-/// What the pod's state says about the job, if it says it is over.
-fn judge(pod: &Pod, pull_error_since: &mut Option<tokio::time::Instant>) -> Option<Outcome> {
-    let status = pod.status.as_ref()?;
-    for condition in status.conditions.iter().flatten() {
-        if condition.type_ == "PodScheduled"
-            && condition.status == "False"
-            && condition.reason.as_deref() == Some("POD_UNSUPPORTED_ON_FARGATE")
-        {
-            return Some(Outcome::Failed(format!(
-                "Fargate cannot run this pod: {}",
-                condition
-                    .message
-                    .as_deref()
-                    .unwrap_or("POD_UNSUPPORTED_ON_FARGATE")
-            )));
-        }
-    }
-    let statuses: Vec<&ContainerStatus> = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .collect();
-    let mut pulling = false;
-    for container in &statuses {
-        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let message = waiting.message.clone().unwrap_or_default();
-        let image = &container.image;
-        match waiting.reason.as_deref() {
-            Some("InvalidImageName") => {
-                return Some(Outcome::Failed(format!(
-                    "container {}: invalid image name {image:?}: {message}",
-                    container.name
-                )));
-            }
-            Some("CreateContainerConfigError" | "CreateContainerError") => {
-                return Some(Outcome::Failed(format!(
-                    "container {} cannot be created: {message}",
-                    container.name
-                )));
-            }
-            Some("ImagePullBackOff") => {
-                return Some(Outcome::Failed(format!(
-                    "container {}: cannot pull image {image:?}: {message}",
-                    container.name
-                )));
-            }
-            Some("ErrImagePull") => {
-                pulling = true;
-                let since = pull_error_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= IMAGE_PULL_GRACE {
-                    return Some(Outcome::Failed(format!(
-                        "container {}: cannot pull image {image:?}: {message}",
-                        container.name
-                    )));
-                }
-            }
-            _ => {}
-        }
-    }
-    if !pulling {
-        *pull_error_since = None;
-    }
-    // The build container is the first container.
-    let build = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == "build");
-    if let Some(terminated) = build.and_then(|b| b.state.as_ref()?.terminated.as_ref()) {
-        let report: Option<TerminationReport> = terminated
-            .message
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok());
-        let reason = terminated.reason.clone().unwrap_or_default();
-        let pod_reason = status
-            .reason
-            .as_deref()
-            .map(|r| {
-                format!(
-                    "; pod {r}: {}",
-                    status.message.as_deref().unwrap_or_default()
-                )
-            })
-            .unwrap_or_default();
-        let why = if reason == "OOMKilled" {
-            format!(
-                "the build container was killed for using more memory than its limit (OOMKilled, exit code {}){pod_reason}",
-                terminated.exit_code
-            )
-        } else {
-            format!(
-                "the build container ended ({reason}, exit code {}) before the job reached a final state{pod_reason}",
-                terminated.exit_code
-            )
-        };
-        return Some(Outcome::BuildEnded { report, why });
-    }
-    // Init container failures and pod-level endings (eviction, deadline) before the build ends.
-    for init in status.init_container_statuses.iter().flatten() {
-        if let Some(terminated) = init.state.as_ref().and_then(|s| s.terminated.as_ref())
-            && terminated.exit_code != 0
-        {
-            return Some(Outcome::Failed(format!(
-                "init container {} failed (exit code {}): the agent could not be installed from {:?}",
-                init.name, terminated.exit_code, init.image
-            )));
-        }
-    }
-    if status.phase.as_deref() == Some("Failed") {
-        return Some(Outcome::Failed(format!(
-            "the pod failed: {} {}",
-            status.reason.as_deref().unwrap_or_default(),
-            status.message.as_deref().unwrap_or_default()
-        )));
-    }
-    None
-}
-
-fn scheduling_message(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-        .and_then(|c| c.message.clone())
-}
-
 /// A 409: the object exists.
 fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
@@ -1166,6 +1150,14 @@ fn already_exists(error: kube::Error) -> Result<(), kube::Error> {
         Ok(())
     } else {
         Err(error)
+    }
+}
+
+/// A delete that found nothing to delete did what it was for.
+fn gone(error: kube::Error) -> Result<(), kube::Error> {
+    match &error {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        _ => Err(error),
     }
 }
 

@@ -638,6 +638,25 @@ pub struct Prediction {
     pub warnings: Vec<String>,
 }
 
+/// With declared Fargate profiles, the warning for a pod none of them selects: EKS schedules
+/// it like any pod (to EC2 nodes, if the cluster has any), and on a cluster without nodes it
+/// stays Pending (`awsdocs/amazon-eks-user-guide` `fargate.adoc`: selection happens at
+/// scheduling time, and a pod no profile matches may stay Pending). `None` without declared
+/// profiles, or when one selects the pod.
+pub fn unmatched_profile_warning(pod: &Pod, config: Option<&FargateConfig>) -> Option<String> {
+    let config = config.filter(|c| !c.profiles.is_empty())?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    if config.profile_for(&namespace, &labels).is_some() {
+        return None;
+    }
+    let names: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "no declared Fargate profile ({}) selects this pod (namespace {namespace:?}): it runs on EC2 nodes if the cluster has any, else it stays Pending until poll_timeout; check the profiles' namespace and labels against pod_labels",
+        names.join(", ")
+    ))
+}
+
 /// Predicts placement and size: the declared profiles decide whether the pod goes to
 /// Fargate; without profiles, `assume` says it does. `None`: the pod would not run there.
 pub fn predict(pod: &Pod, config: Option<&FargateConfig>, assume: bool) -> Option<Prediction> {

@@ -5,7 +5,9 @@
 pub mod calls;
 pub mod executor;
 pub mod fargate;
+mod judge;
 pub mod plan;
+pub mod pod_security;
 pub mod registry_auth;
 
 pub use executor::{ConnectError, KubernetesExecutor, connect};

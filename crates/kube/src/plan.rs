@@ -515,7 +515,13 @@ pub fn plan(
             name: "podrunner-spec".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(spec_secret.clone()),
-                default_mode: Some(0o400),
+                // Readable by whatever user the build container runs as: the kubelet writes
+                // Secret files root-owned and changes ownership only for fsGroup
+                // (kubernetes pkg/volume/volume_linux.go SetVolumeOwnership), so 0400 locks
+                // out an image's non-root USER and run_as_user without fs_group. No other pod
+                // can read it: the Secret is this pod's alone (named after it, owned by it),
+                // and only the containers that mount this volume see the file.
+                default_mode: Some(0o444),
                 ..Default::default()
             }),
             ..Default::default()
@@ -812,6 +818,19 @@ pub fn plan(
                 k8s_openapi::api::core::v1::SELinuxOptions {
                     type_: Some(t),
                     ..Default::default()
+                }
+            }),
+            // Pod-level profiles: what PodSecurity `restricted` asks of every job pod.
+            seccomp_profile: p.seccomp_profile.as_ref().map(|profile| {
+                k8s_openapi::api::core::v1::SeccompProfile {
+                    type_: profile.profile_type.clone().unwrap_or_default(),
+                    localhost_profile: profile.localhost_profile.clone(),
+                }
+            }),
+            app_armor_profile: p.app_armor_profile.as_ref().map(|profile| {
+                k8s_openapi::api::core::v1::AppArmorProfile {
+                    type_: profile.profile_type.clone().unwrap_or_default(),
+                    localhost_profile: profile.localhost_profile.clone(),
                 }
             }),
             ..Default::default()

@@ -177,6 +177,16 @@ pub enum Event {
         /// The error.
         error: String,
     },
+    /// A call of the sweep of stray pods and Secrets failed: what it should have cleaned up
+    /// stays until the next sweep (and keeps billing, on Fargate).
+    SweepFailed {
+        /// The namespace swept.
+        namespace: String,
+        /// The call that failed (`list Secrets`, `delete Pod`, ...).
+        call: &'static str,
+        /// The API's answer.
+        error: String,
+    },
     /// A warning about the configuration, said once at start.
     ConfigWarning {
         /// The warning, with its location.
@@ -216,7 +226,7 @@ impl Event {
             | Event::Settings { .. }
             | Event::JobRequestStarted { .. }
             | Event::JobRequestEnded { .. } => return None,
-            Event::RunnerUnusable { .. } => Level::ERROR,
+            Event::RunnerUnusable { .. } | Event::SweepFailed { .. } => Level::ERROR,
             Event::RequestFailed { .. }
             | Event::Unhealthy { .. }
             | Event::AckRefused { .. }
@@ -391,6 +401,16 @@ impl Event {
                 name = name.as_str(),
                 "Deleted a stray object no job follows"
             ),
+            Event::SweepFailed {
+                namespace,
+                call,
+                error,
+            } => record!(
+                namespace = namespace.as_str(),
+                call = *call,
+                error = error.as_str(),
+                "Sweep of stray pods and Secrets failed"
+            ),
             Event::ConfigWarning { warning } => {
                 record!(warning = warning.as_str(), "Configuration warning")
             }
@@ -503,6 +523,9 @@ impl Event {
                 m.fargate_jobs.inc();
                 m.fargate_seconds.inc_by(seconds.max(0.0));
                 m.fargate_usd.inc_by(usd.max(0.0));
+            }
+            Event::SweepFailed { call, .. } => {
+                m.sweep_errors.with_label_values(&[*call]).inc();
             }
             Event::KubernetesRetry { call, .. } => {
                 m.kubernetes_retries

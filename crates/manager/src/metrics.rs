@@ -41,6 +41,7 @@ pub struct Metrics {
     pub(crate) fargate_seconds: Counter,
     pub(crate) fargate_usd: Counter,
     pub(crate) kubernetes_retries: IntCounterVec,
+    pub(crate) sweep_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -200,6 +201,11 @@ impl Metrics {
                 "Kubernetes API calls retried, by call.",
                 &["call"],
             ),
+            sweep_errors: int_counters(
+                "podrunner_kubernetes_sweep_errors_total",
+                "Failed calls of the sweep of stray pods and Secrets, by call.",
+                &["call"],
+            ),
             registry,
         }
     }
@@ -299,6 +305,12 @@ mod tests {
             retry_in: std::time::Duration::from_millis(500),
         }
         .count();
+        Event::SweepFailed {
+            namespace: "ci".into(),
+            call: "list Secrets",
+            error: "forbidden".into(),
+        }
+        .count();
         Event::JobStarted {
             runner: "abc".into(),
             job_id: 7,
@@ -336,6 +348,7 @@ mod tests {
             "gitlab_runner_failed_jobs_total{failure_reason=\"script_failure\",runner=\"abc\",system_id=\"\"} 1\n",
             "gitlab_runner_jobs{runner=\"abc\",state=\"running\",system_id=\"\"} 0\n",
             "podrunner_job_pod_start_seconds_bucket{compute=\"fargate\",le=\"60\"} 1\n",
+            "podrunner_kubernetes_sweep_errors_total{call=\"list Secrets\"} 1\n",
         ] {
             assert!(text.contains(line), "{line:?} is not in:\n{text}");
         }

@@ -155,6 +155,7 @@ fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str)
                 vec![
                     "create".to_owned(),
                     "get".into(),
+                    "list".into(),
                     "patch".into(),
                     "delete".into()
                 ]

@@ -6,14 +6,15 @@
 //! exists); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
-//! is recorded so tests can count them.
+//! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
 //! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`
 //! and `secret` volumes are bind-mounted at their `mountPath`; `terminationMessagePath` is a
-//! file whose contents become the termination message. OOM kills and evictions can be
-//! injected, and `activeDeadlineSeconds` is enforced.
+//! file whose contents become the termination message. Containers run as their image's USER
+//! or security context, Secret files are owned as the kubelet makes them (module `identity`).
+//! OOM kills and evictions can be injected, and `activeDeadlineSeconds` is enforced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,17 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
+mod admission;
+mod eviction;
+mod fargate_capacity;
+mod identity;
+mod rbac;
 pub mod validation;
+mod watch_history;
+
+pub use fargate_capacity::CAPACITY_UNAVAILABLE;
+pub use rbac::Authorization;
+pub use watch_history::WatchOutage;
 
 /// What an image name stands for on this stand-in's nodes.
 #[derive(Clone, Debug)]
@@ -165,6 +176,16 @@ struct Inner {
     /// When each container started running, by (namespace, pod, container).
     started: HashMap<(String, String, String), std::time::SystemTime>,
     uid_counter: u64,
+    /// The USER (uid, gid) of images that declare one.
+    image_users: HashMap<String, (i64, i64)>,
+    /// Namespace labels (PodSecurity admission reads them).
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    /// The message of an injected Fargate capacity shortage, while it lasts.
+    fargate_capacity_shortage: Option<String>,
+    /// The watch history's window and watch outages.
+    watch_history: watch_history::WatchHistory,
+    /// Tokens, RBAC objects and authorisation decisions.
+    rbac: rbac::Rbac,
 }
 
 #[derive(Clone)]
@@ -206,6 +227,11 @@ impl KubernetesStandIn {
     pub async fn start(ec2_nodes: usize, ec2_cpu: f64) -> Self {
         let (changes, _) = broadcast::channel(4096);
         let work_dir = tempfile::tempdir().expect("temporary directory for the kubelet");
+        // Reachable by the unprivileged sandboxes of non-root containers (module identity).
+        let _ = std::fs::set_permissions(
+            work_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
         let shared = Shared {
             inner: Arc::new(Mutex::new(Inner {
                 ec2_nodes,
@@ -237,15 +263,9 @@ impl KubernetesStandIn {
         &self.url
     }
 
-    /// Writes a kubeconfig for this API server (context `stand-in`) into `dir`.
+    /// Writes a kubeconfig for this API server (context `stand-in`, the admin token) into `dir`.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: {}\nusers:\n- name: stand-in\n  user:\n    token: stand-in-token\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: stand-in\ncurrent-context: stand-in\n",
-            self.url
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        self.write_kubeconfig_with_token(dir, rbac::ADMIN_TOKEN)
     }
 
     /// Says what `name` stands for when a pod uses it as its image.
@@ -386,6 +406,14 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(pod_exec),
         )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/eviction",
+            axum::routing::post(eviction::evict),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            rbac::filter,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             connection_faults,
@@ -623,6 +651,11 @@ async fn create(
     }
     if let Err(rejection) = validation::admit(kind.name(), &name, &object) {
         return (rejection.code, axum::Json(rejection.body)).into_response();
+    }
+    if kind == Kind::Pod
+        && let Some(refused) = admission::admit(&inner, &namespace, &name, &object)
+    {
+        return refused;
     }
     if inner
         .objects
@@ -920,6 +953,10 @@ async fn list_or_watch_in(
         .as_deref()
         .filter(|rv| !rv.is_empty() && *rv != "0")
         .and_then(|rv| rv.parse().ok());
+    if let Some(refused) = watch_history::refuse(&shared, since) {
+        return refused;
+    }
+    let mut ended = watch_history::ended(&shared);
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(256);
     let (mut changes, backlog, current) = {
         let inner = shared.lock();
@@ -966,6 +1003,7 @@ async fn list_or_watch_in(
         loop {
             tokio::select! {
                 () = &mut deadline => return,
+                _ = ended.changed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let rv = shared_for_task.lock().resource_version.max(last);
                     let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}});
@@ -1720,6 +1758,10 @@ async fn schedule_and_run(
             wait_until_gone(shared, namespace, name, uid, stop).await;
             return;
         }
+        if !fargate_capacity::wait_for_capacity(shared, (namespace, name, uid), &stored, stop).await
+        {
+            return;
+        }
         let ip = {
             let mut inner = shared.lock();
             inner.next_ip += 1;
@@ -2167,6 +2209,7 @@ fn prepare_volumes(
                     .collect(),
                 None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
             };
+            let mut files = Vec::new();
             for (key, path) in items {
                 let Some(bytes) = data.get(&key) else {
                     return Err(format!(
@@ -2176,12 +2219,12 @@ fn prepare_volumes(
                 };
                 std::fs::write(dir.join(&path), &bytes.0)
                     .map_err(|e| format!("volume {}: {e}", volume.name))?;
-                let mode = source.default_mode.unwrap_or(0o644) as u32;
-                let _ = std::fs::set_permissions(
-                    dir.join(&path),
-                    std::os::unix::fs::PermissionsExt::from_mode(mode),
-                );
+                files.push(dir.join(&path));
             }
+            let mode = source.default_mode.unwrap_or(0o644) as u32;
+            let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
+            identity::own_secret_volume(&dir, &files, mode, fs_group)
+                .map_err(|e| format!("volume {}: {e}", volume.name))?;
         } else {
             return Err(format!(
                 "volume {}: the stand-in's kubelet mounts emptyDir and secret volumes only",
@@ -2237,7 +2280,7 @@ fn start_container(
             container.name
         ));
     }
-    let mut command = tokio::process::Command::new("bwrap");
+    let mut command = identity::sandbox_for(shared, namespace, name, container);
     command.args([
         "--die-with-parent",
         "--unshare-pid",
@@ -2305,6 +2348,7 @@ fn start_container(
         .unwrap_or_else(|| "/dev/termination-log".into());
     let message_file = pod_dir.join(format!("{}.termination-log", container.name));
     std::fs::write(&message_file, b"").map_err(|e| e.to_string())?;
+    identity::termination_message_file(&message_file).map_err(|e| e.to_string())?;
     command.arg("--bind").arg(&message_file).arg(&message_path);
     if let Some(dir) = &container.working_dir {
         command.args(["--chdir", dir]);

@@ -778,3 +778,388 @@ async fn pods_the_api_server_would_refuse_get_its_422_invalid() {
         "{body}"
     );
 }
+
+/// RBAC: once a Role is loaded, a ServiceAccount gets exactly what its bindings grant and the
+/// real 403 `Status` otherwise; the admin token (system:masters) keeps everything; an unknown
+/// token is 401.
+#[tokio::test]
+async fn rbac_grants_what_the_bindings_say_and_answers_the_real_forbidden() {
+    let kube = KubernetesStandIn::start(1, 4.0).await;
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "jobs", "namespace": NS},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "create"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "jobs", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "jobs"},
+               "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": "ci"}]}),
+    ] {
+        kube.load_rbac(&object).unwrap();
+    }
+    let token = kube.service_account_token("ci", "runner");
+    let http = reqwest::Client::new();
+    let url = kube.url().to_owned();
+    let get = |path: String, token: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .get(format!("{url}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let code = response.status().as_u16();
+            (code, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, _) = get(format!("/api/v1/namespaces/{NS}/pods"), token.clone()).await;
+    assert_eq!(code, 200);
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/secrets"), token.clone()).await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        status["message"],
+        format!(
+            "secrets is forbidden: User \"system:serviceaccount:ci:runner\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{NS}\""
+        )
+    );
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(status["details"]["kind"], "secrets");
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/secrets/x"), token.clone()).await;
+    assert_eq!(code, 403);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("secrets \"x\" is forbidden: User \"system:serviceaccount:ci:runner\" cannot get resource"),
+        "{status}"
+    );
+    let (code, _) = get("/api/v1/namespaces/elsewhere/pods".into(), token.clone()).await;
+    assert_eq!(code, 403, "a RoleBinding grants only in its namespace");
+    let (code, status) = get("/api/v1/pods".into(), token.clone()).await;
+    assert_eq!(code, 403);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("at the cluster scope"),
+        "{status}"
+    );
+    let (code, _) = get(
+        format!("/api/v1/namespaces/{NS}/secrets"),
+        "stand-in-token".into(),
+    )
+    .await;
+    assert_eq!(code, 200, "system:masters is allowed everything");
+    let (code, status) = get(format!("/api/v1/namespaces/{NS}/pods"), "made-up".into()).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    let decisions: Vec<_> = kube
+        .authorizations()
+        .into_iter()
+        .filter(|a| a.user == "system:serviceaccount:ci:runner")
+        .map(|a| (a.verb, a.resource, a.allowed))
+        .collect();
+    assert_eq!(decisions[0], ("list".into(), "pods".into(), true));
+    assert_eq!(decisions[1], ("list".into(), "secrets".into(), false));
+}
+
+/// Container identity: the image's USER, or runAsUser/runAsGroup, really runs the process; a
+/// root-owned 0400 Secret file is unreadable to a non-root user, 0444 is readable, and with
+/// fsGroup the file is group-owned and group-readable; emptyDir is writable by anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_run_as_their_user_and_secret_files_are_owned_as_the_kubelet_makes_them() {
+    let kube = stand_in().await;
+    kube.map_image("nonroot:1", Image::HostRoot);
+    kube.set_image_user("nonroot:1", 1000, 1000);
+    let client = Client::new(&kube);
+    let (code, _) = client
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "spec"}, "data": {"job.json": "eyJoZWxsbyI6MX0="}}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let script = "id -u; id -g; stat -c '%a' /spec/job.json; cat /spec/job.json 2>/dev/null && echo read || echo unreadable; touch /builds/x && echo wrote";
+    let cases = [
+        // (pod, image, pod securityContext, defaultMode, expected output)
+        (
+            "image-user-0400",
+            "nonroot:1",
+            json!({}),
+            0o400,
+            "1000\n1000\n400\nunreadable\nwrote\n",
+        ),
+        (
+            "image-user-0444",
+            "nonroot:1",
+            json!({}),
+            0o444,
+            "1000\n1000\n444\n{\"hello\":1}read\nwrote\n",
+        ),
+        (
+            "run-as-user-0400",
+            "debian:12",
+            json!({"runAsUser": 2000}),
+            0o400,
+            "2000\n0\n400\nunreadable\nwrote\n",
+        ),
+        (
+            "fs-group-0400",
+            "debian:12",
+            json!({"runAsUser": 2000, "runAsGroup": 2000, "fsGroup": 3000}),
+            0o400,
+            "2000\n2000\n440\n{\"hello\":1}read\nwrote\n",
+        ),
+        (
+            "root-0400",
+            "debian:12",
+            json!({}),
+            0o400,
+            "0\n0\n400\n{\"hello\":1}read\nwrote\n",
+        ),
+    ];
+    for (name, image, security, mode, _) in &cases {
+        let mut body = pod(
+            name,
+            json!({}),
+            json!([{"name": "build", "image": image, "command": ["/bin/sh", "-c", script],
+                    "volumeMounts": [{"name": "spec", "mountPath": "/spec"},
+                                     {"name": "builds", "mountPath": "/builds"}]}]),
+        );
+        body["spec"]["securityContext"] = security.clone();
+        body["spec"]["volumes"] = json!([
+            {"name": "spec", "secret": {"secretName": "spec", "defaultMode": mode}},
+            {"name": "builds", "emptyDir": {}},
+        ]);
+        let (code, answer) = client.create("pods", body).await;
+        assert_eq!(code, 201, "{answer}");
+    }
+    for (name, _, _, _, expected) in &cases {
+        client
+            .wait_pod(name, |p| matches!(phase(p), "Succeeded" | "Failed"))
+            .await;
+        assert_eq!(kube.logs(NS, name, "build"), *expected, "pod {name}");
+    }
+}
+
+/// Watch history: after compaction a watch from an older resourceVersion gets the one 410
+/// `Expired` event, and a pod deleted in the gap is missing from the relist; an outage ends
+/// open watches and refuses new ones until it is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_history_expires_old_watches_and_an_outage_ends_them() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let container =
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/sleep", "30"]}]);
+    for name in ["kept", "deleted"] {
+        let mut body = pod(name, json!({}), container.clone());
+        body["spec"]["terminationGracePeriodSeconds"] = json!(0);
+        assert_eq!(client.create("pods", body).await.0, 201);
+    }
+    let (_, list) = client.get("pods").await;
+    let old_rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An open watch ends with the outage; a new one is refused until it is over.
+    let open = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let outage = kube.watch_outage();
+    let body = tokio::time::timeout(Duration::from_secs(5), open.text())
+        .await
+        .expect("the open watch ends with the outage")
+        .unwrap();
+    assert!(!body.contains("ERROR"), "{body}");
+    let refused = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(client.delete("pods/deleted", Some(0)).await, 200);
+    client.wait_gone("pods/deleted").await;
+    kube.compact_watch_history();
+    drop(outage);
+    let expired = client
+        .http
+        .get(format!(
+            "{}/pods?watch=true&resourceVersion={old_rv}",
+            client.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.status().as_u16(),
+        200,
+        "the error comes inside the stream"
+    );
+    let text = tokio::time::timeout(Duration::from_secs(5), expired.text())
+        .await
+        .expect("an expired watch ends after its error")
+        .unwrap();
+    let event: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(event["type"], "ERROR");
+    assert_eq!(event["object"]["code"], 410);
+    assert_eq!(event["object"]["reason"], "Expired");
+    assert!(
+        event["object"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("too old resource version: {old_rv} (")),
+        "{event}"
+    );
+    let (_, relist) = client.get("pods").await;
+    let names: Vec<&str> = relist["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"]);
+}
+
+/// An injected Fargate capacity shortage keeps a Fargate pod Pending with one Warning
+/// FailedScheduling event from fargate-scheduler; once it ends, the pod is scheduled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_capacity_shortage_keeps_the_pod_pending_until_it_ends() {
+    let kube = stand_in().await;
+    kube.set_fargate_capacity_shortage(Some(podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE));
+    let client = Client::new(&kube);
+    let body = pod(
+        "waits",
+        json!({"use-fargate": "true"}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]),
+    );
+    assert_eq!(client.create("pods", body).await.0, 201);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = client.events_of("waits").await;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "FailedScheduling");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["source"]["component"], "fargate-scheduler");
+    assert_eq!(
+        events[0]["message"],
+        podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE
+    );
+    let (_, stored) = client.get("pods/waits").await;
+    assert_eq!(phase(&stored), "Pending");
+    assert!(stored["spec"]["nodeName"].is_null());
+    kube.set_fargate_capacity_shortage(None);
+    client.wait_pod("waits", |p| phase(p) == "Succeeded").await;
+}
+
+/// The Eviction API marks the pod `DisruptionTarget` (EvictionByEvictionAPI), then deletes it
+/// with its grace period, and answers 201 Success.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_marks_the_pod_disruption_target_then_deletes_it() {
+    let kube = stand_in().await;
+    let client = Client::new(&kube);
+    let mut body = pod(
+        "evicted",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/sleep", "30"]}]),
+    );
+    body["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    assert_eq!(client.create("pods", body).await.0, 201);
+    client.wait_pod("evicted", |p| phase(p) == "Running").await;
+    let (code, status) = client
+        .create(
+            "pods/evicted/eviction",
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                   "metadata": {"name": "evicted", "namespace": NS}}),
+        )
+        .await;
+    assert_eq!(
+        (code, status["status"].as_str()),
+        (201, Some("Success")),
+        "{status}"
+    );
+    let (_, stored) = client.get("pods/evicted").await;
+    assert!(
+        !stored["metadata"]["deletionTimestamp"].is_null(),
+        "{stored}"
+    );
+    let condition = stored["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .cloned()
+        .unwrap_or_else(|| panic!("{stored}"));
+    assert_eq!(condition["reason"], "EvictionByEvictionAPI");
+    assert_eq!(condition["message"], "Eviction API: evicting");
+    client.wait_gone("pods/evicted").await;
+    let (code, _) = client
+        .create(
+            "pods/evicted/eviction",
+            json!({"apiVersion": "policy/v1", "kind": "Eviction"}),
+        )
+        .await;
+    assert_eq!(code, 404);
+}
+
+/// PodSecurity admission: a `restricted` namespace refuses a pod that does not opt in, with
+/// the admission plugin's message; a pod that does is admitted; `baseline` refuses only what
+/// baseline forbids.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_security_admission_enforces_the_namespace_level() {
+    let kube = stand_in().await;
+    kube.set_namespace_labels(NS, &[("pod-security.kubernetes.io/enforce", "restricted")]);
+    let client = Client::new(&kube);
+    let plain = pod(
+        "plain",
+        json!({}),
+        json!([{"name": "build", "image": "debian:12", "command": ["/bin/true"]}]),
+    );
+    let mut with_init = plain.clone();
+    with_init["spec"]["initContainers"] =
+        json!([{"name": "init", "image": "debian:12", "command": ["/bin/true"]}]);
+    let (code, status) = client.create("pods", with_init).await;
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods \"plain\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (containers \"init\", \"build\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (containers \"init\", \"build\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or containers \"init\", \"build\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or containers \"init\", \"build\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+    );
+    let mut compliant = plain.clone();
+    compliant["metadata"]["name"] = json!("compliant");
+    compliant["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+    compliant["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    let (code, status) = client.create("pods", compliant).await;
+    assert_eq!(code, 201, "{status}");
+    kube.set_namespace_labels(NS, &[("pod-security.kubernetes.io/enforce", "baseline")]);
+    let mut privileged = plain.clone();
+    privileged["metadata"]["name"] = json!("privileged");
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let (code, status) = client.create("pods", privileged).await;
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods \"privileged\" is forbidden: violates PodSecurity \"baseline:latest\": privileged (container \"build\" must not set securityContext.privileged=true)"
+    );
+    assert_eq!(
+        client.create("pods", plain).await.0,
+        201,
+        "baseline admits a plain pod"
+    );
+}

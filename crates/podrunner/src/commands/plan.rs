@@ -109,11 +109,13 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
         for warning in &planned.warnings {
             eprintln!("warning: runners[{index}]: {warning}");
         }
-        let fargate = podrunner_kube::fargate::predict(
-            &planned.pod,
-            runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref()),
-            args.fargate,
-        );
+        let declared = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
+        if let Some(warning) =
+            podrunner_kube::fargate::unmatched_profile_warning(&planned.pod, declared)
+        {
+            eprintln!("warning: runners[{index}]: {warning}");
+        }
+        let fargate = podrunner_kube::fargate::predict(&planned.pod, declared, args.fargate);
         plans.push((
             runner
                 .name
@@ -128,7 +130,11 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
     }
     Ok(match args.format {
         PlanFormat::Json => {
-            let runners: Vec<_> = plans.iter().map(|(name, pod, fargate)| serde_json::json!({"name": name, "pod": pod, "fargate": fargate})).collect();
+            let runners: Vec<_> = plans.iter().map(|(name, pod, fargate)| {
+                let security = podrunner_kube::pod_security::level_of(pod);
+                serde_json::json!({"name": name, "pod": pod, "fargate": fargate,
+                                   "pod_security": {"level": security.level, "blockers": security.blockers}})
+            }).collect();
             format!(
                 "{}\n",
                 serde_json::to_string_pretty(&serde_json::json!({"runners": runners}))?
@@ -138,6 +144,13 @@ fn plan_all(args: &PlanArgs) -> anyhow::Result<String> {
             let mut out = String::new();
             for (name, pod, fargate) in &plans {
                 out.push_str(&format!("# runner: {name}\n"));
+                let security = podrunner_kube::pod_security::level_of(pod);
+                out.push_str(&format!("# pod security: meets {}\n", security.level));
+                for blocker in &security.blockers {
+                    out.push_str(&format!(
+                        "# pod security: a stricter level refuses: {blocker}\n"
+                    ));
+                }
                 match fargate {
                     Some(f) => {
                         let profile = f.profile.as_deref().map(|p| format!("profile {p}")).unwrap_or_else(|| "assumed".to_owned());

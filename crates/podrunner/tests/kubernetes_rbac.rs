@@ -1,0 +1,806 @@
+//! `podrunner run` with the Kubernetes executor under the chart's own RBAC: the chart is
+//! rendered with helm-python-sdk (as `chart.rs` does), its Role and RoleBinding are loaded into
+//! the Kubernetes stand-in, and the manager authenticates as the chart's ServiceAccount, so it
+//! has exactly the permissions a user installs. `scripts/test` sets `PODRUNNER_CHART_PYTHON`
+//! and `PODRUNNER_STATIC_BINARY`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "glrt-kubernetes-rbac-e2e-token";
+const INIT_IMAGE: &str = "registry.example.com/podrunner:e2e";
+/// Where the chart is installed; jobs run in the seed's `gitlab-runner` namespace.
+const RELEASE_NAMESPACE: &str = "gitlab";
+const JOB_NAMESPACE: &str = "gitlab-runner";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn static_binary() -> PathBuf {
+    let path = std::env::var_os("PODRUNNER_STATIC_BINARY")
+        .map(PathBuf::from)
+        .expect(
+            "PODRUNNER_STATIC_BINARY is not set: scripts/test builds the static binary and sets it",
+        );
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// The chart's manifests for the values in `values`, parsed, as JSON.
+fn rendered_chart(values: &Path) -> Vec<Value> {
+    let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
+        "PODRUNNER_CHART_PYTHON is not set: scripts/test installs helm-python-sdk and sets it",
+    );
+    let output = std::process::Command::new(python)
+        .args([
+            "chart/tests/helm.py",
+            "render",
+            "chart/podrunner",
+            values.to_str().unwrap(),
+            RELEASE_NAMESPACE,
+        ])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let mut documents = Vec::new();
+    for (path, text) in files {
+        if path.ends_with("NOTES.txt") {
+            continue;
+        }
+        for document in serde_yaml_ng::Deserializer::from_str(text.as_str().unwrap()) {
+            let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
+            if !value.is_null() {
+                documents.push(serde_json::to_value(value).unwrap());
+            }
+        }
+    }
+    documents
+}
+
+/// The (verb, resource) pairs a Role's rules grant.
+fn granted(role: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for resource in rule["resources"].as_array().unwrap() {
+            for verb in rule["verbs"].as_array().unwrap() {
+                out.insert((
+                    verb.as_str().unwrap().to_owned(),
+                    resource.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+struct Harness {
+    gitlab: GitlabStandIn,
+    kube: KubernetesStandIn,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    values: PathBuf,
+    child: tokio::process::Child,
+    /// The chart's Role, as rendered.
+    role: Value,
+    /// The user name of the chart's ServiceAccount.
+    user: String,
+}
+
+impl Harness {
+    /// Both stand-ins, the chart's RBAC loaded, and `podrunner run --values` with the seed
+    /// values under the chart's ServiceAccount.
+    async fn start() -> Harness {
+        let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+        Harness::with_values(&seed, |_| {}).await
+    }
+
+    /// Like [`Harness::start`] with these Helm values, `prepare` setting up the Kubernetes
+    /// stand-in before the manager starts.
+    async fn with_values(values: &str, prepare: impl FnOnce(&KubernetesStandIn)) -> Harness {
+        let gitlab = GitlabStandIn::start().await;
+        gitlab.add_runner_token(TOKEN);
+        gitlab.set_long_poll(Duration::from_secs(5));
+        let kube = KubernetesStandIn::start(2, 4.0).await;
+        kube.add_fargate_profile("gitlab-jobs", JOB_NAMESPACE, &[("use-fargate", "true")]);
+        kube.map_image(
+            INIT_IMAGE,
+            Image::Files(vec![(static_binary(), "/podrunner".into())]),
+        );
+        kube.map_image("alpine:3.20", Image::HostRoot);
+        kube.map_image("alpine:latest", Image::HostRoot);
+        kube.set_fargate_boot(Duration::from_millis(200));
+        prepare(&kube);
+        let dir = tempfile::tempdir().unwrap();
+        let values_file = dir.path().join("values.yaml");
+        std::fs::write(&values_file, values).unwrap();
+        let documents = rendered_chart(&values_file);
+        let mut role = Value::Null;
+        let mut subject = None;
+        for document in &documents {
+            match document["kind"].as_str() {
+                Some("Role" | "ClusterRole") => {
+                    role = document.clone();
+                    kube.load_rbac(document).unwrap();
+                }
+                Some("RoleBinding" | "ClusterRoleBinding") => {
+                    let s = &document["subjects"][0];
+                    subject = Some((
+                        s["namespace"].as_str().unwrap().to_owned(),
+                        s["name"].as_str().unwrap().to_owned(),
+                    ));
+                    kube.load_rbac(document).unwrap();
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(role["kind"], "Role", "the seed values render a Role");
+        assert_eq!(role["metadata"]["namespace"], JOB_NAMESPACE);
+        let (sa_namespace, sa_name) = subject.expect("the chart binds its ServiceAccount");
+        assert_eq!(sa_namespace, RELEASE_NAMESPACE);
+        let token = kube.service_account_token(&sa_namespace, &sa_name);
+        let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
+        let values = values_file;
+        let child = spawn_manager(&values, &gitlab, &kubeconfig);
+        Harness {
+            gitlab,
+            kube,
+            dir,
+            kubeconfig,
+            values,
+            child,
+            role,
+            user: format!("system:serviceaccount:{sa_namespace}:{sa_name}"),
+        }
+    }
+
+    fn manager_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
+    }
+
+    async fn system_id(&self) -> String {
+        let file = self.dir.path().join(".runner_system_id");
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && !text.trim().is_empty()
+            {
+                return text.trim().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no system ID in {}", file.display());
+    }
+
+    async fn kill_and_restart(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        self.child = spawn_manager(&self.values, &self.gitlab, &self.kubeconfig);
+    }
+
+    /// Creates `body` in the job namespace as the cluster admin (not as the manager).
+    async fn create_as_admin(&self, resource: &str, body: Value) {
+        let status = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/namespaces/{JOB_NAMESPACE}/{resource}",
+                self.kube.url()
+            ))
+            .bearer_auth("stand-in-token")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 201, "creating {resource}");
+    }
+
+    /// Waits until no pod and no Secret is left.
+    async fn clean(&self) {
+        for _ in 0..300 {
+            if self.kube.objects("Pod").is_empty() && self.kube.objects("Secret").is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "left behind: pods {:#?} secrets {:#?}\nmanager log:\n{}",
+            self.kube.objects("Pod"),
+            self.kube.objects("Secret"),
+            self.manager_log()
+        );
+    }
+
+    /// The manager's requests as the authorizer saw them: (verb, resource), and any denial.
+    fn calls(&self) -> (BTreeSet<(String, String)>, Vec<String>) {
+        let mut made = BTreeSet::new();
+        let mut denied = Vec::new();
+        for decision in self.kube.authorizations() {
+            if decision.user != self.user {
+                continue;
+            }
+            if !decision.allowed {
+                denied.push(format!(
+                    "{} {} in {:?}",
+                    decision.verb, decision.resource, decision.namespace
+                ));
+            }
+            made.insert((decision.verb, decision.resource));
+        }
+        (made, denied)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+fn spawn_manager(
+    values: &Path,
+    gitlab: &GitlabStandIn,
+    kubeconfig: &Path,
+) -> tokio::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(kubeconfig.with_file_name("manager.log"))
+        .unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .stderr(log)
+        .arg("run")
+        .arg("--values")
+        .arg(values)
+        .args(["--url", gitlab.url(), "--token", TOKEN])
+        .env("KUBECONFIG", kubeconfig)
+        .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("CONFIG_FILE")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A job that needs no sources, in the seed's default image.
+fn job(name: &str, script: &[&str]) -> JobSpec {
+    JobSpec::new(name, script)
+        .variable("GIT_STRATEGY", "none", false)
+        .payload_field("image", json!({"name": "alpine:3.20"}))
+}
+
+/// Under the chart's Role: a job runs (with registry credentials, so its registry Secret is
+/// made and handed to the pod), a restarted manager adopts a running job's pod and sweeps a
+/// stray pod and a stray Secret; no request is denied, no sweep call fails, and the Role
+/// grants exactly the calls the manager made, nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_role_grants_exactly_what_the_executor_does_and_the_sweep_works_under_it() {
+    let mut h = Harness::start().await;
+    let system_id = h.system_id().await;
+
+    // 1. A job with registry credentials, to its end.
+    let first = h
+        .gitlab
+        .enqueue(job("first", &["echo first"]).payload_field(
+            "credentials",
+            json!([{"type": "registry", "url": "registry.example.com",
+                    "username": "ci", "password": "registry-password"}]),
+        ));
+    let view = h
+        .gitlab
+        .wait_for_job(first, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    h.clean().await;
+
+    // 2. A job still running when the manager is killed, and a stray pod and Secret.
+    let second = h.gitlab.enqueue(job("second", &["sleep 6", "echo second"]));
+    h.gitlab
+        .wait_for_job(second, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 6")
+        })
+        .await;
+    let labels = json!({"podrunner.io/manager": system_id});
+    h.create_as_admin(
+        "secrets",
+        json!({"metadata": {"name": "podrunner-job-4242-registry", "labels": labels},
+               "data": {".dockerconfigjson": "e30="}, "type": "kubernetes.io/dockerconfigjson"}),
+    )
+    .await;
+    h.create_as_admin(
+        "pods",
+        json!({"metadata": {"name": "podrunner-job-4243", "labels": labels},
+               "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "build", "image": "alpine:3.20",
+                                        "command": ["/bin/sleep", "60"]}]}}),
+    )
+    .await;
+    h.kill_and_restart().await;
+    let view = h
+        .gitlab
+        .wait_for_job(second, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "success", "{}", h.manager_log());
+    h.clean().await;
+
+    let log = h.manager_log();
+    // A labelled pod without its spec Secret is deleted by adoption, before the sweep.
+    assert!(
+        log.contains("adopting pod gitlab-runner/podrunner-job-4243\" error=\"its job spec Secret is missing or unreadable; the pod is deleted"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "Deleted a stray object no job follows kind=Secret namespace=gitlab-runner name=podrunner-job-4242-registry"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Sweep of stray pods and Secrets failed"),
+        "{log}"
+    );
+    let (made, denied) = h.calls();
+    assert!(denied.is_empty(), "denied: {denied:?}\n{log}");
+    assert_eq!(
+        made,
+        granted(&h.role),
+        "the manager's calls (left) against the chart's Role (right)"
+    );
+    h.stop().await;
+}
+
+/// Without `list` on secrets, the sweep's failure is logged and counted, and the stray pod is
+/// swept all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_sweep_call_is_logged_and_the_pods_are_swept_anyway() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    gitlab.set_long_poll(Duration::from_secs(5));
+    let kube = KubernetesStandIn::start(2, 4.0).await;
+    kube.map_image("alpine:3.20", Image::HostRoot);
+    // The chart's Role as it was before the sweep needed it: no `list` on secrets.
+    for object in [
+        json!({"kind": "Role", "metadata": {"name": "narrow", "namespace": JOB_NAMESPACE},
+               "rules": [
+                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "list", "watch", "patch", "delete"]},
+                   {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "patch", "delete"]},
+                   {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]}]}),
+        json!({"kind": "RoleBinding", "metadata": {"name": "narrow", "namespace": JOB_NAMESPACE},
+               "roleRef": {"kind": "Role", "name": "narrow"},
+               "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": RELEASE_NAMESPACE}]}),
+    ] {
+        kube.load_rbac(&object).unwrap();
+    }
+    let token = kube.service_account_token(RELEASE_NAMESPACE, "runner");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
+    let values = dir.path().join("seed-values.yaml");
+    std::fs::copy(repo_root().join("examples/seed-values.yaml"), &values).unwrap();
+    let mut child = spawn_manager(&values, &gitlab, &kubeconfig);
+    let id_file = dir.path().join(".runner_system_id");
+    for _ in 0..200 {
+        if id_file.is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let system_id = std::fs::read_to_string(&id_file).unwrap().trim().to_owned();
+    let labels = json!({"podrunner.io/manager": system_id});
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods",
+            kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(
+            &json!({"metadata": {"name": "podrunner-job-4243", "labels": labels},
+               "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "build", "image": "alpine:3.20",
+                                        "command": ["/bin/sleep", "60"]}]}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let mut child = spawn_manager(&values, &gitlab, &kubeconfig);
+    let log_file = dir.path().join("manager.log");
+    let mut log = String::new();
+    for _ in 0..300 {
+        log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("Sweep of stray pods and Secrets failed") && kube.objects("Pod").is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        log.contains(&format!(
+            "Sweep of stray pods and Secrets failed namespace=gitlab-runner call=\"list Secrets\" error=\"secrets is forbidden: User \\\"system:serviceaccount:gitlab:runner\\\" cannot list resource \\\"secrets\\\" in API group \\\"\\\" in the namespace \\\"{JOB_NAMESPACE}\\\" (Forbidden)\""
+        )),
+        "{log}"
+    );
+    assert!(
+        kube.objects("Pod").is_empty(),
+        "the stray pod is swept anyway"
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// A job whose image's USER is not root reads its spec and runs, under the chart's RBAC.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_in_a_non_root_image_runs() {
+    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+    let h =
+        Harness::with_values(&seed, |kube| kube.set_image_user("alpine:3.20", 1000, 1000)).await;
+    let id = h
+        .gitlab
+        .enqueue(job("non-root", &["echo \"running as $(id -u):$(id -g)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    let pod_log: String = h
+        .kube
+        .authorizations()
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| format!("denied {a:?}\n"))
+        .collect();
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}\n{pod_log}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("running as 1000:1000"), "{trace}");
+    h.clean().await;
+    h.stop().await;
+}
+
+/// A job with `run_as_user` and no `fs_group` reads its spec and runs as that user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_with_run_as_user_and_no_fs_group_runs() {
+    let values = "runners:\n  config: |\n    [[runners]]\n      [runners.kubernetes]\n        namespace = \"gitlab-runner\"\n        poll_timeout = 60\n        [runners.kubernetes.pod_labels]\n          use-fargate = \"true\"\n        [runners.kubernetes.pod_security_context]\n          run_as_user = 1234\n";
+    let h = Harness::with_values(values, |_| {}).await;
+    let id = h
+        .gitlab
+        .enqueue(job("run-as-user", &["echo \"running as $(id -u)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("running as 1234"), "{trace}");
+    let pod = h
+        .kube
+        .authorizations()
+        .iter()
+        .any(|a| a.verb == "create" && a.resource == "pods" && a.allowed);
+    assert!(pod, "the pod was created under the chart's Role");
+    h.clean().await;
+    h.stop().await;
+}
+
+/// A job pod deleted while the manager's watch was down (and the watch history compacted, so
+/// the manager must list again) fails its job with the reason within 60 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_deleted_during_a_watch_outage_fails_its_job() {
+    let h = Harness::start().await;
+    let id = h.gitlab.enqueue(job("long", &["sleep 120"]));
+    h.gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 120")
+        })
+        .await;
+    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let outage = h.kube.watch_outage();
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod}",
+            h.kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(&json!({"gracePeriodSeconds": 0}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    for _ in 0..100 {
+        if h.kube.objects("Pod").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.kube.objects("Pod").is_empty());
+    h.kube.compact_watch_history();
+    drop(outage);
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    assert!(
+        log.contains(&format!(
+            "pod {JOB_NAMESPACE}/{pod} was deleted before the job finished"
+        )),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// Helm values: one runner in the job namespace on Fargate, with `poll_timeout` and these
+/// extra `[runners.kubernetes]` lines.
+fn values_with(poll_timeout: u32, kubernetes: &str) -> String {
+    let mut config = format!(
+        "[[runners]]\n  [runners.kubernetes]\n    namespace = \"{JOB_NAMESPACE}\"\n    poll_timeout = {poll_timeout}\n{kubernetes}    [runners.kubernetes.pod_labels]\n      use-fargate = \"true\"\n"
+    );
+    config = config
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect::<String>();
+    format!("runners:\n  config: |\n{config}")
+}
+
+/// A privileged pod (let through with `reject_unsupported = false`) is refused by Fargate;
+/// the job fails at once, long before `poll_timeout`, with Fargate's message and the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_fargate_does_not_support_fails_at_once_with_the_kaniko_hint() {
+    let values = values_with(
+        600,
+        "    privileged = true\n    [runners.kubernetes.fargate]\n      reject_unsupported = false\n",
+    );
+    let h = Harness::with_values(&values, |_| {}).await;
+    let started = std::time::Instant::now();
+    let id = h.gitlab.enqueue(job("dind", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let log = h.manager_log();
+    assert!(
+        log.contains(
+            "Fargate cannot run this pod: Pod not supported on Fargate: invalid SecurityContext fields: Privileged"
+        ) && log.contains("docker-in-docker cannot work: build images with kaniko or buildah"),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// While Fargate has no capacity the pod waits; the shortage is written to the job log and the
+/// job fails at `poll_timeout` with it as the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_capacity_shortage_is_logged_and_fails_at_poll_timeout() {
+    let values = values_with(5, "");
+    let h = Harness::with_values(&values, |kube| {
+        kube.set_fargate_capacity_shortage(Some(
+            podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE,
+        ))
+    })
+    .await;
+    let id = h.gitlab.enqueue(job("waits", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    let reason = format!(
+        "was not scheduled within poll_timeout (5s): Fargate capacity shortage: {}",
+        podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE
+    );
+    assert!(log.contains(&reason), "{log}");
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(
+        trace.contains(podrunner_testkit::kubernetes::CAPACITY_UNAVAILABLE),
+        "{trace}"
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// Fargate's patching evicts a running job's pod through the Eviction API: the job fails with
+/// "evicted by Fargate (patching); retry the job".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_patching_eviction_is_reported_as_such() {
+    let h = Harness::start().await;
+    let id = h.gitlab.enqueue(job("long", &["sleep 120"]));
+    h.gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 120")
+        })
+        .await;
+    let pod = h.kube.objects("Pod")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // EKS evicts as itself, not as the runner.
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod}/eviction",
+            h.kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(&json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                      "metadata": {"name": pod, "namespace": JOB_NAMESPACE}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed", "{}", h.manager_log());
+    let log = h.manager_log();
+    assert!(
+        log.contains(&format!(
+            "pod {JOB_NAMESPACE}/{pod} was evicted by Fargate (patching); retry the job"
+        )),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// With declared Fargate profiles, a pod none of them selects is warned about in the job log
+/// and the manager's log (here it runs on an EC2 node), and by `podrunner plan`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_no_declared_profile_selects_is_warned_about() {
+    let config = format!(
+        "[[runners]]\n  [runners.kubernetes]\n    namespace = \"{JOB_NAMESPACE}\"\n    poll_timeout = 30\n    [runners.kubernetes.fargate]\n      [[runners.kubernetes.fargate.profiles]]\n        name = \"gitlab-jobs\"\n        [[runners.kubernetes.fargate.profiles.selectors]]\n          namespace = \"{JOB_NAMESPACE}\"\n          labels = {{ use-fargate = \"true\" }}\n"
+    );
+    let indented: String = config.lines().map(|l| format!("    {l}\n")).collect();
+    let values = format!("runners:\n  config: |\n{indented}");
+    let h = Harness::with_values(&values, |_| {}).await;
+    let warning =
+        "no declared Fargate profile (gitlab-jobs) selects this pod (namespace \"gitlab-runner\")";
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("plan")
+        .arg("--values")
+        .arg(&h.values)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&plan.stderr);
+    assert!(stderr.contains(warning), "{stderr}");
+    let id = h.gitlab.enqueue(job("ec2", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains(warning), "{trace}");
+    // The log quotes its values, escaping the namespace's quotes.
+    assert!(
+        h.manager_log()
+            .contains("no declared Fargate profile (gitlab-jobs) selects this pod"),
+        "{}",
+        h.manager_log()
+    );
+    h.clean().await;
+    h.stop().await;
+}
+
+/// What `podrunner plan` says about the PodSecurity level of the planned pod.
+fn planned_level(values: &Path) -> String {
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("plan")
+        .arg("--values")
+        .arg(values)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .find(|l| l.starts_with("# pod security: meets "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A job in a namespace enforcing PodSecurity `restricted`: refused with the admission
+/// message when the configuration does not opt in, run when it does (seccomp from
+/// `pod_security_context`, no privilege escalation, all capabilities dropped, non-root);
+/// `podrunner plan` says which level each planned pod meets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_in_a_restricted_namespace() {
+    let restricted = |kube: &KubernetesStandIn| {
+        kube.set_namespace_labels(
+            JOB_NAMESPACE,
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+    };
+    // Not opted in: refused at creation, with the reason.
+    let h = Harness::with_values(&values_with(30, ""), restricted).await;
+    assert_eq!(planned_level(&h.values), "# pod security: meets baseline");
+    let id = h.gitlab.enqueue(job("refused", &["true"]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "failed");
+    let log = h.manager_log();
+    assert!(
+        log.contains("is forbidden: violates PodSecurity \\\"restricted:latest\\\": allowPrivilegeEscalation != false"),
+        "{log}"
+    );
+    h.clean().await;
+    h.stop().await;
+
+    let opted_in = "    allow_privilege_escalation = false\n    cap_drop = [\"ALL\"]\n    [runners.kubernetes.pod_security_context]\n      run_as_non_root = true\n      run_as_user = 1000\n      [runners.kubernetes.pod_security_context.seccomp_profile]\n        type = \"RuntimeDefault\"\n";
+    let h = Harness::with_values(&values_with(30, opted_in), restricted).await;
+    assert_eq!(planned_level(&h.values), "# pod security: meets restricted");
+    let id = h
+        .gitlab
+        .enqueue(job("admitted", &["echo \"admitted as $(id -u)\""]));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(view.status, "success", "{}", h.manager_log());
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert!(trace.contains("admitted as 1000"), "{trace}");
+    h.clean().await;
+    h.stop().await;
+}
