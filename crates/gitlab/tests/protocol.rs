@@ -576,6 +576,7 @@ fn target(id: i64, token: &Secret) -> TraceTarget {
         start_offset: 0,
         final_update_retry_limit: 10,
         supported_failure_reasons: vec!["script_failure".into()],
+        handover: None,
     }
 }
 
@@ -629,64 +630,6 @@ async fn uploader_survives_lost_answers_without_losing_or_duplicating_bytes() {
     assert_eq!(text.matches(" 01O line ").count(), 200);
     assert!(!text.contains("hunter2-secret") && text.contains("[MASKED]"));
     assert!(gitlab.requests().iter().any(|r| r.method == "PATCH") && job.patches >= 2);
-}
-
-/// The agent continues a log the manager started (the prelude), whatever GitLab has of it:
-/// less (the manager's last patch is late), exactly it, or more (a manager line sent after
-/// the agent took the prelude). Every case ends with GitLab holding exactly the agent's bytes
-/// and the final update's checksum accepted.
-#[tokio::test]
-async fn uploader_continues_a_prelude_whatever_gitlab_has_of_it() {
-    let prelude = b"Running with podrunner\nWaiting for pod ns/p, status is Pending\n";
-    let cases: [(&str, Vec<u8>); 3] = [
-        ("behind", prelude[..10].to_vec()),
-        ("equal", prelude.to_vec()),
-        (
-            "ahead",
-            [&prelude[..], b"Waiting for pod ns/p, late line\n"].concat(),
-        ),
-    ];
-    for (case, gitlab_has) in cases {
-        let (gitlab, client) = started().await;
-        let (id, token) = take_job(&gitlab, &client).await;
-        let (outcome, _) = client.patch_trace(id, &token, 0, &gitlab_has, false).await;
-        assert!(matches!(outcome, PatchOutcome::Accepted { .. }), "{case}");
-        let trace = new_trace(1 << 20);
-        trace.sink().write(prelude).unwrap();
-        let uploader = TraceUploader::start(
-            client.clone(),
-            TraceTarget {
-                start_offset: prelude.len() as u64,
-                ..target(id, &token)
-            },
-            trace.clone(),
-            fast(),
-            &CancellationToken::new(),
-        );
-        let mut writer = trace.writer(Stream::JOB);
-        writer.write_bytes(b"the agent's own output\n").unwrap();
-        writer.flush_all().unwrap();
-        let report = uploader
-            .finish(FinalState {
-                state: JobState::Success,
-                failure_reason: None,
-                exit_code: None,
-            })
-            .await;
-        assert!(report.delivered, "{case}: {report:?}");
-        let job = gitlab.job(id).unwrap();
-        assert_eq!(job.status, "success", "{case}");
-        assert_eq!(
-            String::from_utf8_lossy(&job.trace),
-            String::from_utf8_lossy(&stored(&trace)),
-            "{case}"
-        );
-        assert!(job.trace.starts_with(prelude), "{case}");
-        assert!(
-            !String::from_utf8_lossy(&job.trace).contains("late line"),
-            "{case}"
-        );
-    }
 }
 
 #[tokio::test]

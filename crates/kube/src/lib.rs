@@ -6,6 +6,7 @@ pub mod calls;
 pub mod executor;
 pub mod fargate;
 pub mod plan;
+mod prelude;
 
 pub use executor::{ConnectError, KubernetesExecutor, connect};
 pub use plan::{PlanContext, PlanError, PodPlan, plan};

@@ -10,8 +10,9 @@
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
-//! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`
-//! and `secret` volumes are bind-mounted at their `mountPath`; `terminationMessagePath` is a
+//! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`,
+//! `secret` and `downwardAPI` volumes are bind-mounted at their `mountPath` (downward-API
+//! values come from the kubelet's copy of the pod: `kubernetes/kubelet_snapshot.rs`); `terminationMessagePath` is a
 //! file whose contents become the termination message. OOM kills and evictions can be
 //! injected, and `activeDeadlineSeconds` is enforced.
 
@@ -30,6 +31,9 @@ use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
+
+mod kubelet_snapshot;
+pub use kubelet_snapshot::Snapshot;
 
 /// What an image name stands for on this stand-in's nodes.
 #[derive(Clone, Debug)]
@@ -163,6 +167,8 @@ struct Inner {
     /// When each container started running, by (namespace, pod, container).
     started: HashMap<(String, String, String), std::time::SystemTime>,
     uid_counter: u64,
+    /// The kubelet's snapshot delay, downward-API refresh period and snapshots taken.
+    kubelet: kubelet_snapshot::KubeletSettings,
 }
 
 #[derive(Clone)]
@@ -1952,7 +1958,7 @@ async fn kubelet(
     // retried until it can, with one FailedMount warning.
     let mut warned = false;
     let volumes = loop {
-        match prepare_volumes(shared, namespace, spec, &pod_dir) {
+        match prepare_volumes(shared, namespace, name, spec, &pod_dir) {
             Ok(v) => break v,
             Err(message) => {
                 if !warned {
@@ -1974,6 +1980,7 @@ async fn kubelet(
             }
         }
     };
+    kubelet_snapshot::refresh_downward_api(shared, namespace, name, uid, spec, &volumes);
     // /etc/hosts as the kubelet writes it: localhost, the pod's name, then hostAliases.
     let mut hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{name}\n");
     for alias in spec.host_aliases.iter().flatten() {
@@ -2006,8 +2013,9 @@ async fn kubelet(
         if pod_gone_or_deleting(shared, namespace, name, uid) {
             return;
         }
+        let snapshot = kubelet_snapshot::take(shared, namespace, name, &container.name).await;
         let run = start_container(
-            shared, namespace, name, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir, &snapshot,
         );
         let exit_code = match run {
             Ok(child) => {
@@ -2035,8 +2043,12 @@ async fn kubelet(
         if pod_gone_or_deleting(shared, namespace, name, uid) {
             break;
         }
+        let snapshot = kubelet_snapshot::take(shared, namespace, name, &container.name).await;
+        if pod_gone_or_deleting(shared, namespace, name, uid) {
+            break;
+        }
         match start_container(
-            shared, namespace, name, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir, &snapshot,
         ) {
             Ok(child) => {
                 let shared = shared.clone();
@@ -2130,6 +2142,7 @@ fn finish_pod(
 fn prepare_volumes(
     shared: &Shared,
     namespace: &str,
+    name: &str,
     spec: &k8s_openapi::api::core::v1::PodSpec,
     pod_dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, String> {
@@ -2177,9 +2190,18 @@ fn prepare_volumes(
                     std::os::unix::fs::PermissionsExt::from_mode(mode),
                 );
             }
+        } else if let Some(source) = &volume.downward_api {
+            kubelet_snapshot::write_downward_api(
+                shared,
+                namespace,
+                name,
+                &volume.name,
+                source,
+                &dir,
+            )?;
         } else {
             return Err(format!(
-                "volume {}: the stand-in's kubelet mounts emptyDir and secret volumes only",
+                "volume {}: the stand-in's kubelet mounts emptyDir, secret and downwardAPI volumes only",
                 volume.name
             ));
         }
@@ -2219,6 +2241,7 @@ fn start_container(
     images: &HashMap<String, Image>,
     volumes: &HashMap<String, PathBuf>,
     pod_dir: &Path,
+    pod: &Value,
 ) -> Result<tokio::process::Child, String> {
     let image = images
         .get(container.image.as_deref().unwrap_or_default())
@@ -2313,21 +2336,15 @@ fn start_container(
     command.env("HOSTNAME", name);
     command.env("KUBERNETES_SERVICE_HOST", "10.100.0.1");
     command.env("KUBERNETES_SERVICE_PORT", "443");
-    // Like the kubelet, downward-API values are read from the pod as it is when the
-    // container starts.
-    let pod = shared
-        .lock()
-        .objects
-        .get(&(Kind::Pod, namespace.to_owned(), name.to_owned()))
-        .cloned()
-        .unwrap_or(Value::Null);
+    // Like the kubelet, downward-API values are read once, from the pod as the kubelet had
+    // it when it created the container (`kubelet_snapshot`).
     for var in container.env.iter().flatten() {
         match (&var.value, &var.value_from) {
             (_, Some(from)) => {
                 let value = from
                     .field_ref
                     .as_ref()
-                    .and_then(|field| field_value(&pod, &field.field_path))
+                    .and_then(|field| field_value(pod, &field.field_path))
                     .ok_or_else(|| {
                         format!(
                             "container {}: env {}: the stand-in resolves only fieldRef to metadata.name, metadata.namespace, metadata.uid, metadata.labels['…'] and metadata.annotations['…']",
