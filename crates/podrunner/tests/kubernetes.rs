@@ -959,3 +959,44 @@ async fn a_job_canceled_while_its_pod_waits_for_fargate_ends_at_once() {
         h.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_restarted_while_the_pod_waits_writes_and_listens_again() {
+    for then in ["run", "cancel"] {
+        let mut h = Harness::with_config(DECLARED_PROFILE).await;
+        // For the cancel, a node that boots long after it: only the manager can end the job.
+        let boot = if then == "run" { 8 } else { 120 };
+        h.kube.set_fargate_boot(Duration::from_secs(boot));
+        let id = h.gitlab.enqueue(job("adopted", &["echo handed over"]));
+        let pod = job_pod(&h).await;
+        h.trace_contains(id, "Waiting for pod").await;
+        h.kill_and_restart().await;
+        if then == "run" {
+            // The new manager rebuilt the log from the annotation: one writer all the same.
+            let view = h.finished(id).await;
+            assert_one_writer(&view);
+        } else {
+            // It listens to GitLab again while the pod waits.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.gitlab.set_status(id, "canceled");
+            let asked = std::time::Instant::now();
+            while h
+                .kube
+                .object("Pod", "gitlab-runner", &pod)
+                .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_null())
+            {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(30),
+                    "the pod is still there"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            println!(
+                "after a restart: pod deleted {:.2} s after the cancel",
+                asked.elapsed().as_secs_f64()
+            );
+        }
+        h.clean().await;
+        h.stop().await;
+    }
+}
