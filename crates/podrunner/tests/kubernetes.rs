@@ -1000,3 +1000,34 @@ async fn a_manager_restarted_while_the_pod_waits_writes_and_listens_again() {
         h.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_patch_still_in_flight_when_the_agent_claims_lands_once_or_not_at_all() {
+    let h = Harness::with_config("").await;
+    h.kube.set_container_start_delay(Duration::from_secs(2));
+    h.kube.set_downward_api_refresh(Duration::from_millis(300));
+    let id = h.gitlab.enqueue(job("in flight", &["echo handed over"]));
+    let pod = job_pod(&h).await;
+    while !h.kube.snapshots().iter().any(|s| s.container == "build") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The manager's next patch reaches GitLab only 5 s later, about when the agent (started 2 s
+    // after the snapshot, first patch one update interval after that) claims the log.
+    h.gitlab
+        .fault(Endpoint::PatchTrace, Fault::Delay(Duration::from_secs(5)));
+    warn_pod(&h, &pod, "a line in flight").await;
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    let count = text.matches("a line in flight").count();
+    assert!(count <= 1, "{text}");
+    if count == 1 {
+        assert!(
+            text.find("a line in flight") < text.find("$ echo handed over"),
+            "{text}"
+        );
+    }
+    println!("the in-flight line landed {count} time(s)");
+    assert_one_writer(&view);
+    h.clean().await;
+    h.stop().await;
+}
