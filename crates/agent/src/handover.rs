@@ -2,10 +2,14 @@
 //! the job's log the manager already sent (the trace prelude) and the pod's Fargate size and
 //! price.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use podrunner_gitlab::JobPayload;
 use podrunner_gitlab::log::{self, Stream, Trace, TraceWriter};
+use podrunner_gitlab::{JobPayload, TraceHandover};
 
 use crate::job::{
     AgentError, build_variables, job_dirs, log_settings, write_line, write_opening, write_raw,
@@ -20,6 +24,9 @@ pub struct Handover {
     pub trace_prelude: Vec<u8>,
     /// The pod's Fargate size and price, when it runs on Fargate.
     pub fargate: Option<FargateBilling>,
+    /// The file where the kubelet keeps the prelude annotation as it is now (a downward-API
+    /// volume, refreshed on the kubelet's sync loop), in a job pod.
+    pub live_prelude: Option<PathBuf>,
 }
 
 /// The Fargate size of a job's pod and what it costs.
@@ -50,8 +57,38 @@ impl Handover {
         Ok(Handover {
             trace_prelude,
             fargate,
+            live_prelude: var(TRACE_PRELUDE_FILE_ENV).map(PathBuf::from),
         })
     }
+
+    /// How the agent takes the log over from the manager, in a job pod whose manager writes
+    /// the start of the log (`None`: the agent writes all of it).
+    pub fn trace_handover(&self) -> Option<TraceHandover> {
+        if self.trace_prelude.is_empty() && self.live_prelude.is_none() {
+            return None;
+        }
+        let live = self.live_prelude.clone().map(|path| {
+            Arc::new(move || read_prelude_file(&path)) as podrunner_gitlab::LivePrelude
+        });
+        Some(TraceHandover {
+            prelude_len: self.trace_prelude.len() as u64,
+            live,
+            catch_up: PRELUDE_CATCH_UP,
+        })
+    }
+}
+
+/// How long the agent waits for the live prelude to show the manager's late lines: the
+/// kubelet rewrites downward-API volume files when it syncs the pod, on its update or at
+/// the latest every `syncFrequency` (1 minute by default: `pkg/kubelet/apis/config/v1beta1/
+/// defaults.go` in kubernetes/kubernetes), plus the time the manager takes to see the
+/// build container start and stop writing.
+pub const PRELUDE_CATCH_UP: Duration = Duration::from_secs(90);
+
+/// The live prelude: the annotation's value, base64, as the kubelet wrote it.
+fn read_prelude_file(path: &std::path::Path) -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    BASE64.decode(text.trim()).ok()
 }
 
 /// The environment variable with the job pod's `CapacityProvisioned` annotation (Fargate's
@@ -69,6 +106,10 @@ pub const FARGATE_PRICE_ANNOTATION: &str = "podrunner.io/fargate-usd-per-hour";
 /// manager already sent to GitLab (base64 of the exact bytes). In a job pod it comes from the
 /// pod annotation [`TRACE_PRELUDE_ANNOTATION`] when the build container starts.
 pub const TRACE_PRELUDE_ENV: &str = "PODRUNNER_TRACE_PRELUDE";
+
+/// The environment variable naming the file with the live prelude: a downward-API volume
+/// file of [`TRACE_PRELUDE_ANNOTATION`] that the kubelet refreshes while the pod runs.
+pub const TRACE_PRELUDE_FILE_ENV: &str = "PODRUNNER_TRACE_PRELUDE_FILE";
 
 /// The job pod annotation the manager keeps equal to the log it has sent so far (base64).
 pub const TRACE_PRELUDE_ANNOTATION: &str = "podrunner.io/trace-prelude";
@@ -99,8 +140,24 @@ impl Prelude {
         Ok(Prelude { trace, out })
     }
 
-    /// Adds a line.
+    /// Opens the log of `spec`'s job again where `bytes` (a prelude the manager wrote
+    /// before it restarted) ends.
+    pub fn resume(spec: &AgentSpec, bytes: &[u8]) -> Result<Self, AgentError> {
+        let payload = JobPayload::from_value(spec.job.clone())?;
+        let (project_dir, temp_dir) = job_dirs(spec, &payload);
+        let variables = build_variables(spec, &payload, &project_dir, &temp_dir);
+        let trace = Trace::new(&log_settings(spec, &payload, &variables));
+        let _ = trace.sink().write(bytes);
+        let out = trace.writer(Stream::RUNNER);
+        Ok(Prelude { trace, out })
+    }
+
+    /// Adds a line. Every line is whole and at least two bytes long (an empty text is
+    /// skipped): the agent's claim of the log relies on it (`podrunner_gitlab::handover`).
     pub fn line(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
         write_line(&mut self.out, text);
     }
 

@@ -283,7 +283,7 @@ pub async fn run(
     interrupt: CancellationToken,
 ) -> Result<TerminationReport, AgentError> {
     let started = Instant::now();
-    let prelude = handover.trace_prelude;
+    let prelude = handover.trace_prelude.clone();
     let payload = JobPayload::from_value(spec.job.clone())?;
     let client = GitlabClient::new(&ClientOptions {
         url: spec.gitlab.url.clone(),
@@ -308,12 +308,11 @@ pub async fn run(
         token: job.token.clone(),
         debug_trace,
         info,
-        // GitLab accepts a patch that starts at or before its end; when the manager's last
-        // patch has not arrived yet, a 416 says where GitLab's log ends and the agent resends
-        // the prelude's tail itself.
-        start_offset: spec.trace_start_offset.max(prelude.len() as u64),
+        start_offset: spec.trace_start_offset,
         final_update_retry_limit: spec.final_update_retry_limit.max(1),
         supported_failure_reasons: job.features.failure_reasons.clone(),
+        // The manager may still be writing the log: claim it (crate::handover).
+        handover: handover.trace_handover(),
     };
     // The uploader outlives an interrupt: the final state must still reach GitLab.
     let uploader = TraceUploader::start(

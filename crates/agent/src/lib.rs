@@ -14,7 +14,7 @@ pub mod variables;
 
 pub use handover::{
     FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling, Handover,
-    Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV,
+    PRELUDE_CATCH_UP, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, TRACE_PRELUDE_FILE_ENV,
 };
 pub use job::{AgentError, JOB_FEATURES, agent_features, run, run_from_file};
 pub use spec::{AgentSpec, GitlabConnection, TerminationReport};

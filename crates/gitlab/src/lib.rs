@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod client;
+pub mod handover;
 pub mod log;
 pub mod payload;
 pub mod retry;
@@ -18,6 +19,7 @@ pub use client::{
     ClientError, ClientOptions, GitlabClient, JobRequestOutcome, JobSignals, PatchOutcome,
     UpdateOutcome,
 };
+pub use handover::{LivePrelude, TraceHandover};
 pub use payload::{JobPayload, JobResponse};
 pub use secret::Secret;
 pub use uploader::{

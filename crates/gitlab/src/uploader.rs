@@ -12,7 +12,8 @@ use crate::api::{
     FailureReason, JobState, RemoteJobStatus, RunnerInfo, TraceOutput, UpdateJobRequest,
 };
 use crate::client::{GitlabClient, JobSignals, PatchOutcome, UpdateOutcome};
-use crate::log::Trace;
+use crate::handover::{ClaimResult, Gap, Join, TraceHandover, after_claim};
+use crate::log::{Stream, Trace};
 use crate::secret::Secret;
 
 /// Largest trace PATCH.
@@ -70,6 +71,9 @@ pub struct TraceTarget {
     pub final_update_retry_limit: u32,
     /// `features.failure_reasons` of the payload.
     pub supported_failure_reasons: Vec<String>,
+    /// The manager wrote the start of the log and may still be writing: the agent claims the
+    /// log before it sends its own bytes ([`crate::handover`]).
+    pub handover: Option<TraceHandover>,
 }
 
 /// The final state to report.
@@ -102,6 +106,20 @@ struct Shared {
     interval: Duration,
     last_accepted: Instant,
     not_found: bool,
+    join: Join,
+    /// The manager's bytes GitLab has and the trace store lacks.
+    gap: Gap,
+}
+
+/// What one round of sending did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Nothing left to send.
+    Done,
+    /// Sent something; there may be more.
+    More,
+    /// Waiting for the manager's late lines to show in the live prelude.
+    Waiting,
 }
 
 /// A running uploader.
@@ -126,11 +144,24 @@ impl TraceUploader {
         timings: UploaderTimings,
         parent: &CancellationToken,
     ) -> Self {
+        let (join, gap) = match &target.handover {
+            Some(handover) => (
+                Join::Claiming,
+                Gap {
+                    at: handover.prelude_len,
+                    ..Gap::default()
+                },
+            ),
+            None => (Join::Owner, Gap::default()),
+        };
+        let start = target.start_offset.max(gap.prelude_end());
         let shared = Arc::new(Mutex::new(Shared {
-            sent: target.start_offset,
+            sent: start,
             interval: timings.update_interval,
             last_accepted: Instant::now(),
             not_found: false,
+            join,
+            gap,
         }));
         let (control, _) = watch::channel(RemoteControl::Running);
         let stop = parent.child_token();
@@ -236,31 +267,189 @@ impl Worker {
         }
     }
 
-    fn output(&self) -> TraceOutput {
+    /// The log's size and checksum as GitLab has it: the store plus the manager's bytes it
+    /// lacks. No checksum when some of those bytes are unknown (GitLab accepts the state
+    /// without one: `Ci::UpdateBuildStateService` only counts a mismatch in its metrics).
+    async fn output(&self) -> (Option<String>, u64) {
+        let gap = self.shared.lock().await.gap.clone();
         let sink = self.trace.sink();
-        TraceOutput {
-            checksum: sink.checksum(),
-            bytesize: sink.bytesize(),
+        let bytesize = sink.bytesize() + gap.len();
+        if gap.len() == 0 {
+            return (Some(sink.checksum()), bytesize);
+        }
+        (gap.checksum(sink.store()).ok().flatten(), bytesize)
+    }
+
+    /// Sends one patch of unsent bytes (the claim first, while the manager may write).
+    async fn send_one_patch(&self) -> Result<Sent, String> {
+        loop {
+            let join = self.shared.lock().await.join.clone();
+            return match join {
+                Join::Owner => self.send_owned().await,
+                Join::Claiming => match self.claim().await? {
+                    // Claimed: send the rest now.
+                    None => continue,
+                    Some(sent) => Ok(sent),
+                },
+                Join::CatchingUp { size, deadline } => {
+                    if self.catch_up(size, deadline).await? {
+                        continue;
+                    }
+                    Ok(Sent::Waiting)
+                }
+            };
         }
     }
 
-    /// Sends one patch of unsent bytes. `Ok(true)` when everything is sent.
-    async fn send_one_patch(&self) -> Result<bool, String> {
-        let (offset, not_found) = {
+    /// The claim: the prelude bytes GitLab lacks and one byte of the agent's own. `None` once
+    /// the agent owns the log.
+    async fn claim(&self) -> Result<Option<Sent>, String> {
+        let (offset, gap) = {
             let shared = self.shared.lock().await;
-            (shared.sent, shared.not_found)
+            if shared.not_found {
+                return Ok(Some(Sent::Done));
+            }
+            (shared.sent, shared.gap.clone())
+        };
+        let end = gap.prelude_end() + 1;
+        let bytes = {
+            let sink = self.trace.sink();
+            gap.read(sink.store(), offset, (end - offset.min(end)) as usize)
+                .map_err(|e| format!("cannot read the trace: {e}"))?
+        };
+        if offset + (bytes.len() as u64) < end {
+            // No byte of the agent's own yet: nothing to claim with.
+            return Ok(Some(Sent::Done));
+        }
+        let (outcome, signals) = self
+            .client
+            .patch_trace(
+                self.target.job_id,
+                &self.target.token,
+                offset,
+                &bytes,
+                self.target.debug_trace,
+            )
+            .await;
+        self.observe(&signals);
+        self.apply_interval(&signals).await;
+        let mut shared = self.shared.lock().await;
+        let result = match outcome {
+            PatchOutcome::Accepted { offset } => ClaimResult::Claimed(offset),
+            PatchOutcome::RangeMismatch { offset } => after_claim(gap.prelude_end(), offset),
+            other => {
+                drop(shared);
+                return self.unsent(other).await.map(Some);
+            }
+        };
+        match result {
+            ClaimResult::Claimed(offset) => {
+                shared.sent = offset;
+                shared.last_accepted = Instant::now();
+                shared.join = Join::Owner;
+                Ok(None)
+            }
+            ClaimResult::Behind(size) => {
+                shared.sent = size;
+                Ok(Some(Sent::More))
+            }
+            ClaimResult::Ahead(size) => {
+                let wait = self
+                    .target
+                    .handover
+                    .as_ref()
+                    .filter(|h| h.live.is_some())
+                    .map_or(Duration::ZERO, |h| h.catch_up);
+                shared.join = Join::CatchingUp {
+                    size,
+                    deadline: Instant::now() + wait,
+                };
+                Ok(Some(Sent::Waiting))
+            }
+        }
+    }
+
+    /// Looks at the live prelude for the `size` bytes GitLab has; `true` when the agent may
+    /// claim again (it learned them, or stopped waiting at `deadline`).
+    async fn catch_up(&self, size: u64, deadline: Instant) -> Result<bool, String> {
+        let live = self
+            .target
+            .handover
+            .as_ref()
+            .and_then(|h| h.live.as_ref())
+            .and_then(|read| read());
+        let mut shared = self.shared.lock().await;
+        let mut sink = self.trace.sink();
+        if let Some(live) = live {
+            let before = shared.gap.known.len() as u64;
+            if shared
+                .gap
+                .adopt(sink.store(), &live, size)
+                .map_err(|e| format!("cannot read the trace: {e}"))?
+            {
+                // They count for the output limit like any other bytes of the log.
+                sink.count_outside(shared.gap.known.len() as u64 - before);
+                shared.sent = size;
+                shared.join = Join::Claiming;
+                return Ok(true);
+            }
+        }
+        if Instant::now() < deadline {
+            return Ok(false);
+        }
+        // The manager's last lines never showed: GitLab has them, the agent cannot know
+        // them. The log stays whole (they are the manager's, before the agent's); only the
+        // checksum cannot be computed, so none is sent, and the log says why.
+        let missing = size - shared.gap.prelude_end();
+        shared.gap.unknown += missing;
+        sink.count_outside(missing);
+        shared.sent = size;
+        shared.join = Join::Claiming;
+        drop(sink);
+        drop(shared);
+        let mut out = self.trace.writer(Stream::RUNNER);
+        let _ = out.write_bytes(
+            crate::log::warning_line(&format!(
+                "{missing} bytes the runner manager wrote at the start of this log did not reach the job's pod in time; the log is complete, but its checksum is not sent"
+            ))
+            .as_bytes(),
+        );
+        let _ = out.flush_all();
+        Ok(true)
+    }
+
+    /// What a patch that did not move the log means.
+    async fn unsent(&self, outcome: PatchOutcome) -> Result<Sent, String> {
+        match outcome {
+            PatchOutcome::NotFound => {
+                self.shared.lock().await.not_found = true;
+                Ok(Sent::Done)
+            }
+            PatchOutcome::Abort => {
+                self.control.send_replace(RemoteControl::Abort);
+                Err("GitLab stopped the job".to_owned())
+            }
+            PatchOutcome::Failed(error) => Err(error),
+            PatchOutcome::Accepted { .. } | PatchOutcome::RangeMismatch { .. } => Ok(Sent::More),
+        }
+    }
+
+    /// Sends one patch of unsent bytes once the agent owns the log.
+    async fn send_owned(&self) -> Result<Sent, String> {
+        let (offset, not_found, gap) = {
+            let shared = self.shared.lock().await;
+            (shared.sent, shared.not_found, shared.gap.clone())
         };
         if not_found {
-            return Ok(true);
+            return Ok(Sent::Done);
         }
         let bytes = {
             let sink = self.trace.sink();
-            sink.store()
-                .read(offset, PATCH_LIMIT)
+            gap.read(sink.store(), offset, PATCH_LIMIT)
                 .map_err(|e| format!("cannot read the trace: {e}"))?
         };
         if bytes.is_empty() {
-            return Ok(true);
+            return Ok(Sent::Done);
         }
         let (outcome, signals) = self
             .client
@@ -279,33 +468,30 @@ impl Worker {
             PatchOutcome::Accepted { offset } => {
                 shared.sent = offset;
                 shared.last_accepted = Instant::now();
-                Ok(false)
+                Ok(Sent::More)
             }
+            // Only the agent writes now: a size past this patch's start is this patch
+            // (applied, its answer lost), one before it is GitLab's log losing bytes.
             PatchOutcome::RangeMismatch { offset } => {
                 shared.sent = offset;
-                Ok(false)
+                Ok(Sent::More)
             }
-            PatchOutcome::NotFound => {
-                shared.not_found = true;
-                Ok(true)
-            }
-            PatchOutcome::Abort => {
+            other => {
                 drop(shared);
-                self.control.send_replace(RemoteControl::Abort);
-                Err("GitLab stopped the job".to_owned())
+                self.unsent(other).await
             }
-            PatchOutcome::Failed(error) => Err(error),
         }
     }
 
     async fn heartbeat(&self) {
+        let (checksum, bytesize) = self.output().await;
         let request = UpdateJobRequest {
             info: self.target.info.clone(),
             token: self.target.token.clone(),
             state: JobState::Running,
             failure_reason: None,
             checksum: None,
-            output: Some(self.output()),
+            output: checksum.map(|checksum| TraceOutput { checksum, bytesize }),
             exit_code: None,
         };
         let (outcome, signals) = self.client.update_job(self.target.job_id, &request).await;
@@ -322,8 +508,11 @@ impl Worker {
     async fn flush_trace(&self) -> Result<(), String> {
         loop {
             match self.send_one_patch().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
+                Ok(Sent::Done) => return Ok(()),
+                Ok(Sent::More) => {}
+                Ok(Sent::Waiting) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Err(error) => {
                     let interval = self.shared.lock().await.interval;
                     tokio::time::sleep(interval).await;
@@ -345,14 +534,14 @@ impl Worker {
             let result: Result<(), String> = match self.flush_trace().await {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    let output = self.output();
+                    let (checksum, bytesize) = self.output().await;
                     let request = UpdateJobRequest {
                         info: self.target.info.clone(),
                         token: self.target.token.clone(),
                         state: final_state.state,
                         failure_reason: failure_reason.clone(),
-                        checksum: Some(output.checksum.clone()),
-                        output: Some(output),
+                        checksum: checksum.clone(),
+                        output: checksum.map(|checksum| TraceOutput { checksum, bytesize }),
                         exit_code: final_state.exit_code.filter(|c| *c != 0),
                     };
                     let (outcome, signals) =
@@ -370,7 +559,13 @@ impl Worker {
                             continue;
                         }
                         UpdateOutcome::TraceValidationFailed => {
-                            self.shared.lock().await.sent = 0;
+                            // From the start again, claim included: GitLab's log is empty.
+                            let mut shared = self.shared.lock().await;
+                            shared.sent = 0;
+                            if shared.gap.unknown > 0 {
+                                drop(shared);
+                                return self.report(false, false, Some("GitLab refused the log's checksum, and the manager's lines it had cannot be sent again".to_owned())).await;
+                            }
                             continue;
                         }
                         UpdateOutcome::Failed(error) => Err(error),

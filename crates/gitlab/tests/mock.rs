@@ -58,6 +58,7 @@ fn target(job: &JobPayload) -> TraceTarget {
         start_offset: 0,
         final_update_retry_limit: 5,
         supported_failure_reasons: job.job.features.failure_reasons.clone(),
+        handover: None,
     }
 }
 

@@ -607,6 +607,7 @@ fn target(id: i64, token: &Secret) -> TraceTarget {
         start_offset: 0,
         final_update_retry_limit: 10,
         supported_failure_reasons: vec!["script_failure".into()],
+        handover: None,
     }
 }
 
@@ -662,63 +663,6 @@ async fn uploader_survives_lost_answers_without_losing_or_duplicating_bytes() {
     assert!(gitlab.requests().iter().any(|r| r.method == "PATCH") && job.patches >= 2);
 }
 
-/// The agent continues a log the manager started (the prelude) when GitLab has less of it
-/// (the manager's last patch is late) or exactly it. (GitLab holding more — a manager line
-/// sent after the agent took the prelude — passed only on the stand-in's invented 412 and
-/// its re-upload; that race belongs to the hand-over design of issue 11 item 3.)
-#[tokio::test]
-async fn uploader_continues_a_prelude_whatever_gitlab_has_of_it() {
-    let prelude = b"Running with podrunner\nWaiting for pod ns/p, status is Pending\n";
-    let cases: [(&str, Vec<u8>); 2] = [
-        ("behind", prelude[..10].to_vec()),
-        ("equal", prelude.to_vec()),
-    ];
-    for (case, gitlab_has) in cases {
-        let (gitlab, client) = started().await;
-        let (id, token) = take_job(&gitlab, &client).await;
-        let (outcome, _) = client.patch_trace(id, &token, 0, &gitlab_has, false).await;
-        assert!(matches!(outcome, PatchOutcome::Accepted { .. }), "{case}");
-        let trace = new_trace(1 << 20);
-        trace.sink().write(prelude).unwrap();
-        let uploader = TraceUploader::start(
-            client.clone(),
-            TraceTarget {
-                start_offset: prelude.len() as u64,
-                ..target(id, &token)
-            },
-            trace.clone(),
-            fast(),
-            &CancellationToken::new(),
-        );
-        let mut writer = trace.writer(Stream::JOB);
-        writer.write_bytes(b"the agent's own output\n").unwrap();
-        writer.flush_all().unwrap();
-        let report = uploader
-            .finish(FinalState {
-                state: JobState::Success,
-                failure_reason: None,
-                exit_code: None,
-            })
-            .await;
-        assert!(report.delivered, "{case}: {report:?}");
-        let job = gitlab.job(id).unwrap();
-        assert_eq!(job.status, "success", "{case}");
-        assert_eq!(
-            String::from_utf8_lossy(&job.trace),
-            String::from_utf8_lossy(&stored(&trace)),
-            "{case}"
-        );
-        assert!(job.trace.starts_with(prelude), "{case}");
-        assert!(
-            !String::from_utf8_lossy(&job.trace).contains("late line"),
-            "{case}"
-        );
-    }
-}
-
-/// A big log goes up in patches of at most 1 MiB, and the final update carries its checksum
-/// and size. (GitLab never answers 412: a checksum it cannot match is only counted, so there
-/// is no re-upload to test against it.)
 #[tokio::test]
 async fn uploader_sends_a_big_log_in_bounded_patches_with_its_checksum() {
     let (gitlab, client) = started().await;

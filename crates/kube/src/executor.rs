@@ -15,8 +15,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -27,11 +25,9 @@ use kube::config::{
     NamedContext,
 };
 use kube::runtime::{WatchStreamExt, watcher};
-use podrunner_agent::{
-    FARGATE_PRICE_ANNOTATION, Prelude, TRACE_PRELUDE_ANNOTATION, TerminationReport,
-};
+use podrunner_agent::{TRACE_PRELUDE_ANNOTATION, TerminationReport};
 use podrunner_config::RunnerConfig;
-use podrunner_gitlab::{PatchOutcome, RunnerInfo};
+use podrunner_gitlab::RunnerInfo;
 use podrunner_manager::{AcceptedJob, Event, Executor, JobEnd, agent_spec, fail_job};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::calls::{ApiCalls, RateLimit, RetryPolicy};
 use crate::judge::{FargateEvent, FargateSignals, judge, scheduling_message};
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
+use crate::prelude::{Heard, PodLog, Stop, build_started};
 
 /// How often the manager looks for its stray pods and Secrets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -272,6 +269,8 @@ pub(crate) enum Outcome {
     },
     /// The pod cannot run the job; the reason for the trace.
     Failed(String),
+    /// GitLab stopped the job before its script (the manager heard it while the pod waited).
+    Stopped(Stop),
 }
 
 impl KubernetesExecutor {
@@ -497,9 +496,9 @@ impl KubernetesExecutor {
         );
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
-        let mut log = self
-            .gitlab_client(&job)
-            .and_then(|client| PodLog::open(&job, &spec, client, self.calls(&runner)));
+        let mut log = self.gitlab_client(&job).and_then(|client| {
+            PodLog::open(&job, &spec, client, self.calls(&runner), self.info.clone())
+        });
         if let Some(log) = &log {
             planned
                 .pod
@@ -630,6 +629,7 @@ impl KubernetesExecutor {
                 state: pod_state,
                 orphan_secrets: unowned,
                 log: None,
+                heard: Heard::Running,
             };
             // Nothing ran: the pod cannot start without its spec. Delete it, then fail.
             let why = format!(
@@ -640,8 +640,10 @@ impl KubernetesExecutor {
             self.discard(&job, pod).await;
             return self.fail(&job, &why, Some(0)).await;
         }
+        // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
+        let mut heard = Heard::Running;
         if let Some(log) = &mut log {
-            log.send().await;
+            heard = log.send().await;
         }
         let owner = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
         let owner = Patch::Merge(&owner);
@@ -666,6 +668,7 @@ impl KubernetesExecutor {
             state: pod_state,
             orphan_secrets: still_unowned,
             log,
+            heard,
         };
         self.finish(&job, pod, &abort).await
     }
@@ -759,6 +762,22 @@ impl KubernetesExecutor {
             }
             // Whether the agent wrote anything is unknown: GitLab says where the log ends.
             Outcome::Failed(why) => self.fail(job, &why, None).await,
+            Outcome::Stopped(stop) => {
+                Event::JobFailedByManager {
+                    job_id: job.payload.job.id,
+                    reason: format!("{} while its pod waited to start", stop.describe()),
+                }
+                .emit();
+                let delivered = match pod.log.as_mut() {
+                    Some(log) => log.end_stopped(&stop).await,
+                    None => false,
+                };
+                JobEnd {
+                    final_update_delivered: delivered,
+                    state: "failed".to_owned(),
+                    failure_reason: Some("job_canceled".to_owned()),
+                }
+            }
         }
     }
 
@@ -855,6 +874,7 @@ impl KubernetesExecutor {
                         state: pod_state,
                         orphan_secrets: Vec::new(),
                         log: None,
+                        heard: Heard::Running,
                     },
                 );
             jobs.push(accepted);
@@ -872,7 +892,32 @@ impl KubernetesExecutor {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&job.payload.job.id);
         match pod {
-            Some(pod) => self.finish(&job, pod, &abort).await,
+            Some(mut pod) => {
+                // A pod that still waits: the manager writes its log and listens again.
+                let waiting = pod.state.borrow().clone().filter(|p| !build_started(p));
+                if let Some(waiting) = waiting
+                    && let Some(client) = self.gitlab_client(&job)
+                {
+                    let runner = job.runner.clone();
+                    let spec = agent_spec(
+                        &job,
+                        "kubernetes",
+                        PathBuf::from(runner.builds_dir()),
+                        PathBuf::from(runner.cache_dir()),
+                        None,
+                        PathBuf::from("/dev/termination-log"),
+                    );
+                    pod.log = PodLog::resume(
+                        &job,
+                        &spec,
+                        &waiting,
+                        client,
+                        self.calls(&runner),
+                        self.info.clone(),
+                    );
+                }
+                self.finish(&job, pod, &abort).await
+            }
             None => {
                 self.fail(&job, "the job's pod was not adopted by this executor", None)
                     .await
@@ -980,6 +1025,9 @@ impl KubernetesExecutor {
         abort: &CancellationToken,
         provisioned: &mut Option<(String, tokio::time::Instant)>,
     ) -> Outcome {
+        if let Heard::Stop(stop) = std::mem::replace(&mut job_pod.heard, Heard::Running) {
+            return Outcome::Stopped(stop);
+        }
         let (namespace, pod_name) = (job_pod.namespace.as_str(), job_pod.name.as_str());
         let state = &mut job_pod.state;
         let log = &mut job_pod.log;
@@ -1033,9 +1081,13 @@ impl KubernetesExecutor {
                     }
                     if let Some(open) = log.as_mut() {
                         let warnings = self.states(namespace).warnings_of(pod_name);
-                        open.observe(&pods_api, pod, &warnings, runner).await;
-                        if open.closed {
-                            // The agent has the log now: free the prelude.
+                        if let Heard::Stop(stop) =
+                            open.observe(&pods_api, pod, &warnings, runner).await
+                        {
+                            return Outcome::Stopped(stop);
+                        }
+                        if !open.listening() {
+                            // The agent has the log and answers for the job now.
                             *log = None;
                         }
                     }
@@ -1070,10 +1122,18 @@ impl KubernetesExecutor {
             if stopping.is_some_and(|since| since.elapsed() >= AGENT_STOP_GRACE) {
                 return Outcome::Failed("the job was interrupted by the runner's shutdown".into());
             }
+            let contact_at = log.as_ref().and_then(PodLog::next_contact);
             tokio::select! {
                 changed = state.changed() => {
                     if changed.is_err() {
                         return Outcome::Failed("the pod watch ended".into());
+                    }
+                }
+                () = tokio::time::sleep_until(contact_at.unwrap_or_else(tokio::time::Instant::now)), if contact_at.is_some() => {
+                    if let Some(open) = log.as_mut()
+                        && let Heard::Stop(stop) = open.contact().await
+                    {
+                        return Outcome::Stopped(stop);
                     }
                 }
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -1212,190 +1272,14 @@ struct JobPod {
     state: watch::Receiver<Option<Pod>>,
     /// Secrets the pod does not own (making it their owner failed): deleted with it.
     orphan_secrets: Vec<Secret>,
-    /// The log while the pod starts; absent for pods adopted from an earlier run.
+    /// The log while the pod starts, and the manager's contact with GitLab meanwhile.
     log: Option<PodLog>,
+    /// What GitLab said to the manager's first patch, before `follow` took over.
+    heard: Heard,
 }
 
-/// The most the manager writes into a job's log while its pod starts (the prelude travels in a
-/// pod annotation; all of a pod's annotations must fit in 256 KiB).
-const PRELUDE_LIMIT: usize = 64 * 1024;
-
-/// A job's log while its pod starts. The manager writes it (header, "Preparing environment",
-/// the executor's notes, what the pod waits for) and keeps the pod annotation
-/// [`TRACE_PRELUDE_ANNOTATION`] equal to it, annotation first; the build container receives
-/// the annotation when it starts and its agent continues the log from there. A line the
-/// manager sends after that moment is replaced by the agent's output, which starts at the
-/// end of the prelude it received (GitLab lets a patch start before the end of the log).
-struct PodLog {
-    prelude: Prelude,
-    calls: ApiCalls,
-    client: podrunner_gitlab::GitlabClient,
-    job: AcceptedJob,
-    /// Bytes GitLab acknowledged.
-    sent: u64,
-    /// The last "waiting" status written, to write only changes.
-    last_status: Vec<String>,
-    /// How many of the pod's Warning events are in the log.
-    warnings_written: usize,
-    /// The Fargate size the pod got is in the log.
-    capacity_noted: bool,
-    /// The price of that size, for the agent's cost line (annotation value).
-    usd_per_hour: Option<String>,
-    /// The build container started: the log is the agent's now.
-    closed: bool,
-}
-
-impl PodLog {
-    fn open(
-        job: &AcceptedJob,
-        spec: &podrunner_agent::AgentSpec,
-        client: podrunner_gitlab::GitlabClient,
-        calls: ApiCalls,
-    ) -> Option<Self> {
-        let prelude = Prelude::open(spec).ok()?;
-        Some(PodLog {
-            prelude,
-            calls,
-            client,
-            job: job.clone(),
-            sent: 0,
-            last_status: Vec::new(),
-            warnings_written: 0,
-            capacity_noted: false,
-            usd_per_hour: None,
-            closed: false,
-        })
-    }
-
-    fn encoded(&self) -> String {
-        BASE64.encode(self.prelude.bytes())
-    }
-
-    /// Sends what GitLab does not have yet.
-    async fn send(&mut self) {
-        let bytes = self.prelude.bytes();
-        let Some(unsent) = bytes.get(self.sent as usize..) else {
-            return;
-        };
-        let payload = &self.job.payload.job;
-        match self
-            .client
-            .patch_trace(payload.id, &payload.token, self.sent, unsent, false)
-            .await
-            .0
-        {
-            PatchOutcome::Accepted { offset } => self.sent = offset,
-            PatchOutcome::RangeMismatch { offset } if offset < self.sent => {
-                // GitLab lost our last patch; the next change resends from its end.
-                self.sent = offset;
-            }
-            _ => {}
-        }
-    }
-
-    /// Adds what `pod` waits for, when it changed, and hands it to the pod and to GitLab.
-    async fn observe(
-        &mut self,
-        pods: &Api<Pod>,
-        pod: &Pod,
-        warnings: &[String],
-        runner: &RunnerConfig,
-    ) {
-        if self.closed {
-            return;
-        }
-        if build_started(pod) {
-            self.closed = true;
-            return;
-        }
-        let before = self.prelude.len();
-        let conditions = runner
-            .kubernetes
-            .as_ref()
-            .is_none_or(|k| k.print_pod_warning_events());
-        let status = waiting_lines(pod, conditions);
-        if status != self.last_status {
-            for line in &status {
-                self.prelude.line(line);
-            }
-            self.last_status = status;
-        }
-        if conditions {
-            for warning in warnings.iter().skip(self.warnings_written) {
-                self.prelude
-                    .warning(&format!("Event retrieved from the cluster: {warning}"));
-            }
-            self.warnings_written = self.warnings_written.max(warnings.len());
-        }
-        if !self.capacity_noted
-            && let Some(capacity) = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("CapacityProvisioned"))
-            && let Some(size) = crate::fargate::parse_capacity_provisioned(capacity)
-        {
-            self.capacity_noted = true;
-            let prices = runner
-                .kubernetes
-                .as_ref()
-                .and_then(|k| k.fargate.clone())
-                .unwrap_or_default();
-            let price =
-                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
-            self.prelude.line(&format!(
-                "Fargate: provisioned {capacity}, ${:.6}/h, billed per second with a one-minute minimum",
-                price.usd_per_hour
-            ));
-            self.usd_per_hour = Some(format!("{:.6}", price.usd_per_hour));
-            // Without declared profiles nothing was predicted before creation: say now what
-            // pushed the pod up a size, if anything did.
-            let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
-            if fargate.is_none_or(|f| f.profiles.is_empty())
-                && let Some(prediction) = crate::fargate::predict(pod, fargate, true)
-            {
-                for warning in &prediction.warnings {
-                    self.prelude.warning(warning);
-                }
-            }
-        }
-        let bytes = self.prelude.bytes();
-        if bytes.len() == before {
-            return;
-        }
-        if bytes.len() > PRELUDE_LIMIT {
-            // Enough said; the agent takes the log from what the pod already has.
-            self.closed = true;
-            return;
-        }
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let mut annotations = serde_json::json!({
-            TRACE_PRELUDE_ANNOTATION: BASE64.encode(&bytes),
-        });
-        if let Some(price) = &self.usd_per_hour {
-            annotations[FARGATE_PRICE_ANNOTATION] = price.clone().into();
-        }
-        let annotation = serde_json::json!({"metadata": {"annotations": annotations}});
-        let (params, annotation) = (PatchParams::default(), Patch::Merge(&annotation));
-        // Annotation first: an agent that starts now must know every byte GitLab may get.
-        if self
-            .calls
-            .run("update the trace prelude", || {
-                pods.patch(name, &params, &annotation)
-            })
-            .await
-            .is_err()
-        {
-            self.closed = true;
-            return;
-        }
-        self.send().await;
-    }
-}
-
-/// The build container runs or ran: its agent owns the log.
 /// Fargate placed the pod: it carries `CapacityProvisioned`, or its node is a `fargate-` node
-/// (`/work/shared/reference/fargate.md`; EKS user guide, "Fargate pod configuration").
+/// (awsdocs/amazon-eks-user-guide, "Fargate pod configuration").
 fn on_fargate(pod: &Pod) -> bool {
     pod.metadata
         .annotations
@@ -1406,55 +1290,4 @@ fn on_fargate(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .is_some_and(|n| n.starts_with("fargate-"))
-}
-
-fn build_started(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    !matches!(status.phase.as_deref(), None | Some("Pending"))
-        || status
-            .container_statuses
-            .iter()
-            .flatten()
-            .filter(|c| c.name == "build")
-            .any(|c| {
-                c.state
-                    .as_ref()
-                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-            })
-}
-
-/// gitlab-runner's lines for a pod that is not running yet: where it is and, tab-indented
-/// when `conditions` (`print_pod_warning_events`), each condition that holds it back.
-fn waiting_lines(pod: &Pod, conditions: bool) -> Vec<String> {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or("<unknown>");
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-    let mut lines = vec![format!(
-        "Waiting for pod {namespace}/{name} to be running on the node {node}, status is {phase}"
-    )];
-    for condition in status
-        .and_then(|s| s.conditions.as_ref())
-        .filter(|_| conditions)
-        .into_iter()
-        .flatten()
-    {
-        if condition.status == "True" {
-            continue;
-        }
-        if let Some(reason) = &condition.reason {
-            lines.push(format!(
-                "\t{reason}: {:?}",
-                condition.message.as_deref().unwrap_or_default()
-            ));
-        }
-    }
-    lines
 }

@@ -293,6 +293,7 @@ mod tests {
             None => "none".into(),
             Some(Outcome::Failed(why)) => format!("failed: {why}"),
             Some(Outcome::BuildEnded { why, .. }) => format!("ended: {why}"),
+            Some(Outcome::Stopped(stop)) => format!("stopped: {stop:?}"),
         }
     }
 

@@ -35,6 +35,8 @@ pub const AGENT_BIN_DIR: &str = "/podrunner/bin";
 pub const AGENT_INSTALL_DIR: &str = "/podrunner-install";
 /// Where the job spec Secret is mounted.
 pub const SPEC_DIR: &str = "/podrunner/spec";
+/// Where the build container sees the live trace prelude (a downward-API volume).
+pub const HANDOVER_DIR: &str = "/podrunner/handover";
 /// Extra seconds past the job timeout before the kubelet stops the pod: the agent enforces
 /// the timeout itself and reports; the deadline is only the backstop.
 pub const DEADLINE_GRACE_SECS: i64 = 120;
@@ -531,6 +533,7 @@ pub fn plan(
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },
+        handover_volume(),
     ];
     let mut mounts = vec![
         VolumeMount {
@@ -548,6 +551,12 @@ pub fn plan(
         VolumeMount {
             name: "builds".into(),
             mount_path: builds_dir.clone(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "podrunner-handover".into(),
+            mount_path: HANDOVER_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
         },
     ];
@@ -728,6 +737,12 @@ pub fn plan(
                 podrunner_agent::FARGATE_PRICE_ENV,
                 podrunner_agent::FARGATE_PRICE_ANNOTATION,
             ),
+            // The prelude as the kubelet refreshes it while the container runs.
+            k8s_openapi::api::core::v1::EnvVar {
+                name: podrunner_agent::TRACE_PRELUDE_FILE_ENV.into(),
+                value: Some(format!("{HANDOVER_DIR}/trace-prelude")),
+                value_from: None,
+            },
         ]),
         resources: resources(&config, ContainerRole::Build, &variables, &mut warnings)?,
         security_context: Some(security_context(
@@ -984,6 +999,33 @@ fn camel_case(value: serde_json::Value) -> serde_json::Value {
 }
 
 /// An environment variable with the pod's annotation `annotation` (empty when it is absent).
+/// The trace prelude annotation as a file the kubelet rewrites when it syncs the pod: the
+/// agent learns from it the lines the manager sent after the build container's environment
+/// was resolved.
+fn handover_volume() -> Volume {
+    use k8s_openapi::api::core::v1::{
+        DownwardAPIVolumeFile, DownwardAPIVolumeSource, ObjectFieldSelector,
+    };
+    Volume {
+        name: "podrunner-handover".into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "trace-prelude".into(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: format!(
+                        "metadata.annotations['{}']",
+                        podrunner_agent::TRACE_PRELUDE_ANNOTATION
+                    ),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn annotation_env(name: &str, annotation: &str) -> k8s_openapi::api::core::v1::EnvVar {
     use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
     EnvVar {

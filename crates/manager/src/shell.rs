@@ -296,6 +296,12 @@ pub async fn fail_job(
             .await
             .0
         {
+            // The line itself, its answer lost (the job's writer is gone: only this one is left).
+            PatchOutcome::RangeMismatch { offset: have }
+                if have == offset + message.len() as u64 =>
+            {
+                break;
+            }
             PatchOutcome::RangeMismatch { offset: have } => offset = have,
             _ => break,
         }

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podrunner_testkit::{GitlabStandIn, Image, JobSpec, JobView, KubernetesStandIn};
+use podrunner_testkit::{
+    Endpoint, Fault, GitlabStandIn, Image, JobSpec, JobView, KubernetesStandIn,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "glrt-kubernetes-e2e-token";
@@ -102,15 +104,20 @@ impl Harness {
     }
 
     /// A config.toml runner with `concurrent` and `kubernetes` (lines of
-    /// `[runners.kubernetes]`, after namespace and a 5 s poll_timeout).
+    /// `[runners.kubernetes]`, after namespace and a 5 s poll_timeout unless they give one).
     async fn with_concurrent(concurrent: u32, kubernetes: impl Into<String>) -> Harness {
         let kubernetes = kubernetes.into();
+        let poll_timeout = if kubernetes.contains("poll_timeout") {
+            ""
+        } else {
+            "    poll_timeout = 5\n"
+        };
         Harness::start(move |dir| {
             let path = dir.join("config.toml");
             std::fs::write(
                 &path,
                 format!(
-                    "concurrent = {concurrent}\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n    poll_timeout = 5\n{kubernetes}\n"
+                    "concurrent = {concurrent}\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"gitlab-runner\"\n{poll_timeout}{kubernetes}\n"
                 ),
             )
             .unwrap();
@@ -894,6 +901,292 @@ async fn an_expanded_image_and_a_bitnami_style_service_that_reads_a_job_variable
     let text = trace(&view);
     assert_eq!(view.status, "success", "{text}");
     assert!(text.contains("HTTP/1.0 200 OK"), "{text}");
+    h.clean().await;
+    h.stop().await;
+}
+
+// --- the log's hand-over from the manager to the agent (docs/architecture.md) ----------
+
+/// The only job pod's name, once it exists.
+async fn job_pod(h: &Harness) -> String {
+    for _ in 0..600 {
+        if let Some(pod) = h.kube.objects("Pod").first() {
+            return pod["metadata"]["name"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no job pod");
+}
+
+/// The decoded trace prelude annotation of a snapshot.
+fn snapshot_prelude(snapshot: &podrunner_testkit::Snapshot) -> String {
+    let text = snapshot.annotations["podrunner.io/trace-prelude"]
+        .as_str()
+        .unwrap_or_default();
+    // Standard base64, padded.
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let mut bytes = Vec::new();
+    for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | u32::from(value(*c)) << (18 - 6 * i));
+        bytes.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    String::from_utf8(bytes).unwrap()
+}
+
+/// The log is one writer's: the header once, no line twice before the agent's output, the
+/// final update's checksum GitLab's own.
+fn assert_one_writer(view: &JobView) {
+    let text = trace(view);
+    assert_eq!(view.status, "success", "{text}");
+    assert_eq!(text.matches("Running with podrunner").count(), 1, "{text}");
+    let prelude_end = text.find("$ echo handed over").expect("the script ran");
+    let mut seen = std::collections::HashSet::new();
+    for line in text[..prelude_end].lines() {
+        // Lines differ at least by their timestamps.
+        assert!(seen.insert(line), "{line:?} twice in:\n{text}");
+    }
+    let update = view.updates.last().unwrap();
+    assert_eq!(
+        update["output"]["checksum"].as_str(),
+        Some(format!("crc32:{:08x}", crc32fast_hash(&view.trace)).as_str()),
+        "the final checksum is GitLab's:\n{text}"
+    );
+    assert_eq!(
+        update["output"]["bytesize"].as_u64(),
+        Some(view.trace.len() as u64)
+    );
+}
+
+/// CRC-32 (IEEE), as GitLab's `Gitlab::Ci::Trace::Checksum` computes it.
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A Warning event of `pod`, as any controller may post one.
+async fn warn_pod(h: &Harness, pod: &str, message: &str) {
+    let event = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{pod}.late"), "namespace": "gitlab-runner"},
+        "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": "gitlab-runner", "name": pod},
+        "type": "Warning", "reason": "Late", "message": message,
+        "source": {"component": "e2e"},
+    });
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/gitlab-runner/events",
+            h.kube.url()
+        ))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{response:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_line_sent_after_the_kubelets_snapshot_reaches_gitlab_once() {
+    let h = Harness::with_config("").await;
+    // The kubelet resolves the build container's environment, then starts it 2 s later: the
+    // manager writes a line in between, which the agent's environment lacks.
+    h.kube.set_container_start_delay(Duration::from_secs(2));
+    h.kube.set_downward_api_refresh(Duration::from_millis(300));
+    let id = h.gitlab.enqueue(job("late", &["echo handed over"]));
+    let pod = job_pod(&h).await;
+    let snapshot = loop {
+        if let Some(s) = h
+            .kube
+            .snapshots()
+            .into_iter()
+            .find(|s| s.container == "build")
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    warn_pod(&h, &pod, "a line after the snapshot").await;
+    h.trace_contains(id, "a line after the snapshot").await;
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    assert!(
+        !snapshot_prelude(&snapshot).contains("a line after the snapshot"),
+        "the race happened: the agent's environment lacks the line"
+    );
+    assert_eq!(
+        text.matches("a line after the snapshot").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.find("a line after the snapshot") < text.find("$ echo handed over"),
+        "{text}"
+    );
+    assert_one_writer(&view);
+    h.clean().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_answers_to_the_manager_and_the_agent_double_nothing() {
+    let h = Harness::with_config("").await;
+    h.kube.set_container_start_delay(Duration::from_secs(1));
+    // The manager's opening lands and its answer is lost: its retry gets a 416 and it stops
+    // writing; the agent sends what GitLab lacks.
+    h.gitlab
+        .fault(Endpoint::PatchTrace, Fault::ApplyThenStatus(502));
+    let id = h.gitlab.enqueue(job("lost", &["echo handed over"]));
+    job_pod(&h).await;
+    while !h.kube.snapshots().iter().any(|s| s.container == "build") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Whoever patches next (the agent's claim, by now) has its answer lost too.
+    h.gitlab
+        .fault(Endpoint::PatchTrace, Fault::ApplyThenStatus(500));
+    let view = h.finished(id).await;
+    assert_one_writer(&view);
+    h.clean().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_canceled_while_its_pod_waits_for_fargate_ends_at_once() {
+    for status in ["canceled", "canceling"] {
+        let h = Harness::with_config(DECLARED_PROFILE).await;
+        // A Fargate node that takes long to boot: the agent never starts.
+        h.kube.set_fargate_boot(Duration::from_secs(120));
+        let id = h.gitlab.enqueue(job("waits", &["echo never"]));
+        let pod = job_pod(&h).await;
+        h.trace_contains(id, "Waiting for pod").await;
+        // A full heartbeat interval later, so the cancel lands between two of them.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        h.gitlab.set_status(id, status);
+        let asked = std::time::Instant::now();
+        loop {
+            let deleting = h
+                .kube
+                .object("Pod", "gitlab-runner", &pod)
+                .is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
+            if deleting {
+                break;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(60),
+                "the pod is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "{status}: pod deleted {:.2} s after the cancel, while it waited for Fargate",
+            asked.elapsed().as_secs_f64()
+        );
+        let view = h.gitlab.job(id).unwrap();
+        assert!(!trace(&view).contains("never"), "{}", trace(&view));
+        if status == "canceling" {
+            // GitLab waits for the final state: failed, job_canceled (as the payload's
+            // failure_reasons allow: the stand-in's lists no job_canceled).
+            let view = h
+                .gitlab
+                .wait_for_job(id, Duration::from_secs(10), |j| {
+                    j.updates.iter().any(|u| u["state"] == "failed")
+                })
+                .await;
+            let last = view.updates.last().unwrap();
+            assert!(last["failure_reason"].is_string(), "{last}");
+        }
+        h.clean().await;
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_restarted_while_the_pod_waits_writes_and_listens_again() {
+    for then in ["run", "cancel"] {
+        // poll_timeout covers the wait until the pod runs: longer than the node's boot.
+        let mut h =
+            Harness::with_config(format!("    poll_timeout = 180\n{DECLARED_PROFILE}")).await;
+        // For the cancel, a node that boots long after it: only the manager can end the job.
+        let boot = if then == "run" { 8 } else { 120 };
+        h.kube.set_fargate_boot(Duration::from_secs(boot));
+        let id = h.gitlab.enqueue(job("adopted", &["echo handed over"]));
+        let pod = job_pod(&h).await;
+        h.trace_contains(id, "Waiting for pod").await;
+        h.kill_and_restart().await;
+        if then == "run" {
+            // The new manager rebuilt the log from the annotation: one writer all the same.
+            let view = h.finished(id).await;
+            assert_one_writer(&view);
+        } else {
+            // It listens to GitLab again while the pod waits.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.gitlab.set_status(id, "canceled");
+            let asked = std::time::Instant::now();
+            while h
+                .kube
+                .object("Pod", "gitlab-runner", &pod)
+                .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_null())
+            {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(30),
+                    "the pod is still there"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            println!(
+                "after a restart: pod deleted {:.2} s after the cancel",
+                asked.elapsed().as_secs_f64()
+            );
+        }
+        h.clean().await;
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_patch_still_in_flight_when_the_agent_claims_lands_once_or_not_at_all() {
+    let h = Harness::with_config("").await;
+    h.kube.set_container_start_delay(Duration::from_secs(2));
+    h.kube.set_downward_api_refresh(Duration::from_millis(300));
+    let id = h.gitlab.enqueue(job("in flight", &["echo handed over"]));
+    let pod = job_pod(&h).await;
+    while !h.kube.snapshots().iter().any(|s| s.container == "build") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The manager's next patch reaches GitLab only 5 s later, about when the agent (started 2 s
+    // after the snapshot, first patch one update interval after that) claims the log.
+    h.gitlab
+        .fault(Endpoint::PatchTrace, Fault::Delay(Duration::from_secs(5)));
+    warn_pod(&h, &pod, "a line in flight").await;
+    let view = h.finished(id).await;
+    let text = trace(&view);
+    let count = text.matches("a line in flight").count();
+    assert!(count <= 1, "{text}");
+    if count == 1 {
+        assert!(
+            text.find("a line in flight") < text.find("$ echo handed over"),
+            "{text}"
+        );
+    }
+    println!("the in-flight line landed {count} time(s)");
+    assert_one_writer(&view);
     h.clean().await;
     h.stop().await;
 }

@@ -143,6 +143,22 @@ async fn the_agent_runs_a_job_in_an_image_with_only_a_shell() {
     else {
         panic!("no job")
     };
+    // GitLab's two-phase commit: the job runs once the manager acknowledges it.
+    let (outcome, _) = client
+        .update_job(
+            job.job.id,
+            &podrunner_gitlab::UpdateJobRequest {
+                info: info.clone(),
+                token: job.job.token.clone(),
+                state: podrunner_gitlab::JobState::Running,
+                failure_reason: None,
+                checksum: None,
+                output: None,
+                exit_code: None,
+            },
+        )
+        .await;
+    assert_eq!(outcome, podrunner_gitlab::UpdateOutcome::Succeeded);
     let root = root_with_podrunner(|root| {
         std::fs::create_dir_all(root.join("bin")).unwrap();
         for applet in ["sh", "cat"] {

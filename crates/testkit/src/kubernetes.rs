@@ -10,11 +10,13 @@
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
-//! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`
-//! and `secret` volumes are bind-mounted at their `mountPath`; `terminationMessagePath` is a
-//! file whose contents become the termination message. Containers run as their image's USER
-//! or security context, Secret files are owned as the kubelet makes them (module `identity`).
-//! OOM kills and evictions can be injected, and `activeDeadlineSeconds` is enforced.
+//! `scratch` image), or an image whose pull fails; unmapped images fail to pull. `emptyDir`,
+//! `secret` and `downwardAPI` volumes are bind-mounted at their `mountPath` (downward-API
+//! values come from the kubelet's copy of the pod: `kubernetes/kubelet_snapshot.rs`);
+//! `terminationMessagePath` is a file whose contents become the termination message.
+//! Containers run as their image's USER or security context, Secret files are owned as the
+//! kubelet makes them (module `identity`). OOM kills and evictions can be injected, and
+//! `activeDeadlineSeconds` is enforced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,11 +38,13 @@ mod admission;
 mod eviction;
 mod fargate_capacity;
 mod identity;
+mod kubelet_snapshot;
 mod rbac;
 pub mod validation;
 mod watch_history;
 
 pub use fargate_capacity::CAPACITY_UNAVAILABLE;
+pub use kubelet_snapshot::Snapshot;
 pub use rbac::Authorization;
 pub use watch_history::WatchOutage;
 
@@ -186,6 +190,8 @@ struct Inner {
     watch_history: watch_history::WatchHistory,
     /// Tokens, RBAC objects and authorisation decisions.
     rbac: rbac::Rbac,
+    /// The kubelet's snapshot delay, downward-API refresh period and snapshots taken.
+    kubelet: kubelet_snapshot::KubeletSettings,
 }
 
 #[derive(Clone)]
@@ -1999,7 +2005,7 @@ async fn kubelet(
     // retried until it can, with one FailedMount warning.
     let mut warned = false;
     let volumes = loop {
-        match prepare_volumes(shared, namespace, spec, &pod_dir) {
+        match prepare_volumes(shared, namespace, name, spec, &pod_dir) {
             Ok(v) => break v,
             Err(message) => {
                 if !warned {
@@ -2021,6 +2027,7 @@ async fn kubelet(
             }
         }
     };
+    kubelet_snapshot::refresh_downward_api(shared, namespace, name, uid, spec, &volumes);
     // /etc/hosts as the kubelet writes it: localhost, the pod's name, then hostAliases.
     let mut hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{name}\n");
     for alias in spec.host_aliases.iter().flatten() {
@@ -2053,8 +2060,9 @@ async fn kubelet(
         if pod_gone_or_deleting(shared, namespace, name, uid) {
             return;
         }
+        let snapshot = kubelet_snapshot::take(shared, namespace, name, &container.name).await;
         let run = start_container(
-            shared, namespace, name, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir, &snapshot,
         );
         let exit_code = match run {
             Ok(child) => {
@@ -2082,8 +2090,12 @@ async fn kubelet(
         if pod_gone_or_deleting(shared, namespace, name, uid) {
             break;
         }
+        let snapshot = kubelet_snapshot::take(shared, namespace, name, &container.name).await;
+        if pod_gone_or_deleting(shared, namespace, name, uid) {
+            break;
+        }
         match start_container(
-            shared, namespace, name, container, &images, &volumes, &pod_dir,
+            shared, namespace, name, container, &images, &volumes, &pod_dir, &snapshot,
         ) {
             Ok(child) => {
                 let shared = shared.clone();
@@ -2177,6 +2189,7 @@ fn finish_pod(
 fn prepare_volumes(
     shared: &Shared,
     namespace: &str,
+    name: &str,
     spec: &k8s_openapi::api::core::v1::PodSpec,
     pod_dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, String> {
@@ -2225,9 +2238,18 @@ fn prepare_volumes(
             let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
             identity::own_secret_volume(&dir, &files, mode, fs_group)
                 .map_err(|e| format!("volume {}: {e}", volume.name))?;
+        } else if let Some(source) = &volume.downward_api {
+            kubelet_snapshot::write_downward_api(
+                shared,
+                namespace,
+                name,
+                &volume.name,
+                source,
+                &dir,
+            )?;
         } else {
             return Err(format!(
-                "volume {}: the stand-in's kubelet mounts emptyDir and secret volumes only",
+                "volume {}: the stand-in's kubelet mounts emptyDir, secret and downwardAPI volumes only",
                 volume.name
             ));
         }
@@ -2267,6 +2289,7 @@ fn start_container(
     images: &HashMap<String, Image>,
     volumes: &HashMap<String, PathBuf>,
     pod_dir: &Path,
+    pod: &Value,
 ) -> Result<tokio::process::Child, String> {
     let image = images
         .get(container.image.as_deref().unwrap_or_default())
@@ -2362,21 +2385,15 @@ fn start_container(
     command.env("HOSTNAME", name);
     command.env("KUBERNETES_SERVICE_HOST", "10.100.0.1");
     command.env("KUBERNETES_SERVICE_PORT", "443");
-    // Like the kubelet, downward-API values are read from the pod as it is when the
-    // container starts.
-    let pod = shared
-        .lock()
-        .objects
-        .get(&(Kind::Pod, namespace.to_owned(), name.to_owned()))
-        .cloned()
-        .unwrap_or(Value::Null);
+    // Like the kubelet, downward-API values are read once, from the pod as the kubelet had
+    // it when it created the container (`kubelet_snapshot`).
     for var in container.env.iter().flatten() {
         match (&var.value, &var.value_from) {
             (_, Some(from)) => {
                 let value = from
                     .field_ref
                     .as_ref()
-                    .and_then(|field| field_value(&pod, &field.field_path))
+                    .and_then(|field| field_value(pod, &field.field_path))
                     .ok_or_else(|| {
                         format!(
                             "container {}: env {}: the stand-in resolves only fieldRef to metadata.name, metadata.namespace, metadata.uid, metadata.labels['…'] and metadata.annotations['…']",

@@ -7,4 +7,4 @@ pub mod gitlab;
 pub mod kubernetes;
 
 pub use gitlab::{Endpoint, Fault, GitlabStandIn, JobSpec, JobView, RecordedRequest};
-pub use kubernetes::{ConnectionFault, Image, Injection, KubernetesStandIn};
+pub use kubernetes::{ConnectionFault, Image, Injection, KubernetesStandIn, Snapshot};

@@ -89,6 +89,9 @@ pub fn limit_message(limit_bytes: usize) -> String {
 pub struct TraceSink {
     limit: usize,
     kept: u64,
+    /// Bytes of the log kept elsewhere (the manager's lines the agent adopted): they count
+    /// for the limit.
+    outside: u64,
     truncated: bool,
     crc: crc32fast::Hasher,
     utf8_pending: Vec<u8>,
@@ -101,6 +104,7 @@ impl TraceSink {
         TraceSink {
             limit,
             kept: 0,
+            outside: 0,
             truncated: false,
             crc: crc32fast::Hasher::new(),
             utf8_pending: Vec::new(),
@@ -158,7 +162,7 @@ impl TraceSink {
         if self.truncated || valid.is_empty() {
             return Ok(());
         }
-        let room = (self.limit as u64).saturating_sub(self.kept) as usize;
+        let room = (self.limit as u64).saturating_sub(self.kept + self.outside) as usize;
         if valid.len() <= room {
             return self.store_bytes(valid);
         }
@@ -178,6 +182,11 @@ impl TraceSink {
         self.crc.update(bytes);
         self.kept += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Counts `n` bytes of the log that are kept elsewhere toward the output limit.
+    pub fn count_outside(&mut self, n: u64) {
+        self.outside += n;
     }
 
     /// `crc32:` and 8 lowercase hex digits over every byte kept.
