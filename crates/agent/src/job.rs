@@ -634,28 +634,31 @@ impl Job {
             .join("cache.zip")
     }
 
-    /// The cache key after expansion, or `None` (with a warning) when it cannot be a path.
-    fn cache_key(&mut self, raw: &str) -> Option<String> {
+    /// The cache key after expansion (the job's `name/ref` when empty) and sanitation, or
+    /// `None` (with gitlab-runner's notice) when nothing is left of it.
+    fn cache_key(&mut self, raw: &str, action: &str) -> Option<String> {
         let expanded = self.variables.expand(raw);
-        let key = if expanded.trim().is_empty() {
+        let key = if expanded.is_empty() {
             format!(
                 "{}/{}",
                 self.payload.job.job_info.name, self.payload.job.git_info.git_ref
             )
         } else {
-            expanded.trim().to_owned()
+            expanded
         };
-        let safe = !key.starts_with('/')
-            && Path::new(&key)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !safe {
-            self.out.raw(&log::warning_line(&format!(
-                "cache key {key:?} cannot be used as a path; the cache is skipped"
-            )));
-            return None;
+        match crate::cache_key::sanitize(&key) {
+            Ok(sanitized) => {
+                if let Some(warning) = &sanitized.warning {
+                    self.out.raw(&log::warning_line(warning));
+                }
+                Some(sanitized.key)
+            }
+            Err(why) => {
+                self.out
+                    .line(&format!("Skipping cache {action} due to {why}"));
+                None
+            }
         }
-        Some(key)
     }
 
     async fn restore_cache(&mut self) {
@@ -679,17 +682,18 @@ impl Job {
             if !pulls(self.variables.expand(&cache.policy).trim()) {
                 continue;
             }
-            let Some(key) = self.cache_key(&cache.key) else {
+            let Some(key) = self.cache_key(&cache.key, "extraction") else {
                 continue;
             };
             let mut keys = vec![key];
-            keys.extend(
-                cache
-                    .fallback_keys
-                    .iter()
-                    .map(|k| self.variables.expand(k))
-                    .filter(|k| !k.trim().is_empty()),
-            );
+            for fallback in &cache.fallback_keys {
+                if self.variables.expand(fallback).is_empty() {
+                    continue;
+                }
+                if let Some(key) = self.cache_key(fallback, "extraction") {
+                    keys.push(key);
+                }
+            }
             let mut restored = false;
             for key in keys {
                 let file = self.cache_file(&key);
@@ -749,7 +753,7 @@ impl Job {
         };
         self.section_start(stage, description);
         for cache in caches {
-            let Some(key) = self.cache_key(&cache.key) else {
+            let Some(key) = self.cache_key(&cache.key, "archiving") else {
                 continue;
             };
             self.out.line(&format!("Creating cache {key}..."));
@@ -1170,15 +1174,14 @@ impl Job {
             exit_code: None,
             message: format!("cannot prepare {}: {e}", self.temp_dir.display()),
         })?;
-        self.write_file_variables().map_err(|e| Outcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None,
-            message: format!("cannot write file variables: {e}"),
-        })
+        self.write_file_variables()
     }
 
-    /// File variables become files in the temp dir, and the variable their path.
-    fn write_file_variables(&mut self) -> std::io::Result<()> {
+    /// File variables become files in the temp dir named by their key, and the variable
+    /// their path. gitlab-runner joins the key into the path unchecked and then fails the
+    /// script at `export` (`Variable` in `shells/bash.go`); a key that is not a shell name is
+    /// refused here before it touches the filesystem.
+    fn write_file_variables(&mut self) -> Result<(), Outcome> {
         use std::os::unix::fs::OpenOptionsExt;
         let files: Vec<(String, String)> = self
             .variables
@@ -1188,14 +1191,32 @@ impl Job {
             .map(|v| (v.key.clone(), v.value.clone()))
             .collect();
         for (key, value) in files {
+            if !crate::script::is_shell_name(&key) {
+                let message = format!(
+                    "the file variable {key:?} cannot be exported or written: a variable name is letters, digits and `_`, not starting with a digit; rename the variable"
+                );
+                self.out.raw(&log::error_line(&message));
+                return Err(Outcome::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: None,
+                    message,
+                });
+            }
             let path = self.temp_dir.join(&key);
-            let mut file = std::fs::OpenOptions::new()
+            let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&path)?;
-            std::io::Write::write_all(&mut file, value.as_bytes())?;
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, value.as_bytes()));
+            if let Err(e) = written {
+                return Err(Outcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                    message: format!("cannot write file variables: {}: {e}", path.display()),
+                });
+            }
             self.variables.push(Variable {
                 file: false,
                 ..Variable::runner(&key, path.display().to_string())

@@ -3,6 +3,8 @@
 //! of the job's build container.
 
 mod builtin_git;
+mod cache_key;
+pub mod extract;
 pub mod files;
 mod handover;
 mod job;

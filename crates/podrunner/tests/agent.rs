@@ -7,6 +7,9 @@ use podrunner_gitlab::{
 };
 use podrunner_testkit::{GitlabStandIn, JobSpec, JobView};
 
+#[path = "support/hostile_zips.rs"]
+mod hostile_zips;
+
 const TOKEN: &str = "glrt-agent-test";
 
 async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
@@ -37,20 +40,29 @@ async fn run_agent(
     gitlab: &GitlabStandIn,
     spec: JobSpec,
 ) -> (JobView, serde_json::Value, std::process::ExitStatus) {
+    let dir = tempfile::tempdir().unwrap();
+    run_agent_in(gitlab, spec, dir.path()).await
+}
+
+/// Runs the agent with `dir/builds` as the builds directory and `dir/cache` as the cache.
+async fn run_agent_in(
+    gitlab: &GitlabStandIn,
+    spec: JobSpec,
+    dir: &std::path::Path,
+) -> (JobView, serde_json::Value, std::process::ExitStatus) {
     let id = gitlab.enqueue(spec);
     let job = take(gitlab).await;
-    let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({
         "gitlab": {"url": gitlab.url()},
         "job": job,
-        "builds_dir": dir.path().join("builds"),
-        "cache_dir": dir.path().join("cache"),
+        "builds_dir": dir.join("builds"),
+        "cache_dir": dir.join("cache"),
         "runner_name": "test-runner",
         "runner_short_token": "agenttes",
         "system_id": "s_0123456789ab",
-        "termination_report": dir.path().join("report.json"),
+        "termination_report": dir.join("report.json"),
     });
-    let spec_path = dir.path().join("spec.json");
+    let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
@@ -58,8 +70,7 @@ async fn run_agent(
         .await
         .unwrap();
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     let view = gitlab
         .wait_for_job(id, Duration::from_secs(5), |j| {
             j.status == "success" || j.status == "failed"
@@ -269,4 +280,189 @@ async fn without_a_git_cli_the_built_in_git_fetches_sources() {
             && trace.contains("unshallowed"),
         "{trace}"
     );
+}
+
+/// A job whose dependency's artifact archive is `archive`, run in `dir`.
+async fn with_dependency_artifact(
+    gitlab: &GitlabStandIn,
+    archive: Vec<u8>,
+    dir: &std::path::Path,
+    script: &[&str],
+) -> (JobView, String) {
+    let producer = gitlab.enqueue(JobSpec::new("build", &["true"]));
+    take(gitlab).await;
+    gitlab.put_artifact(producer, archive);
+    let spec = JobSpec::new("test", script)
+        .variable("GIT_STRATEGY", "none", false)
+        .depends_on(&[producer]);
+    let (view, _, _) = run_agent_in(gitlab, spec, dir).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    (view, trace)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_dependency_artifacts_write_nothing_outside_and_leave_nothing_behind() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    for (name, archive) in hostile_zips::all(outside.path()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (view, trace) = with_dependency_artifact(&gitlab, archive, dir.path(), &["true"]).await;
+        assert_eq!(view.status, "failed", "{name}: {trace}");
+        assert!(
+            trace.contains("nothing was extracted") || trace.contains("cannot be read"),
+            "{name}: {trace}"
+        );
+        hostile_zips::assert_nothing_escaped(
+            name,
+            outside.path(),
+            &dir.path().join("builds/group/project"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifact_entries_replace_links_in_the_project_and_never_write_through_them() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("builds/group/project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::os::unix::fs::symlink(&victim, project.join("config")).unwrap();
+    // A link to a file is replaced by the entry, as gitlab-runner removes the path first.
+    let archive = hostile_zips::build(&[
+        hostile_zips::Entry::File("config", b"from the artifact"),
+        hostile_zips::Entry::Link("lib/current", "../v1"),
+        hostile_zips::Entry::File("v1/tool", b"tool"),
+    ]);
+    let (view, trace) = with_dependency_artifact(
+        &gitlab,
+        archive,
+        dir.path(),
+        &["cat config", "cat lib/current/tool"],
+    )
+    .await;
+    assert_eq!(view.status, "success", "{trace}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
+    assert!(
+        !std::fs::symlink_metadata(project.join("config"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        trace.contains("from the artifact") && trace.contains("tool"),
+        "{trace}"
+    );
+
+    // A link on the way to an entry refuses the archive.
+    std::os::unix::fs::symlink(outside.path(), project.join("vendor")).unwrap();
+    let archive = hostile_zips::build(&[
+        hostile_zips::Entry::File("first.txt", b"first"),
+        hostile_zips::Entry::File("vendor/planted.txt", b"x"),
+    ]);
+    let (view, trace) = with_dependency_artifact(&gitlab, archive, dir.path(), &["true"]).await;
+    assert_eq!(view.status, "failed", "{trace}");
+    assert!(trace.contains("a symbolic link in"), "{trace}");
+    assert!(!outside.path().join("planted.txt").exists());
+    assert!(!project.join("first.txt").exists(), "{trace}");
+}
+
+/// A job restoring the cache `key` (with `fallback_keys`) into `dir`.
+fn cache_job(script: &[&str], key: &str, fallback_keys: &[&str]) -> JobSpec {
+    JobSpec::new("test", script)
+        .variable("GIT_STRATEGY", "none", false)
+        .payload_field(
+            "cache",
+            serde_json::json!([{"key": key, "fallback_keys": fallback_keys, "paths": ["vendor/"], "policy": "pull", "when": "on_success"}]),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_caches_write_nothing_outside_and_leave_nothing_behind() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    for (name, archive) in hostile_zips::all(outside.path()) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache/group/project/hostile/cache.zip");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, archive).unwrap();
+        let (view, _, _) =
+            run_agent_in(&gitlab, cache_job(&["true"], "hostile", &[]), dir.path()).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        // A cache that cannot be extracted is a warning, as in gitlab-runner.
+        assert_eq!(view.status, "success", "{name}: {trace}");
+        assert!(trace.contains("Failed to extract cache"), "{name}: {trace}");
+        hostile_zips::assert_nothing_escaped(
+            name,
+            outside.path(),
+            &dir.path().join("builds/group/project"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_and_fallback_keys_are_sanitized_as_gitlab_runner_does() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    // Where `../../../planted` would lead from the project's cache directory.
+    let planted = dir.path().join("planted/cache.zip");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(
+        &planted,
+        hostile_zips::build(&[hostile_zips::Entry::File("vendor/marker", b"planted")]),
+    )
+    .unwrap();
+    let spec = cache_job(
+        &["test ! -e vendor/marker && echo not-restored"],
+        "main",
+        &["../../../planted", "%2e%2e/%2E%2E/%2e%2e%2Fplanted"],
+    );
+    let (view, _, _) = run_agent_in(&gitlab, spec, dir.path()).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(
+        trace.contains("\nnot-restored") || trace.contains("not-restored"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(r#"cache key "../../../planted" sanitized to "planted""#),
+        "{trace}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_variable_keys_are_never_paths() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::new("test", &["true"])
+        .variable("GIT_STRATEGY", "none", false)
+        .file_variable("../../escaped", "planted");
+    let (view, _, _) = run_agent_in(&gitlab, spec, dir.path()).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "failed", "{trace}");
+    assert!(trace.contains(r#""../../escaped""#), "{trace}");
+    let escaped: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "escaped"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }
