@@ -198,7 +198,8 @@ pub(crate) fn log_settings(
             &job.features.token_mask_prefixes,
         ),
         timestamps: flag("FF_TIMESTAMPS"),
-        output_limit_bytes: (spec.output_limit_kib.max(1) * 1024) as usize,
+        output_limit_bytes: usize::try_from(spec.output_limit_kib.max(1).saturating_mul(1024))
+            .unwrap_or(usize::MAX),
         spill_threshold: log::DEFAULT_SPILL_THRESHOLD,
         clock: Arc::new(SystemClock),
     }
@@ -302,7 +303,7 @@ pub async fn run(
         shell: choose_shell(spec.shell.as_deref()),
         sections: job.features.trace_sections,
         debug_trace,
-        deadline: Instant::now() + timeout,
+        deadline: deadline_after(timeout),
         timeout,
         control: uploader.control(),
         interrupt,
@@ -493,6 +494,17 @@ fn go_duration(text: &str) -> Option<Duration> {
         .map(|d| d.get())
 }
 
+/// Thirty years: the deadline of a timeout too large to add to the clock (as tokio's own
+/// far future).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `timeout` from now; a timeout past what the clock can hold saturates to
+/// [`FAR_FUTURE`] instead of overflowing.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(now)
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -546,7 +558,7 @@ impl Job {
                 .variables
                 .get("RUNNER_SCRIPT_TIMEOUT")
                 .and_then(go_duration)
-                .map(|d| Instant::now() + d);
+                .map(deadline_after);
             let description = format!("Executing \"{stage}\" stage of the job script");
             let result = self
                 .script_stage(
@@ -1544,7 +1556,7 @@ impl Job {
                 &step.script,
                 &workdir,
                 Phase::AfterScript,
-                Some(Instant::now() + timeout),
+                Some(deadline_after(timeout)),
             )
             .await;
         match result {

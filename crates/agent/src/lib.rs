@@ -9,6 +9,8 @@ pub mod files;
 mod handover;
 mod job;
 pub mod process;
+#[cfg(test)]
+mod proptests;
 pub mod script;
 pub mod sources;
 pub mod spec;

@@ -466,3 +466,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_near_i64_max_saturates_instead_of_panicking() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    for timeout in [i64::MAX, i64::MAX - 1, 1 << 62] {
+        let spec = JobSpec::new("test", &["echo ran"])
+            .variable("GIT_STRATEGY", "none", false)
+            .variable("RUNNER_SCRIPT_TIMEOUT", "2562047h47m16s", false)
+            .timeout(timeout);
+        let (view, report, status) = run_agent(&gitlab, spec).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        assert!(status.success(), "{timeout}: {status}: {trace}");
+        assert_eq!(view.status, "success", "{trace}");
+        assert_eq!(report["final_update_delivered"], true);
+    }
+}
