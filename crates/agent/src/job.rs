@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::handover::{FargateBilling, Handover, TRACE_PRELUDE_ENV};
-use crate::process::{self, Outputs, ProcessOutcome, StopReason};
+use crate::process::{self, ProcessOutcome, StopReason};
 use crate::script::{ShellKind, StageScript, render};
 use crate::sources::{self, Strategy};
 use crate::spec::{AgentSpec, TerminationReport};
@@ -205,10 +205,11 @@ pub(crate) fn log_settings(
     }
 }
 
+/// The runner's own lines, and the job's output (stdout and stderr as one stream, see
+/// [`crate::process`]).
 struct Writers {
     runner: TraceWriter,
-    stdout: TraceWriter,
-    stderr: TraceWriter,
+    job: TraceWriter,
 }
 
 impl Writers {
@@ -221,8 +222,7 @@ impl Writers {
     }
 
     fn flush(&mut self) {
-        let _ = self.stdout.flush_all();
-        let _ = self.stderr.flush_all();
+        let _ = self.job.flush_all();
         let _ = self.runner.flush_all();
     }
 }
@@ -309,11 +309,7 @@ pub async fn run(
         interrupt,
         out: Writers {
             runner: trace.writer(Stream::RUNNER),
-            stdout: trace.writer(Stream::JOB),
-            stderr: trace.writer(Stream {
-                number: 1,
-                stderr: true,
-            }),
+            job: trace.writer(Stream::JOB),
         },
         variables,
         project_dir,
@@ -1272,15 +1268,7 @@ impl Job {
         let mut command = tokio::process::Command::new(self.shell.program());
         command.arg(&path).current_dir(&self.spec.builds_dir);
         let stop = self.stop(phase, stage_deadline);
-        let outcome = process::run(
-            command,
-            Outputs {
-                stdout: &mut self.out.stdout,
-                stderr: &mut self.out.stderr,
-            },
-            stop,
-        )
-        .await;
+        let outcome = process::run(command, &mut self.out.job, stop).await;
         let _ = std::fs::remove_file(&path);
         outcome
     }
@@ -1393,16 +1381,7 @@ impl Job {
                         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                         .current_dir(&builds_dir);
                     let stop = self.stop(Phase::Preparation, None);
-                    match process::run(
-                        command,
-                        Outputs {
-                            stdout: &mut self.out.stdout,
-                            stderr: &mut self.out.stderr,
-                        },
-                        stop,
-                    )
-                    .await
-                    {
+                    match process::run(command, &mut self.out.job, stop).await {
                         ProcessOutcome::Exited(0) => {}
                         ProcessOutcome::Exited(code) => {
                             return Err(Outcome::Failed {

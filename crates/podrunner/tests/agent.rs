@@ -483,3 +483,52 @@ async fn a_timeout_near_i64_max_saturates_instead_of_panicking() {
         assert_eq!(report["final_update_delivered"], true);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_and_stderr_reach_the_trace_in_order_through_one_masker() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let spec = JobSpec::new(
+        "test",
+        &[
+            "for i in $(seq 1 400); do printf 'out-%03d-line\\n' $i; printf 'err-%03d-line\\n' $i >&2; done",
+            "printf 'hunter2-'; printf 'very-secret\\n' >&2",
+            "printf 'a'; sleep 0.1; printf 'b' >&2; sleep 0.1; printf 'c\\n'",
+        ],
+    )
+    .variable("GIT_STRATEGY", "none", false)
+    .variable("SECRET", "hunter2-very-secret", true);
+    let (view, _, _) = run_agent(&gitlab, spec).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    let bodies: Vec<&str> = trace
+        .lines()
+        .map(|line| line.rsplit(' ').next().unwrap_or(line))
+        .collect();
+    let numbered: Vec<&str> = bodies
+        .iter()
+        .copied()
+        .filter(|b| (b.starts_with("out-") || b.starts_with("err-")) && b.ends_with("-line"))
+        .collect();
+    let expected: Vec<String> = (1..=400)
+        .flat_map(|i| [format!("out-{i:03}-line"), format!("err-{i:03}-line")])
+        .collect();
+    assert_eq!(
+        numbered, expected,
+        "lines spliced or out of order:\n{trace}"
+    );
+    let garbled = bodies
+        .iter()
+        .filter(|b| b.contains("-line") && !numbered.contains(b) && !b.contains('\''))
+        .count();
+    assert_eq!(garbled, 0, "{trace}");
+    assert!(!trace.contains("hunter2-very-secret"), "{trace}");
+    assert!(
+        bodies.contains(&"[MASKED]"),
+        "the secret split across streams is masked: {trace}"
+    );
+    assert!(
+        bodies.contains(&"abc"),
+        "stdout, stderr, stdout bytes stay in order: {trace}"
+    );
+}
