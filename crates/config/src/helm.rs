@@ -205,7 +205,7 @@ pub fn load_helm_values(
         runner.url = Some(url);
     }
     if let Some(token) = runner_token.filter(|t| !t.is_empty()) {
-        runner.token = Some(token);
+        runner.token = Some(token.into());
     } else if registration_token.is_some_and(|t| !t.is_empty()) && runner.token.is_none() {
         parsed.warnings.push(reader.warning(
             &["runnerRegistrationToken"],

@@ -19,6 +19,7 @@ mod load;
 mod model;
 mod pattern;
 mod quantity;
+mod secret;
 mod summary;
 mod validate;
 mod wildcard;
@@ -41,6 +42,7 @@ pub use load::{LoadedConfig, load_file, load_str};
 pub use model::*;
 pub use pattern::ConfigRegex;
 pub use quantity::{Quantity, QuantityError};
+pub use secret::SecretString;
 pub use summary::{ConfigSummary, ResourceSummary, RunnerSummary};
 pub use wildcard::Wildcard;
 

@@ -336,7 +336,7 @@ pub(crate) async fn unregister(args: &UnregisterArgs) -> Result<ExitCode> {
         .filter(|r| {
             args.all_runners
                 || (args.name.is_some() && r.name == args.name)
-                || (args.token.is_some() && r.token == args.token)
+                || (args.token.is_some() && r.token.as_deref() == args.token.as_deref())
         })
         .collect();
     if selected.is_empty() {
