@@ -532,3 +532,34 @@ async fn stdout_and_stderr_reach_the_trace_in_order_through_one_masker() {
         "stdout, stderr, stdout bytes stay in order: {trace}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_entries_replace_links_in_the_project_and_never_write_through_them() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("builds/group/project");
+    std::fs::create_dir_all(project.join("vendor")).unwrap();
+    std::os::unix::fs::symlink(&victim, project.join("vendor/lib")).unwrap();
+    let file = dir.path().join("cache/group/project/deps/cache.zip");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        hostile_zips::build(&[hostile_zips::Entry::File("vendor/lib", b"from the cache")]),
+    )
+    .unwrap();
+    let (view, _, _) = run_agent_in(
+        &gitlab,
+        cache_job(&["cat vendor/lib"], "deps", &[]),
+        dir.path(),
+    )
+    .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(trace.contains("Successfully extracted cache"), "{trace}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
+    assert!(trace.contains("from the cache"), "{trace}");
+}

@@ -223,3 +223,34 @@ fn the_default_state_directory_is_private_and_checked() {
         text(&output)
     );
 }
+
+#[test]
+fn artifact_entries_replace_links_in_the_working_tree_and_never_write_through_them() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("project");
+    let artifacts = root.path().join("artifacts");
+    std::fs::create_dir_all(artifacts.join("build")).unwrap();
+    std::fs::create_dir_all(&project).unwrap();
+    std::os::unix::fs::symlink(&victim, project.join("out.txt")).unwrap();
+    std::fs::write(
+        artifacts.join("build/artifacts.zip"),
+        hostile_zips::build(&[hostile_zips::Entry::File("out.txt", b"from the artifact")]),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".gitlab-ci.yml"),
+        "stages: [build, test]\nbuild:\n  stage: build\n  script: true\ntest:\n  stage: test\n  needs: [build]\n  script: cat out.txt\n",
+    )
+    .unwrap();
+    let output = exec(
+        &["test", "--artifacts-dir", artifacts.to_str().unwrap()],
+        &project,
+    );
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("from the artifact"), "{out}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
+}
