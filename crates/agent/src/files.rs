@@ -2,8 +2,8 @@
 //! project directory, git-untracked files, zip archives written and extracted safely.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -29,9 +29,9 @@ pub enum FilesError {
     /// The archive is not a zip file.
     #[error("the archive cannot be read: {0}")]
     Zip(#[from] zip::result::ZipError),
-    /// An archive entry points outside the target directory.
-    #[error("the archive entry {0:?} would land outside the project directory")]
-    Unsafe(String),
+    /// An archive could not be extracted, or was refused.
+    #[error(transparent)]
+    Extract(#[from] crate::extract::ExtractError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
@@ -186,48 +186,9 @@ pub fn write_gzip(source: &Path, target: &Path) -> Result<(), FilesError> {
     Ok(())
 }
 
-/// Extracts a zip into `root`, refusing entries that would land outside it.
+/// Extracts a zip into `root`; see [`crate::extract`] for what is refused.
 pub fn extract_zip(archive: &Path, root: &Path) -> Result<u64, FilesError> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = std::fs::File::open(archive).map_err(io(archive))?;
-    let mut zip = zip::ZipArchive::new(file)?;
-    let mut count = 0;
-    for index in 0..zip.len() {
-        let mut entry = zip.by_index(index)?;
-        let name = entry.name()?.into_owned();
-        let relative = Path::new(&name);
-        if relative
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(FilesError::Unsafe(name));
-        }
-        let target = root.join(relative);
-        if entry.is_dir() {
-            std::fs::create_dir_all(&target).map_err(io(&target))?;
-            continue;
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        if entry.is_symlink() {
-            let mut link = String::new();
-            entry.read_to_string(&mut link).map_err(io(&target))?;
-            let _ = std::fs::remove_file(&target);
-            std::os::unix::fs::symlink(link, &target).map_err(io(&target))?;
-        } else {
-            let mut output = std::fs::File::create(&target).map_err(io(&target))?;
-            std::io::copy(&mut entry, &mut output).map_err(io(&target))?;
-            if let Some(mode) = entry.unix_mode() {
-                let _ = std::fs::set_permissions(
-                    &target,
-                    std::fs::Permissions::from_mode(mode & 0o7777),
-                );
-            }
-        }
-        count += 1;
-    }
-    Ok(count)
+    Ok(crate::extract::extract_zip(archive, root)?)
 }
 
 #[cfg(test)]
@@ -330,7 +291,9 @@ mod tests {
         zip.finish().unwrap();
         assert!(matches!(
             extract_zip(&evil, target.path()),
-            Err(FilesError::Unsafe(_))
+            Err(FilesError::Extract(
+                crate::extract::ExtractError::Refused { .. }
+            ))
         ));
         assert!(!target.path().parent().unwrap().join("escape.txt").exists());
     }

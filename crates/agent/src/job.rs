@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::handover::{FargateBilling, Handover, TRACE_PRELUDE_ENV};
-use crate::process::{self, Outputs, ProcessOutcome, StopReason};
+use crate::process::{self, ProcessOutcome, StopReason};
 use crate::script::{ShellKind, StageScript, render};
 use crate::sources::{self, Strategy};
 use crate::spec::{AgentSpec, TerminationReport};
@@ -225,16 +225,18 @@ pub(crate) fn log_settings(
             &job.features.token_mask_prefixes,
         ),
         timestamps: flag("FF_TIMESTAMPS"),
-        output_limit_bytes: (spec.output_limit_kib.max(1) * 1024) as usize,
+        output_limit_bytes: usize::try_from(spec.output_limit_kib.max(1).saturating_mul(1024))
+            .unwrap_or(usize::MAX),
         spill_threshold: log::DEFAULT_SPILL_THRESHOLD,
         clock: Arc::new(SystemClock),
     }
 }
 
+/// The runner's own lines, and the job's output (stdout and stderr as one stream, see
+/// [`crate::process`]).
 struct Writers {
     runner: TraceWriter,
-    stdout: TraceWriter,
-    stderr: TraceWriter,
+    job: TraceWriter,
 }
 
 impl Writers {
@@ -247,8 +249,7 @@ impl Writers {
     }
 
     fn flush(&mut self) {
-        let _ = self.stdout.flush_all();
-        let _ = self.stderr.flush_all();
+        let _ = self.job.flush_all();
         let _ = self.runner.flush_all();
     }
 }
@@ -328,17 +329,13 @@ pub async fn run(
         shell: choose_shell(spec.shell.as_deref()),
         sections: job.features.trace_sections,
         debug_trace,
-        deadline: Instant::now() + timeout,
+        deadline: deadline_after(timeout),
         timeout,
         control: uploader.control(),
         interrupt,
         out: Writers {
             runner: trace.writer(Stream::RUNNER),
-            stdout: trace.writer(Stream::JOB),
-            stderr: trace.writer(Stream {
-                number: 1,
-                stderr: true,
-            }),
+            job: trace.writer(Stream::JOB),
         },
         variables,
         project_dir,
@@ -519,6 +516,17 @@ fn go_duration(text: &str) -> Option<Duration> {
         .map(|d| d.get())
 }
 
+/// Thirty years: the deadline of a timeout too large to add to the clock (as tokio's own
+/// far future).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `timeout` from now; a timeout past what the clock can hold saturates to
+/// [`FAR_FUTURE`] instead of overflowing.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(now)
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -572,7 +580,7 @@ impl Job {
                 .variables
                 .get("RUNNER_SCRIPT_TIMEOUT")
                 .and_then(go_duration)
-                .map(|d| Instant::now() + d);
+                .map(deadline_after);
             let description = format!("Executing \"{stage}\" stage of the job script");
             let result = self
                 .script_stage(
@@ -660,28 +668,31 @@ impl Job {
             .join("cache.zip")
     }
 
-    /// The cache key after expansion, or `None` (with a warning) when it cannot be a path.
-    fn cache_key(&mut self, raw: &str) -> Option<String> {
+    /// The cache key after expansion (the job's `name/ref` when empty) and sanitation, or
+    /// `None` (with gitlab-runner's notice) when nothing is left of it.
+    fn cache_key(&mut self, raw: &str, action: &str) -> Option<String> {
         let expanded = self.variables.expand(raw);
-        let key = if expanded.trim().is_empty() {
+        let key = if expanded.is_empty() {
             format!(
                 "{}/{}",
                 self.payload.job.job_info.name, self.payload.job.git_info.git_ref
             )
         } else {
-            expanded.trim().to_owned()
+            expanded
         };
-        let safe = !key.starts_with('/')
-            && Path::new(&key)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !safe {
-            self.out.raw(&log::warning_line(&format!(
-                "cache key {key:?} cannot be used as a path; the cache is skipped"
-            )));
-            return None;
+        match crate::cache_key::sanitize(&key) {
+            Ok(sanitized) => {
+                if let Some(warning) = &sanitized.warning {
+                    self.out.raw(&log::warning_line(warning));
+                }
+                Some(sanitized.key)
+            }
+            Err(why) => {
+                self.out
+                    .line(&format!("Skipping cache {action} due to {why}"));
+                None
+            }
         }
-        Some(key)
     }
 
     async fn restore_cache(&mut self) {
@@ -705,17 +716,18 @@ impl Job {
             if !pulls(self.variables.expand(&cache.policy).trim()) {
                 continue;
             }
-            let Some(key) = self.cache_key(&cache.key) else {
+            let Some(key) = self.cache_key(&cache.key, "extraction") else {
                 continue;
             };
             let mut keys = vec![key];
-            keys.extend(
-                cache
-                    .fallback_keys
-                    .iter()
-                    .map(|k| self.variables.expand(k))
-                    .filter(|k| !k.trim().is_empty()),
-            );
+            for fallback in &cache.fallback_keys {
+                if self.variables.expand(fallback).is_empty() {
+                    continue;
+                }
+                if let Some(key) = self.cache_key(fallback, "extraction") {
+                    keys.push(key);
+                }
+            }
             let mut restored = false;
             for key in keys {
                 let file = self.cache_file(&key);
@@ -775,7 +787,7 @@ impl Job {
         };
         self.section_start(stage, description);
         for cache in caches {
-            let Some(key) = self.cache_key(&cache.key) else {
+            let Some(key) = self.cache_key(&cache.key, "archiving") else {
                 continue;
             };
             self.out.line(&format!("Creating cache {key}..."));
@@ -1196,15 +1208,14 @@ impl Job {
             exit_code: None,
             message: format!("cannot prepare {}: {e}", self.temp_dir.display()),
         })?;
-        self.write_file_variables().map_err(|e| Outcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None,
-            message: format!("cannot write file variables: {e}"),
-        })
+        self.write_file_variables()
     }
 
-    /// File variables become files in the temp dir, and the variable their path.
-    fn write_file_variables(&mut self) -> std::io::Result<()> {
+    /// File variables become files in the temp dir named by their key, and the variable
+    /// their path. gitlab-runner joins the key into the path unchecked and then fails the
+    /// script at `export` (`Variable` in `shells/bash.go`); a key that is not a shell name is
+    /// refused here before it touches the filesystem.
+    fn write_file_variables(&mut self) -> Result<(), Outcome> {
         use std::os::unix::fs::OpenOptionsExt;
         let files: Vec<(String, String)> = self
             .variables
@@ -1214,14 +1225,32 @@ impl Job {
             .map(|v| (v.key.clone(), v.value.clone()))
             .collect();
         for (key, value) in files {
+            if !crate::script::is_shell_name(&key) {
+                let message = format!(
+                    "the file variable {key:?} cannot be exported or written: a variable name is letters, digits and `_`, not starting with a digit; rename the variable"
+                );
+                self.out.raw(&log::error_line(&message));
+                return Err(Outcome::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: None,
+                    message,
+                });
+            }
             let path = self.temp_dir.join(&key);
-            let mut file = std::fs::OpenOptions::new()
+            let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&path)?;
-            std::io::Write::write_all(&mut file, value.as_bytes())?;
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, value.as_bytes()));
+            if let Err(e) = written {
+                return Err(Outcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                    message: format!("cannot write file variables: {}: {e}", path.display()),
+                });
+            }
             self.variables.push(Variable {
                 file: false,
                 ..Variable::runner(&key, path.display().to_string())
@@ -1265,15 +1294,7 @@ impl Job {
         let mut command = tokio::process::Command::new(self.shell.program());
         command.arg(&path).current_dir(&self.spec.builds_dir);
         let stop = self.stop(phase, stage_deadline);
-        let outcome = process::run(
-            command,
-            Outputs {
-                stdout: &mut self.out.stdout,
-                stderr: &mut self.out.stderr,
-            },
-            stop,
-        )
-        .await;
+        let outcome = process::run(command, &mut self.out.job, stop).await;
         let _ = std::fs::remove_file(&path);
         outcome
     }
@@ -1386,16 +1407,7 @@ impl Job {
                         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                         .current_dir(&builds_dir);
                     let stop = self.stop(Phase::Preparation, None);
-                    match process::run(
-                        command,
-                        Outputs {
-                            stdout: &mut self.out.stdout,
-                            stderr: &mut self.out.stderr,
-                        },
-                        stop,
-                    )
-                    .await
-                    {
+                    match process::run(command, &mut self.out.job, stop).await {
                         ProcessOutcome::Exited(0) => {}
                         ProcessOutcome::Exited(code) => {
                             return Err(Outcome::Failed {
@@ -1549,7 +1561,7 @@ impl Job {
                 &step.script,
                 &workdir,
                 Phase::AfterScript,
-                Some(Instant::now() + timeout),
+                Some(deadline_after(timeout)),
             )
             .await;
         match result {

@@ -3,10 +3,14 @@
 //! of the job's build container.
 
 mod builtin_git;
+mod cache_key;
+pub mod extract;
 pub mod files;
 mod handover;
 mod job;
 pub mod process;
+#[cfg(test)]
+mod proptests;
 pub mod script;
 pub mod sources;
 pub mod spec;

@@ -1,6 +1,16 @@
-//! Runs one child process of a stage in its own process group, streams its stdout and stderr
-//! into the trace, and stops it (the whole group) when the job must stop.
+//! Runs one child process of a stage in its own process group, streams its output into the
+//! trace, and stops it (the whole group) when the job must stop.
+//!
+//! One log writer, one masker: the child's stdout and stderr are the write end of one pipe,
+//! as gitlab-runner's shell executor gives them (`c.Stdout = s.Trace; c.Stderr = s.Trace` in
+//! `executors/shell/executor_shell.go` of `gitlabhq/gitlab-runner`; Go's `os/exec` passes the
+//! same writer as one pipe). So the bytes reach the trace in exactly the order the job wrote
+//! them, whichever stream it wrote them to: a line written whole is never spliced with the
+//! other stream, a byte written to stdout, then stderr, then stdout stays in that order, and a
+//! secret written half to each stream is contiguous when it reaches the one masker. Only
+//! what the job itself interleaves mid-line is interleaved, exactly as on a terminal.
 
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -43,73 +53,49 @@ pub enum ProcessOutcome {
     NotStarted(String),
 }
 
-/// The two trace streams of a stage.
-pub struct Outputs<'a> {
-    /// Standard output.
-    pub stdout: &'a mut TraceWriter,
-    /// Standard error.
-    pub stderr: &'a mut TraceWriter,
-}
-
-impl Outputs<'_> {
-    fn write(&mut self, is_stderr: bool, bytes: &[u8]) {
-        let writer = if is_stderr {
-            &mut *self.stderr
-        } else {
-            &mut *self.stdout
-        };
-        let _ = writer.write_bytes(bytes);
-    }
-
-    fn flush(&mut self) {
-        let _ = self.stdout.flush_all();
-        let _ = self.stderr.flush_all();
-    }
-}
-
 /// Runs `command` to its end, or until `stop` resolves.
 pub async fn run(
     mut command: tokio::process::Command,
-    mut outputs: Outputs<'_>,
+    out: &mut TraceWriter,
     stop: impl std::future::Future<Output = StopReason>,
 ) -> ProcessOutcome {
+    let pipe = std::io::pipe().and_then(|(reader, writer)| {
+        let second = writer.try_clone()?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+        Ok((reader, writer, second))
+    });
+    let (mut reader, stdout, stderr) = match pipe {
+        Ok(pipe) => pipe,
+        Err(e) => return ProcessOutcome::NotStarted(format!("cannot create the output pipe: {e}")),
+    };
     command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The command holds the pipe's write end: without dropping it the pipe never ends.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return ProcessOutcome::NotStarted(e.to_string()),
     };
     let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
-    let (sender, mut receiver) = mpsc::channel::<(bool, Vec<u8>)>(64);
-    for (is_stderr, pipe) in [
-        (false, child.stdout.take().map(Pipe::Out)),
-        (true, child.stderr.take().map(Pipe::Err)),
-    ] {
-        let Some(mut pipe) = pipe else { continue };
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 32 * 1024];
-            loop {
-                match pipe.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if sender
-                            .send((is_stderr, buffer[..n].to_vec()))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+    let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if sender.send(buffer[..n].to_vec()).await.is_err() {
+                        return;
                     }
                 }
             }
-        });
-    }
-    drop(sender);
+        }
+    });
     tokio::pin!(stop);
     let mut stopped: Option<StopReason> = None;
     let mut pipes_open = true;
@@ -117,10 +103,10 @@ pub async fn run(
         tokio::select! {
             status = child.wait() => break status,
             chunk = receiver.recv(), if pipes_open => match chunk {
-                Some((is_stderr, bytes)) => outputs.write(is_stderr, &bytes),
+                Some(bytes) => { let _ = out.write_bytes(&bytes); }
                 None => pipes_open = false,
             },
-            _ = tokio::time::sleep(IDLE_FLUSH), if pipes_open => outputs.flush(),
+            _ = tokio::time::sleep(IDLE_FLUSH), if pipes_open => { let _ = out.flush_all(); }
             reason = &mut stop, if stopped.is_none() => {
                 stopped = Some(reason);
                 if let Some(pid) = pid {
@@ -131,7 +117,7 @@ pub async fn run(
                         tokio::select! {
                             status = child.wait() => break Some(status),
                             chunk = receiver.recv(), if pipes_open => match chunk {
-                                Some((is_stderr, bytes)) => outputs.write(is_stderr, &bytes),
+                                Some(bytes) => { let _ = out.write_bytes(&bytes); }
                                 None => pipes_open = false,
                             },
                             _ = &mut deadline => break None,
@@ -153,7 +139,7 @@ pub async fn run(
     while pipes_open {
         tokio::select! {
             chunk = receiver.recv() => match chunk {
-                Some((is_stderr, bytes)) => outputs.write(is_stderr, &bytes),
+                Some(bytes) => { let _ = out.write_bytes(&bytes); }
                 None => pipes_open = false,
             },
             _ = &mut drain => break,
@@ -163,7 +149,7 @@ pub async fn run(
         // Background children of a finished stage do not outlive it.
         let _ = kill_process_group(pid, Signal::KILL);
     }
-    outputs.flush();
+    let _ = out.flush_all();
     if let Some(reason) = stopped {
         return ProcessOutcome::Stopped(reason);
     }
@@ -177,19 +163,5 @@ pub async fn run(
             )
         }
         Err(e) => ProcessOutcome::NotStarted(e.to_string()),
-    }
-}
-
-enum Pipe {
-    Out(tokio::process::ChildStdout),
-    Err(tokio::process::ChildStderr),
-}
-
-impl Pipe {
-    async fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Pipe::Out(p) => p.read(buffer).await,
-            Pipe::Err(p) => p.read(buffer).await,
-        }
     }
 }

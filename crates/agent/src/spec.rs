@@ -21,7 +21,7 @@ pub struct GitlabConnection {
 }
 
 /// One job for the agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentSpec {
     /// How to reach GitLab.
@@ -78,6 +78,56 @@ pub struct AgentSpec {
     /// and price of the pod, ignored overwrites). A line starting with `WARNING: ` is shown
     /// as a warning.
     pub notes: Vec<String>,
+}
+
+/// The job payload inside is shown only by its job ID, the runner `environment` by its
+/// keys, and the scripts by their length: they can hold tokens and masked values.
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let script = |s: &Option<String>| s.as_ref().map(|s| format!("[{} bytes]", s.len()));
+        let keys: Vec<&str> = self
+            .environment
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+            .collect();
+        f.debug_struct("AgentSpec")
+            .field("gitlab", &self.gitlab)
+            .field(
+                "job",
+                &format_args!("[REDACTED payload of job {}]", self.job["id"]),
+            )
+            .field("trace_start_offset", &self.trace_start_offset)
+            .field("builds_dir", &self.builds_dir)
+            .field("project_dir", &self.project_dir)
+            .field("temp_dir", &self.temp_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("output_limit_kib", &self.output_limit_kib)
+            .field("feature_flags", &self.feature_flags)
+            .field("shell", &self.shell)
+            .field(
+                "pre_get_sources_script",
+                &script(&self.pre_get_sources_script),
+            )
+            .field(
+                "post_get_sources_script",
+                &script(&self.post_get_sources_script),
+            )
+            .field("pre_build_script", &script(&self.pre_build_script))
+            .field("post_build_script", &script(&self.post_build_script))
+            .field("environment_keys", &keys)
+            .field("clone_url", &self.clone_url)
+            .field("custom_build_dir_enabled", &self.custom_build_dir_enabled)
+            .field("debug_trace_disabled", &self.debug_trace_disabled)
+            .field("final_update_retry_limit", &self.final_update_retry_limit)
+            .field("executor", &self.executor)
+            .field("runner_name", &self.runner_name)
+            .field("runner_short_token", &self.runner_short_token)
+            .field("system_id", &self.system_id)
+            .field("termination_report", &self.termination_report)
+            .field("concurrent_id", &self.concurrent_id)
+            .field("notes", &self.notes)
+            .finish()
+    }
 }
 
 impl Default for AgentSpec {

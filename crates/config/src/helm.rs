@@ -59,17 +59,39 @@ pub fn load_helm_values(
     env: &dyn Environment,
     options: &HelmOptions,
 ) -> Result<LoadedConfig, ConfigError> {
-    let values: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        let location = e.location().map(|l| Location {
-            file: name.to_owned(),
-            line: l.line(),
-            column: l.column(),
-        });
+    let invalid = |line: usize, column: usize, message: String| {
         ConfigError::invalid(vec![Diagnostic::error(
-            location,
+            Some(Location {
+                file: name.to_owned(),
+                line,
+                column,
+            }),
             None,
-            format!("not valid YAML: {e}"),
+            message,
         )])
+    };
+    let mut values: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        match duplicate_key(&e.to_string()) {
+            Some(key) => {
+                let (line, column) = duplicate_key_line(text, key, line).unwrap_or((line, column));
+                invalid(
+                    line,
+                    column,
+                    format!("the key {key:?} appears twice in one mapping: keep one of them"),
+                )
+            }
+            None => invalid(line, column, format!("not valid YAML: {e}")),
+        }
+    })?;
+    // Merge keys (`<<: *anchor`, `<<: [*a, *b]`), as Helm's YAML library applies them:
+    // keys written in the mapping win over merged ones, earlier merged mappings over later.
+    values.apply_merge().map_err(|e| {
+        invalid(
+            1,
+            1,
+            format!("a YAML merge key (`<<`) cannot be applied: {e}"),
+        )
     })?;
     let values = if values.is_null() {
         Value::Mapping(Default::default())
@@ -209,7 +231,7 @@ pub fn load_helm_values(
         runner.url = Some(url);
     }
     if let Some(token) = runner_token.filter(|t| !t.is_empty()) {
-        runner.token = Some(token);
+        runner.token = Some(token.into());
     } else if registration_token.is_some_and(|t| !t.is_empty()) && runner.token.is_none() {
         parsed.warnings.push(reader.warning(
             &["runnerRegistrationToken"],
@@ -304,6 +326,39 @@ impl ValuesReader<'_> {
             )),
         }
     }
+}
+
+/// The key of serde_yaml_ng's duplicate-key error (`duplicate entry with key "a"`).
+fn duplicate_key(message: &str) -> Option<&str> {
+    let rest = message.split("duplicate entry with key \"").nth(1)?;
+    rest.split('"').next()
+}
+
+/// Where `key` appears for the second time at one indentation, from the mapping that starts
+/// at line `from` (1-based): the error itself points at the mapping, not the duplicate.
+fn duplicate_key_line(text: &str, key: &str, from: usize) -> Option<(usize, usize)> {
+    let mut indent = None;
+    for (index, line) in text.lines().enumerate().skip(from.saturating_sub(1)) {
+        let trimmed = line.trim_start();
+        let column = line.len() - trimmed.len();
+        let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+        let named = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ]
+        .iter()
+        .any(|k| trimmed.starts_with(k.as_str()));
+        if !named {
+            continue;
+        }
+        match indent {
+            None => indent = Some(column),
+            Some(first) if first == column => return Some((index + 1, column + 1)),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 fn describe(value: &Value) -> String {
@@ -453,5 +508,36 @@ mod tests {
             "v.yaml:5:3"
         );
         assert!(yaml_key_location("v.yaml", text, &["runners", "missing"]).is_none());
+    }
+
+    fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
+        let env = std::collections::HashMap::<String, String>::new();
+        load_helm_values("values.yaml", text, &env, &HelmOptions::default())
+    }
+
+    #[test]
+    fn merge_keys_are_applied_as_helm_does() {
+        let text = "base: &base\n  concurrent: 7\n  checkInterval: 9\nextra: &extra\n  checkInterval: 11\n  concurrent: 8\ngitlabUrl: https://gitlab.example.com\nrunnerToken: glrt-x\n<<: [*base, *extra]\nconcurrent: 3\n";
+        let loaded = load(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.config.concurrent, 3, "keys in the mapping win");
+        assert_eq!(
+            loaded.config.check_interval, 9,
+            "earlier merged mappings win"
+        );
+        let text = "common: &common\n  concurrent: 5\ngitlabUrl: https://gitlab.example.com\nrunnerToken: glrt-x\n<<: *common\n";
+        assert_eq!(
+            load(text).unwrap().config.concurrent,
+            5,
+            "the merged block is kept"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_named_with_their_line() {
+        let text =
+            "gitlabUrl: https://gitlab.example.com\nrunners:\n  name: a\n  tags: x\n  name: b\n";
+        let error = load(text).unwrap_err().to_string();
+        assert!(error.contains("values.yaml:5:3"), "{error}");
+        assert!(error.contains("the key \"name\" appears twice"), "{error}");
     }
 }

@@ -20,6 +20,7 @@ mod load;
 mod model;
 mod pattern;
 mod quantity;
+mod secret;
 mod summary;
 mod validate;
 mod wildcard;
@@ -42,6 +43,7 @@ pub use load::{LoadedConfig, load_file, load_str};
 pub use model::*;
 pub use pattern::ConfigRegex;
 pub use quantity::{Quantity, QuantityError};
+pub use secret::SecretString;
 pub use summary::{ConfigSummary, ResourceSummary, RunnerSummary};
 pub use wildcard::Wildcard;
 

@@ -90,7 +90,7 @@ pub(crate) fn finish(
 ) -> Result<LoadedConfig, ConfigError> {
     for runner in &mut parsed.config.runners {
         runner.url = runner.url.as_deref().map(|u| expand(u, env));
-        runner.token = runner.token.as_deref().map(|t| expand(t, env));
+        runner.token = runner.token.as_deref().map(|t| expand(t, env).into());
     }
     let (errors, mut warnings) = validate(&parsed.config, source, &parsed.spans, mode);
     parsed.warnings.append(&mut warnings);

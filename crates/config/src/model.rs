@@ -142,8 +142,8 @@ pub struct RunnerConfig {
     pub url: Option<String>,
     /// The runner's ID, from registration.
     pub id: Option<i64>,
-    /// The runner authentication token (environment variables expanded).
-    pub token: Option<String>,
+    /// The runner authentication token (environment variables expanded); `Debug` hides it.
+    pub token: Option<crate::SecretString>,
     /// When the token was obtained.
     pub token_obtained_at: Option<Timestamp>,
     /// When the token expires.

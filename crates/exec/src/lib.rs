@@ -5,6 +5,7 @@
 
 pub mod pipeline;
 mod render;
+mod state;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -137,7 +138,9 @@ pub async fn run(
     let artifacts_dir = options
         .artifacts_dir
         .clone()
-        .unwrap_or_else(|| default_artifacts_dir(&working_tree));
+        .map(Ok)
+        .unwrap_or_else(|| state::default_artifacts_dir(&working_tree))
+        .map_err(ExecError::Io)?;
     std::fs::create_dir_all(&artifacts_dir)
         .map_err(|e| ExecError::Io(format!("{}: {e}", artifacts_dir.display())))?;
 
@@ -182,7 +185,9 @@ pub async fn run(
         let token = format!("glcbt-local-{id}-{:08x}", std::process::id());
         let mut dependencies = Vec::new();
         for source in pipeline.artifact_sources(job) {
-            let archive = artifacts_dir.join(&source).join("artifacts.zip");
+            let archive = artifacts_dir
+                .join(state::component(&source))
+                .join("artifacts.zip");
             if let Ok(metadata) = std::fs::metadata(&archive) {
                 let dependency_id = next_id;
                 next_id += 1;
@@ -287,17 +292,6 @@ fn bold(color: bool) -> &'static str {
 
 fn reset(color: bool) -> &'static str {
     if color { "\x1b[0m" } else { "" }
-}
-
-/// Artifacts of a project live in the temporary directory, keyed by the project's path.
-fn default_artifacts_dir(project: &Path) -> PathBuf {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in project.as_os_str().as_encoded_bytes() {
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3);
-    }
-    std::env::temp_dir()
-        .join(format!("podrunner-exec-{hash:016x}"))
-        .join("artifacts")
 }
 
 /// Clones the committed tree of the repository holding `working_tree` into `scratch`;
@@ -561,11 +555,11 @@ async fn upload(
         let Ok(bytes) = field.bytes().await else {
             return StatusCode::BAD_REQUEST.into_response();
         };
-        let dir = c.artifacts_dir.join(&name);
+        let dir = c.artifacts_dir.join(state::component(&name));
         let target = dir.join(if archive {
             "artifacts.zip".to_owned()
         } else {
-            file_name
+            state::component(&file_name)
         });
         if std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::write(&target, &bytes))
@@ -586,7 +580,11 @@ async fn download(
     let Some(name) = c.authorized(id, &headers) else {
         return StatusCode::FORBIDDEN.into_response();
     };
-    match std::fs::read(c.artifacts_dir.join(name).join("artifacts.zip")) {
+    match std::fs::read(
+        c.artifacts_dir
+            .join(state::component(&name))
+            .join("artifacts.zip"),
+    ) {
         Ok(bytes) => (StatusCode::OK, bytes).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }

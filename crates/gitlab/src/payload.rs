@@ -23,13 +23,23 @@ where
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
-/// A job as GitLab sent it.
-#[derive(Debug, Clone)]
+/// A job as GitLab sent it. `Debug` shows the typed view (its secrets redacted), never the
+/// raw JSON, which holds the job token and masked values.
+#[derive(Clone)]
 pub struct JobPayload {
     /// The typed view.
     pub job: JobResponse,
     /// The JSON exactly as received.
     pub raw: serde_json::Value,
+}
+
+impl std::fmt::Debug for JobPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobPayload")
+            .field("job", &self.job)
+            .field("raw", &format_args!("[REDACTED JSON]"))
+            .finish()
+    }
 }
 
 impl JobPayload {

@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use podrunner_gitlab::api::{JobState, UpdateJobRequest};
 use podrunner_gitlab::{
-    ClientOptions, Features, GitlabClient, JobRequestOutcome, RunnerInfo, Secret, UpdateOutcome,
+    ClientOptions, GitlabClient, JobRequestOutcome, RunnerInfo, Secret, UpdateOutcome,
 };
 use podrunner_testkit::{GitlabStandIn, JobSpec, JobView};
+
+#[path = "support/hostile_zips.rs"]
+mod hostile_zips;
 
 const TOKEN: &str = "glrt-agent-test";
 
@@ -19,10 +22,8 @@ async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
     let info = RunnerInfo::new(
         "18.9.0",
         "shell",
-        Features {
-            refspecs: true,
-            ..Features::network()
-        },
+        // What the manager announces: the network side's features and the agent's.
+        podrunner_agent::agent_features(),
     );
     let job = match client
         .request_job(&Secret::new(TOKEN), "s_0123456789ab", &info, None)
@@ -53,20 +54,29 @@ async fn run_agent(
     gitlab: &GitlabStandIn,
     spec: JobSpec,
 ) -> (JobView, serde_json::Value, std::process::ExitStatus) {
+    let dir = tempfile::tempdir().unwrap();
+    run_agent_in(gitlab, spec, dir.path()).await
+}
+
+/// Runs the agent with `dir/builds` as the builds directory and `dir/cache` as the cache.
+async fn run_agent_in(
+    gitlab: &GitlabStandIn,
+    spec: JobSpec,
+    dir: &std::path::Path,
+) -> (JobView, serde_json::Value, std::process::ExitStatus) {
     let id = gitlab.enqueue(spec);
     let job = take(gitlab).await;
-    let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({
         "gitlab": {"url": gitlab.url()},
         "job": job,
-        "builds_dir": dir.path().join("builds"),
-        "cache_dir": dir.path().join("cache"),
+        "builds_dir": dir.join("builds"),
+        "cache_dir": dir.join("cache"),
         "runner_name": "test-runner",
         "runner_short_token": "agenttes",
         "system_id": "s_0123456789ab",
-        "termination_report": dir.path().join("report.json"),
+        "termination_report": dir.join("report.json"),
     });
-    let spec_path = dir.path().join("spec.json");
+    let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
@@ -74,8 +84,7 @@ async fn run_agent(
         .await
         .unwrap();
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     let view = gitlab
         .wait_for_job(id, Duration::from_secs(5), |j| {
             j.status == "success" || j.status == "failed"
@@ -285,4 +294,286 @@ async fn without_a_git_cli_the_built_in_git_fetches_sources() {
             && trace.contains("unshallowed"),
         "{trace}"
     );
+}
+
+/// A job whose dependency's artifact archive is `archive`, run in `dir`.
+async fn with_dependency_artifact(
+    gitlab: &GitlabStandIn,
+    archive: Vec<u8>,
+    dir: &std::path::Path,
+    script: &[&str],
+) -> (JobView, String) {
+    let producer = gitlab.enqueue(JobSpec::new("build", &["true"]));
+    take(gitlab).await;
+    gitlab.put_artifact(producer, archive);
+    let spec = JobSpec::new("test", script)
+        .variable("GIT_STRATEGY", "none", false)
+        .depends_on(&[producer]);
+    let (view, _, _) = run_agent_in(gitlab, spec, dir).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    (view, trace)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_dependency_artifacts_write_nothing_outside_and_leave_nothing_behind() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    for (name, archive) in hostile_zips::all(outside.path()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (view, trace) = with_dependency_artifact(&gitlab, archive, dir.path(), &["true"]).await;
+        assert_eq!(view.status, "failed", "{name}: {trace}");
+        assert!(
+            trace.contains("nothing was extracted") || trace.contains("cannot be read"),
+            "{name}: {trace}"
+        );
+        hostile_zips::assert_nothing_escaped(
+            name,
+            outside.path(),
+            &dir.path().join("builds/group/project"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifact_entries_replace_links_in_the_project_and_never_write_through_them() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("builds/group/project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::os::unix::fs::symlink(&victim, project.join("config")).unwrap();
+    // A link to a file is replaced by the entry, as gitlab-runner removes the path first.
+    let archive = hostile_zips::build(&[
+        hostile_zips::Entry::File("config", b"from the artifact"),
+        hostile_zips::Entry::Link("lib/current", "../v1"),
+        hostile_zips::Entry::File("v1/tool", b"tool"),
+    ]);
+    let (view, trace) = with_dependency_artifact(
+        &gitlab,
+        archive,
+        dir.path(),
+        &["cat config", "cat lib/current/tool"],
+    )
+    .await;
+    assert_eq!(view.status, "success", "{trace}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
+    assert!(
+        !std::fs::symlink_metadata(project.join("config"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        trace.contains("from the artifact") && trace.contains("tool"),
+        "{trace}"
+    );
+
+    // A link on the way to an entry refuses the archive.
+    std::os::unix::fs::symlink(outside.path(), project.join("vendor")).unwrap();
+    let archive = hostile_zips::build(&[
+        hostile_zips::Entry::File("first.txt", b"first"),
+        hostile_zips::Entry::File("vendor/planted.txt", b"x"),
+    ]);
+    let (view, trace) = with_dependency_artifact(&gitlab, archive, dir.path(), &["true"]).await;
+    assert_eq!(view.status, "failed", "{trace}");
+    assert!(trace.contains("a symbolic link in"), "{trace}");
+    assert!(!outside.path().join("planted.txt").exists());
+    assert!(!project.join("first.txt").exists(), "{trace}");
+}
+
+/// A job restoring the cache `key` (with `fallback_keys`) into `dir`.
+fn cache_job(script: &[&str], key: &str, fallback_keys: &[&str]) -> JobSpec {
+    JobSpec::new("test", script)
+        .variable("GIT_STRATEGY", "none", false)
+        .payload_field(
+            "cache",
+            serde_json::json!([{"key": key, "fallback_keys": fallback_keys, "paths": ["vendor/"], "policy": "pull", "when": "on_success"}]),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_caches_write_nothing_outside_and_leave_nothing_behind() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    for (name, archive) in hostile_zips::all(outside.path()) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache/group/project/hostile/cache.zip");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, archive).unwrap();
+        let (view, _, _) =
+            run_agent_in(&gitlab, cache_job(&["true"], "hostile", &[]), dir.path()).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        // A cache that cannot be extracted is a warning, as in gitlab-runner.
+        assert_eq!(view.status, "success", "{name}: {trace}");
+        assert!(trace.contains("Failed to extract cache"), "{name}: {trace}");
+        hostile_zips::assert_nothing_escaped(
+            name,
+            outside.path(),
+            &dir.path().join("builds/group/project"),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_and_fallback_keys_are_sanitized_as_gitlab_runner_does() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    // Where `../../../planted` would lead from the project's cache directory.
+    let planted = dir.path().join("planted/cache.zip");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(
+        &planted,
+        hostile_zips::build(&[hostile_zips::Entry::File("vendor/marker", b"planted")]),
+    )
+    .unwrap();
+    let spec = cache_job(
+        &["test ! -e vendor/marker && echo not-restored"],
+        "main",
+        &["../../../planted", "%2e%2e/%2E%2E/%2e%2e%2Fplanted"],
+    );
+    let (view, _, _) = run_agent_in(&gitlab, spec, dir.path()).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(
+        trace.contains("\nnot-restored") || trace.contains("not-restored"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(r#"cache key "../../../planted" sanitized to "planted""#),
+        "{trace}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_variable_keys_are_never_paths() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::new("test", &["true"])
+        .variable("GIT_STRATEGY", "none", false)
+        .file_variable("../../escaped", "planted");
+    let (view, _, _) = run_agent_in(&gitlab, spec, dir.path()).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "failed", "{trace}");
+    assert!(trace.contains(r#""../../escaped""#), "{trace}");
+    let escaped: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "escaped"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_near_i64_max_saturates_instead_of_panicking() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    for timeout in [i64::MAX, i64::MAX - 1, 1 << 62] {
+        let spec = JobSpec::new("test", &["echo ran"])
+            .variable("GIT_STRATEGY", "none", false)
+            .variable("RUNNER_SCRIPT_TIMEOUT", "2562047h47m16s", false)
+            .timeout(timeout);
+        let (view, report, status) = run_agent(&gitlab, spec).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        assert!(status.success(), "{timeout}: {status}: {trace}");
+        assert_eq!(view.status, "success", "{trace}");
+        assert_eq!(report["final_update_delivered"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_and_stderr_reach_the_trace_in_order_through_one_masker() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let spec = JobSpec::new(
+        "test",
+        &[
+            "for i in $(seq 1 400); do printf 'out-%03d-line\\n' $i; printf 'err-%03d-line\\n' $i >&2; done",
+            "printf 'hunter2-'; printf 'very-secret\\n' >&2",
+            "printf 'a'; sleep 0.1; printf 'b' >&2; sleep 0.1; printf 'c\\n'",
+        ],
+    )
+    .variable("GIT_STRATEGY", "none", false)
+    .variable("SECRET", "hunter2-very-secret", true);
+    let (view, _, _) = run_agent(&gitlab, spec).await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    let bodies: Vec<&str> = trace
+        .lines()
+        .map(|line| line.rsplit(' ').next().unwrap_or(line))
+        .collect();
+    let numbered: Vec<&str> = bodies
+        .iter()
+        .copied()
+        .filter(|b| (b.starts_with("out-") || b.starts_with("err-")) && b.ends_with("-line"))
+        .collect();
+    let expected: Vec<String> = (1..=400)
+        .flat_map(|i| [format!("out-{i:03}-line"), format!("err-{i:03}-line")])
+        .collect();
+    assert_eq!(
+        numbered, expected,
+        "lines spliced or out of order:\n{trace}"
+    );
+    let garbled = bodies
+        .iter()
+        .filter(|b| b.contains("-line") && !numbered.contains(b) && !b.contains('\''))
+        .count();
+    assert_eq!(garbled, 0, "{trace}");
+    assert!(!trace.contains("hunter2-very-secret"), "{trace}");
+    assert!(
+        bodies.contains(&"[MASKED]"),
+        "the secret split across streams is masked: {trace}"
+    );
+    assert!(
+        bodies.contains(&"abc"),
+        "stdout, stderr, stdout bytes stay in order: {trace}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_entries_replace_links_in_the_project_and_never_write_through_them() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("builds/group/project");
+    std::fs::create_dir_all(project.join("vendor")).unwrap();
+    std::os::unix::fs::symlink(&victim, project.join("vendor/lib")).unwrap();
+    let file = dir.path().join("cache/group/project/deps/cache.zip");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        hostile_zips::build(&[hostile_zips::Entry::File("vendor/lib", b"from the cache")]),
+    )
+    .unwrap();
+    let (view, _, _) = run_agent_in(
+        &gitlab,
+        cache_job(&["cat vendor/lib"], "deps", &[]),
+        dir.path(),
+    )
+    .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    assert!(trace.contains("Successfully extracted cache"), "{trace}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
+    assert!(trace.contains("from the cache"), "{trace}");
 }

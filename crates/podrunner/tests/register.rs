@@ -253,3 +253,65 @@ async fn reqwest_free_delete(gitlab: &GitlabStandIn, token: &str) -> bool {
     stream.read_to_string(&mut response).await.unwrap();
     response.starts_with("HTTP/1.1 204")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_never_writes_through_a_stale_or_planted_temporary_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token("glrt-abcdefghijklmnop");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let args = [
+        "register",
+        "-c",
+        arg(&config),
+        "--url",
+        gitlab.url(),
+        "--token",
+        "glrt-abcdefghijklmnop",
+        "--name",
+        "eks",
+        "--executor",
+        "kubernetes",
+    ];
+    let register = || podrunner(&args);
+    // A stale world-readable temporary file from an earlier run.
+    let stale = dir.path().join("config.toml.tmp");
+    std::fs::write(&stale, "stale").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = register().await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the token file is private"
+    );
+    assert_eq!(std::fs::read_to_string(&stale).unwrap(), "stale");
+    std::fs::remove_file(&stale).unwrap();
+
+    // A link under that name, pointing where another user can read.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("stolen");
+    std::os::unix::fs::symlink(&target, &stale).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let output = register().await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!target.exists(), "written through the planted link");
+    assert!(
+        std::fs::symlink_metadata(&config)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("glrt-abcdefghijklmnop")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && n != "config.toml.tmp")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

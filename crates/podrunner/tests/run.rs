@@ -1224,7 +1224,7 @@ async fn fail_job_counts_a_200_with_job_status_failed_as_delivered() {
     client.update_job(id, &ack).await;
     let runner = podrunner_config::RunnerConfig {
         url: Some(gitlab.url().to_owned()),
-        token: Some(TOKEN.to_owned()),
+        token: Some(TOKEN.to_owned().into()),
         ..Default::default()
     };
     let job = podrunner_manager::AcceptedJob {

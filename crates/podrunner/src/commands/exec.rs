@@ -21,8 +21,8 @@ pub(crate) struct ExecArgs {
     /// Run in a clean checkout of the committed tree rather than the working tree.
     #[arg(long)]
     clean: bool,
-    /// Where artifacts are kept for later jobs and runs [default: a directory per project in
-    /// the temporary directory].
+    /// Where artifacts are kept for later jobs and runs [default: a private directory per
+    /// project under $XDG_STATE_HOME/podrunner/exec or ~/.local/state/podrunner/exec].
     #[arg(long, value_name = "DIR")]
     artifacts_dir: Option<PathBuf>,
 }

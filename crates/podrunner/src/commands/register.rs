@@ -145,25 +145,32 @@ fn runner_client(runner: &RunnerConfig) -> Result<GitlabClient> {
     )
 }
 
-/// Writes `config.toml` through a temporary file, readable by its owner only (it holds tokens).
+/// Writes `config.toml` through a private temporary file in the same directory (a unique
+/// name created exclusively with mode 0600, so a stale file or a link planted under a fixed
+/// name is never written through), then renames it over the target.
 fn write_config(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let temporary = path.with_extension("toml.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir
+        }
+        None => Path::new("."),
+    };
+    // tempfile creates with O_CREAT|O_EXCL and mode 0600.
+    let mut file = tempfile::Builder::new()
+        .prefix(".config.toml.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     file.write_all(text.as_bytes())
-        .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
+        .and_then(|_| file.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", file.path().display()))?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
 }
 
 fn now_rfc3339() -> String {
@@ -329,7 +336,7 @@ pub(crate) async fn unregister(args: &UnregisterArgs) -> Result<ExitCode> {
         .filter(|r| {
             args.all_runners
                 || (args.name.is_some() && r.name == args.name)
-                || (args.token.is_some() && r.token == args.token)
+                || (args.token.is_some() && r.token.as_deref() == args.token.as_deref())
         })
         .collect();
     if selected.is_empty() {

@@ -149,7 +149,9 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
             })?;
             let executor = runner.executor.map(|e| e.as_str()).unwrap_or("shell");
             runner.token = Some(
-                obtain_token(&url, token, &system_id, executor, runner.name.as_deref()).await?,
+                obtain_token(&url, token, &system_id, executor, runner.name.as_deref())
+                    .await?
+                    .into(),
             );
         }
     }
