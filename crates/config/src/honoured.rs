@@ -225,11 +225,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.feature_flags.FF_USE_DIRECT_DOWNLOAD",
-        ".get(\"FF_USE_DIRECT_DOWNLOAD\")",
+        "self.spec.feature_flags.get(\"FF_USE_DIRECT_DOWNLOAD\")",
     ),
     honoured(
         "runners.feature_flags.FF_USE_POD_ACTIVE_DEADLINE_SECONDS",
-        ".feature_flag(\"FF_USE_POD_ACTIVE_DEADLINE_SECONDS\")",
+        "runner.feature_flag(\"FF_USE_POD_ACTIVE_DEADLINE_SECONDS\")",
     ),
     ignored(
         "runners.feature_flags.FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
@@ -533,7 +533,10 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.retry_backoff_max",
         "config.retry_backoff_max_ms()",
     ),
-    honoured("runners.kubernetes.retry_limits", ".retry_limits"),
+    honoured(
+        "runners.kubernetes.retry_limits",
+        "per_error: config.retry_limits.iter()",
+    ),
     honoured("runners.kubernetes.pod_labels", "&config.pod_labels"),
     honoured(
         "runners.kubernetes.pod_labels_overwrite_allowed",
