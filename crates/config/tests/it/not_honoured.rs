@@ -112,7 +112,7 @@ fn helm_values_report_the_first_runner_of_runners_config_with_its_place() {
     assert!(default.not_honoured.is_empty());
 }
 
-const START: &str = "<!-- read-but-not-honoured:start (generated from crates/config/src/honoured.rs; UPDATE_DOCS=1 rewrites it) -->";
+const START: &str = "<!-- read-but-not-honoured:start (generated from crates/config/src/honoured/table.rs; UPDATE_DOCS=1 rewrites it) -->";
 const END: &str = "<!-- read-but-not-honoured:end -->";
 
 /// The list in `docs/configuration.md`, as the table makes it.
@@ -145,7 +145,7 @@ fn the_docs_list_the_same_keys_with_the_same_advice() {
             std::fs::write(&path, updated).unwrap();
         } else {
             panic!(
-                "docs/configuration.md's list of settings read but not honoured differs from crates/config/src/honoured.rs; run with UPDATE_DOCS=1 to rewrite it"
+                "docs/configuration.md's list of settings read but not honoured differs from crates/config/src/honoured/table.rs; run with UPDATE_DOCS=1 to rewrite it"
             );
         }
     }
