@@ -343,6 +343,9 @@ pub struct KeySpans {
     pub key: Range<usize>,
     /// The value.
     pub value: Range<usize>,
+    /// Whether the value is something other than a table (a table holds settings only
+    /// through its keys).
+    pub holds_value: bool,
 }
 
 impl SpanIndex {
@@ -361,6 +364,7 @@ impl SpanIndex {
                 KeySpans {
                     key: key.span(),
                     value: value.span(),
+                    holds_value: !matches!(value.get_ref(), DeValue::Table(_)),
                 },
             );
             self.add_value(&child, value.get_ref());
@@ -378,6 +382,7 @@ impl SpanIndex {
                         KeySpans {
                             key: item.span(),
                             value: item.span(),
+                            holds_value: !matches!(item.get_ref(), DeValue::Table(_)),
                         },
                     );
                     self.add_value(&child, item.get_ref());
@@ -399,6 +404,16 @@ impl SpanIndex {
             }
             current = current.parent();
         }
+    }
+
+    /// The spans of `path`, when it was written.
+    pub fn get(&self, path: &KeyPath) -> Option<&KeySpans> {
+        self.spans.get(path)
+    }
+
+    /// Every written key and array element, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyPath, &KeySpans)> {
+        self.spans.iter()
     }
 
     /// Whether `path` was written in the document.

@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::diagnostics::{Diagnostic, KeyPath, Location, SourceText, SpanIndex};
 use crate::env::{Environment, expand};
+use crate::honoured::{self, IgnoredSetting};
 use crate::kubernetes::*;
 use crate::model::*;
 use crate::validate::{Mode, validate};
@@ -20,6 +21,8 @@ pub struct LoadedConfig {
     pub config: Config,
     /// Findings that do not stop podrunner.
     pub warnings: Vec<Diagnostic>,
+    /// Keys the file sets that podrunner reads but does not honour, with what to do instead.
+    pub not_honoured: Vec<IgnoredSetting>,
 }
 
 /// Reads and validates the `config.toml` at `path`.
@@ -98,6 +101,7 @@ pub(crate) fn finish(
         Ok(LoadedConfig {
             config: parsed.config,
             warnings: parsed.warnings,
+            not_honoured: honoured::ignored_settings(source, &parsed.spans, mode),
         })
     } else {
         Err(ConfigError::Invalid {

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::diagnostics::Diagnostic;
+use crate::honoured::IgnoredSetting;
 use crate::kubernetes::{ContainerRole, ResourceKind};
 use crate::load::LoadedConfig;
 use crate::quantity::Quantity;
@@ -30,6 +31,8 @@ pub struct ConfigSummary {
     pub runners: Vec<RunnerSummary>,
     /// Warnings found while loading.
     pub warnings: Vec<Diagnostic>,
+    /// Keys set in the file that podrunner reads but does not honour, with what to do instead.
+    pub not_honoured: Vec<IgnoredSetting>,
 }
 
 /// One runner in the summary.
@@ -113,6 +116,7 @@ impl ConfigSummary {
             },
             runners: config.runners.iter().map(RunnerSummary::new).collect(),
             warnings: loaded.warnings.clone(),
+            not_honoured: loaded.not_honoured.clone(),
         }
     }
 }
@@ -301,6 +305,13 @@ impl fmt::Display for ConfigSummary {
             writeln!(f)?;
             for w in &self.warnings {
                 writeln!(f, "warning: {w}")?;
+            }
+        }
+        if !self.not_honoured.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "{}:", crate::honoured::HEADING)?;
+            for setting in &self.not_honoured {
+                writeln!(f, "  {setting}")?;
             }
         }
         Ok(())

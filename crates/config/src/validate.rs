@@ -176,19 +176,6 @@ fn check_runner(c: &mut Checker<'_>, config: &Config, path: &KeyPath, runner: &R
             );
         }
     }
-    for (key, executor) in [
-        ("docker", "docker"),
-        ("machine", "docker+machine"),
-        ("custom", "custom"),
-        ("ssh", "ssh"),
-        ("parallels", "parallels"),
-        ("virtualbox", "virtualbox"),
-        ("autoscaler", "docker-autoscaler"),
-    ] {
-        if c.spans.contains(&path.key(key)) {
-            c.warn(&path.key(key), format!("configures gitlab-runner's {executor} executor, which podrunner does not have; it is ignored"));
-        }
-    }
     let durations = [
         ("unhealthy_interval", Some(runner.unhealthy_interval)),
         ("prepare_timeout", runner.prepare_timeout),

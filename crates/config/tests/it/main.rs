@@ -5,6 +5,7 @@ mod errors;
 mod full_config;
 mod helm_values;
 mod never_panics;
+mod not_honoured;
 
 use std::collections::HashMap;
 

@@ -84,6 +84,12 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         .emit();
     }
+    for setting in &loaded.not_honoured {
+        Event::ConfigWarning {
+            warning: format!("{}: {setting}", podrunner_config::honoured::HEADING),
+        }
+        .emit();
+    }
     let mut config = loaded.config;
     if config.runners.is_empty() {
         bail!(
