@@ -293,6 +293,112 @@ pub fn tier_warning(pod: &Pod, sizing: &PodSizing) -> Option<String> {
     None
 }
 
+/// What `podrunner plan` says about a pod on Fargate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// The declared profile that takes the pod; `None` when Fargate is assumed.
+    pub profile: Option<String>,
+    /// vCPU the pod requests.
+    pub requested_vcpu: f64,
+    /// Memory the pod requests, GB.
+    pub requested_memory_gb: f64,
+    /// The provisioned vCPU.
+    pub vcpu: f64,
+    /// The provisioned memory, GB.
+    pub memory_gb: f64,
+    /// Ephemeral storage, GB.
+    pub storage_gb: u64,
+    /// USD per hour.
+    pub usd_per_hour: f64,
+    /// USD per minute.
+    pub usd_per_minute: f64,
+    /// Paid for but not requested: vCPU.
+    pub waste_vcpu: f64,
+    /// Paid for but not requested: GB (the 256 MiB overhead included).
+    pub waste_memory_gb: f64,
+    /// What Fargate would refuse, or why the pod fits no size.
+    pub problems: Vec<String>,
+    /// Requests that push the pod into a bigger size.
+    pub warnings: Vec<String>,
+}
+
+/// With declared Fargate profiles, the warning for a pod none of them selects: EKS schedules
+/// it like any pod (to EC2 nodes, if the cluster has any), and on a cluster without nodes it
+/// stays Pending (`awsdocs/amazon-eks-user-guide` `fargate.adoc`: selection happens at
+/// scheduling time, and a pod no profile matches may stay Pending). `None` without declared
+/// profiles, or when one selects the pod.
+pub fn unmatched_profile_warning(pod: &Pod, config: Option<&FargateConfig>) -> Option<String> {
+    let config = config.filter(|c| !c.profiles.is_empty())?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    if config.profile_for(&namespace, &labels).is_some() {
+        return None;
+    }
+    let names: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "no declared Fargate profile ({}) selects this pod (namespace {namespace:?}): it runs on EC2 nodes if the cluster has any, else it stays Pending until poll_timeout; check the profiles' namespace and labels against pod_labels",
+        names.join(", ")
+    ))
+}
+
+/// Predicts placement and size: the declared profiles decide whether the pod goes to
+/// Fargate; without profiles, `assume` says it does. `None`: the pod would not run there.
+pub fn predict(pod: &Pod, config: Option<&FargateConfig>, assume: bool) -> Option<Prediction> {
+    let defaults = FargateConfig::default();
+    let prices = config.unwrap_or(&defaults);
+    let metadata = &pod.metadata;
+    let namespace = metadata.namespace.clone().unwrap_or_default();
+    let labels = metadata.labels.clone().unwrap_or_default();
+    let profile = match config.filter(|c| !c.profiles.is_empty()) {
+        Some(config) => Some(config.profile_for(&namespace, &labels)?.name.clone()),
+        None if assume => None,
+        None => return None,
+    };
+    let mut problems = unsupported(pod);
+    let (sizing, warnings) = match size_of(pod) {
+        Ok(sizing) => {
+            let warnings = tier_warning(pod, &sizing).into_iter().collect();
+            (Some(sizing), warnings)
+        }
+        Err(error) => {
+            problems.push(error.to_string());
+            (None, Vec::new())
+        }
+    };
+    let (size, requested_vcpu, requested_memory_gb, storage_gb) = match &sizing {
+        Some(s) => (
+            s.size,
+            s.requested_vcpu,
+            s.requested_memory_gb,
+            s.storage_gb,
+        ),
+        None => (
+            FargateSize {
+                vcpu: 0.0,
+                memory_gb: 0.0,
+            },
+            0.0,
+            0.0,
+            DEFAULT_STORAGE_GIB,
+        ),
+    };
+    let price = Price::of(size, storage_gb, prices);
+    Some(Prediction {
+        profile,
+        requested_vcpu,
+        requested_memory_gb,
+        vcpu: size.vcpu,
+        memory_gb: size.memory_gb,
+        storage_gb,
+        usd_per_hour: price.usd_per_hour,
+        usd_per_minute: price.usd_per_minute(),
+        waste_vcpu: (size.vcpu - requested_vcpu).max(0.0),
+        waste_memory_gb: (size.memory_gb - requested_memory_gb).max(0.0),
+        problems,
+        warnings,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,110 +713,4 @@ mod tests {
         let fine = pod(vec![container("build", "1", "1Gi")], vec![]);
         assert_eq!(tier_warning(&fine, &size_of(&fine).unwrap()), None);
     }
-}
-
-/// What `podrunner plan` says about a pod on Fargate.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Prediction {
-    /// The declared profile that takes the pod; `None` when Fargate is assumed.
-    pub profile: Option<String>,
-    /// vCPU the pod requests.
-    pub requested_vcpu: f64,
-    /// Memory the pod requests, GB.
-    pub requested_memory_gb: f64,
-    /// The provisioned vCPU.
-    pub vcpu: f64,
-    /// The provisioned memory, GB.
-    pub memory_gb: f64,
-    /// Ephemeral storage, GB.
-    pub storage_gb: u64,
-    /// USD per hour.
-    pub usd_per_hour: f64,
-    /// USD per minute.
-    pub usd_per_minute: f64,
-    /// Paid for but not requested: vCPU.
-    pub waste_vcpu: f64,
-    /// Paid for but not requested: GB (the 256 MiB overhead included).
-    pub waste_memory_gb: f64,
-    /// What Fargate would refuse, or why the pod fits no size.
-    pub problems: Vec<String>,
-    /// Requests that push the pod into a bigger size.
-    pub warnings: Vec<String>,
-}
-
-/// With declared Fargate profiles, the warning for a pod none of them selects: EKS schedules
-/// it like any pod (to EC2 nodes, if the cluster has any), and on a cluster without nodes it
-/// stays Pending (`awsdocs/amazon-eks-user-guide` `fargate.adoc`: selection happens at
-/// scheduling time, and a pod no profile matches may stay Pending). `None` without declared
-/// profiles, or when one selects the pod.
-pub fn unmatched_profile_warning(pod: &Pod, config: Option<&FargateConfig>) -> Option<String> {
-    let config = config.filter(|c| !c.profiles.is_empty())?;
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    if config.profile_for(&namespace, &labels).is_some() {
-        return None;
-    }
-    let names: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
-    Some(format!(
-        "no declared Fargate profile ({}) selects this pod (namespace {namespace:?}): it runs on EC2 nodes if the cluster has any, else it stays Pending until poll_timeout; check the profiles' namespace and labels against pod_labels",
-        names.join(", ")
-    ))
-}
-
-/// Predicts placement and size: the declared profiles decide whether the pod goes to
-/// Fargate; without profiles, `assume` says it does. `None`: the pod would not run there.
-pub fn predict(pod: &Pod, config: Option<&FargateConfig>, assume: bool) -> Option<Prediction> {
-    let defaults = FargateConfig::default();
-    let prices = config.unwrap_or(&defaults);
-    let metadata = &pod.metadata;
-    let namespace = metadata.namespace.clone().unwrap_or_default();
-    let labels = metadata.labels.clone().unwrap_or_default();
-    let profile = match config.filter(|c| !c.profiles.is_empty()) {
-        Some(config) => Some(config.profile_for(&namespace, &labels)?.name.clone()),
-        None if assume => None,
-        None => return None,
-    };
-    let mut problems = unsupported(pod);
-    let (sizing, warnings) = match size_of(pod) {
-        Ok(sizing) => {
-            let warnings = tier_warning(pod, &sizing).into_iter().collect();
-            (Some(sizing), warnings)
-        }
-        Err(error) => {
-            problems.push(error.to_string());
-            (None, Vec::new())
-        }
-    };
-    let (size, requested_vcpu, requested_memory_gb, storage_gb) = match &sizing {
-        Some(s) => (
-            s.size,
-            s.requested_vcpu,
-            s.requested_memory_gb,
-            s.storage_gb,
-        ),
-        None => (
-            FargateSize {
-                vcpu: 0.0,
-                memory_gb: 0.0,
-            },
-            0.0,
-            0.0,
-            DEFAULT_STORAGE_GIB,
-        ),
-    };
-    let price = Price::of(size, storage_gb, prices);
-    Some(Prediction {
-        profile,
-        requested_vcpu,
-        requested_memory_gb,
-        vcpu: size.vcpu,
-        memory_gb: size.memory_gb,
-        storage_gb,
-        usd_per_hour: price.usd_per_hour,
-        usd_per_minute: price.usd_per_minute(),
-        waste_vcpu: (size.vcpu - requested_vcpu).max(0.0),
-        waste_memory_gb: (size.memory_gb - requested_memory_gb).max(0.0),
-        problems,
-        warnings,
-    })
 }

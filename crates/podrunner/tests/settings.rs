@@ -96,14 +96,6 @@ const SILENT: &[(&str, &str)] = &[
         "not applied",
     ),
     (
-        "runners[0].kubernetes.pod_security_context.seccomp_profile",
-        "build_container_security_context",
-    ),
-    (
-        "runners[0].kubernetes.pod_security_context.app_armor_profile",
-        "build_container_security_context",
-    ),
-    (
         "runners[0].kubernetes.helper_container_security_context",
         "no helper container",
     ),
@@ -206,10 +198,6 @@ user = "gitlab-runner"
     suspend_pvc_storage_class = "gp3"
     [runners.kubernetes.pod_security_context]
       run_as_user = 1000
-      [runners.kubernetes.pod_security_context.seccomp_profile]
-        type = "RuntimeDefault"
-      [runners.kubernetes.pod_security_context.app_armor_profile]
-        type = "RuntimeDefault"
     [runners.kubernetes.helper_container_security_context]
       run_as_user = 1000
     [[runners.kubernetes.services]]

@@ -353,15 +353,15 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.service_cpu_*",
-        "resources(&config, ContainerRole::Service",
+        "resources(config, ContainerRole::Service",
     ),
     honoured(
         "runners.kubernetes.service_memory_*",
-        "resources(&config, ContainerRole::Service",
+        "resources(config, ContainerRole::Service",
     ),
     honoured(
         "runners.kubernetes.service_ephemeral_storage_*",
-        "resources(&config, ContainerRole::Service",
+        "resources(config, ContainerRole::Service",
     ),
     honoured(
         "runners.kubernetes.pod_cpu_*",
@@ -377,7 +377,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.allowed_services",
-        "allowed(&config.allowed_services, &image)",
+        "allowed(&config.allowed_services, &spec.image)",
     ),
     honoured(
         "runners.kubernetes.allowed_pull_policies",
@@ -518,13 +518,13 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.pod_security_context.selinux_type",
         "p.selinux_type.clone()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.pod_security_context.seccomp_profile",
-        "not applied to the pod yet: set seccomp_profile in build_container_security_context and service_container_security_context",
+        "seccomp_profile: p.seccomp_profile.as_ref()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.pod_security_context.app_armor_profile",
-        "not applied to the pod yet: set app_armor_profile in build_container_security_context and service_container_security_context",
+        "app_armor_profile: p.app_armor_profile.as_ref()",
     ),
     // Every field of a container security context is read by the same function.
     honoured(

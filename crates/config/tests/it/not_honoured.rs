@@ -41,12 +41,10 @@ fn an_ignored_table_is_listed_once_at_its_place() {
 fn honoured_keys_are_not_listed_and_flags_count_one_by_one() {
     let text = "concurrent = 1\n[[runners]]\n  executor = \"kubernetes\"\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n    FF_USE_FASTZIP = true\n  [runners.kubernetes]\n    poll_timeout = 60\n    poll_interval = 5\n    [runners.kubernetes.pod_security_context]\n      run_as_user = 1000\n      [runners.kubernetes.pod_security_context.seccomp_profile]\n        type = \"RuntimeDefault\"\n";
     let text = listed(text);
-    assert_eq!(text.len(), 3, "{text:#?}");
+    // run_as_user and the pod-level seccomp_profile are applied to the pod: not listed.
+    assert_eq!(text.len(), 2, "{text:#?}");
     assert!(text[0].starts_with("config.toml:6:5: runners[0].feature_flags.FF_USE_FASTZIP — "));
     assert!(text[1].starts_with("config.toml:9:5: runners[0].kubernetes.poll_interval — "));
-    assert!(text[2].starts_with(
-        "config.toml:12:7: runners[0].kubernetes.pod_security_context.seccomp_profile — "
-    ));
 }
 
 /// The full fixture sets every key: each ignored entry it touches is listed, and nothing is
