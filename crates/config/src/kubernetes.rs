@@ -34,7 +34,7 @@ pub struct KubernetesConfig {
     /// CA bundle of the API server.
     pub ca_file: Option<String>,
     /// Bearer token for the API server.
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<crate::SecretString>,
     /// Let jobs set `KUBERNETES_BEARER_TOKEN`.
     pub bearer_token_overwrite_allowed: bool,
     /// Default job image.

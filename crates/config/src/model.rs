@@ -402,10 +402,10 @@ pub struct CacheS3Config {
     pub access_key: Option<String>,
     /// Secret access key.
     #[serde(rename = "SecretKey")]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<crate::SecretString>,
     /// Session token for temporary credentials.
     #[serde(rename = "SessionToken")]
-    pub session_token: Option<String>,
+    pub session_token: Option<crate::SecretString>,
     /// Bucket.
     #[serde(rename = "BucketName")]
     pub bucket_name: Option<String>,
@@ -453,7 +453,7 @@ pub struct CacheGcsConfig {
     pub access_id: Option<String>,
     /// Service-account private key.
     #[serde(rename = "PrivateKey")]
-    pub private_key: Option<String>,
+    pub private_key: Option<crate::SecretString>,
     /// Bucket.
     #[serde(rename = "BucketName")]
     pub bucket_name: Option<String>,
@@ -468,7 +468,7 @@ pub struct CacheAzureConfig {
     pub account_name: Option<String>,
     /// Storage account key.
     #[serde(rename = "AccountKey")]
-    pub account_key: Option<String>,
+    pub account_key: Option<crate::SecretString>,
     /// Blob container.
     #[serde(rename = "ContainerName")]
     pub container_name: Option<String>,

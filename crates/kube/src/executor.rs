@@ -218,7 +218,10 @@ pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError
             auth_infos: vec![NamedAuthInfo {
                 name: "podrunner".into(),
                 auth_info: Some(AuthInfo {
-                    token: settings.bearer_token.clone().map(Into::into),
+                    token: settings
+                        .bearer_token
+                        .clone()
+                        .map(|t| String::from(t).into()),
                     client_certificate: settings.cert_file.clone(),
                     client_key: settings.key_file.clone(),
                     ..Default::default()

@@ -198,6 +198,25 @@ fn assert_every_key_read(what: &str, actual: &Value, defaults: &Value, not_in_fi
     }
 }
 
+/// No secret of the configuration prints through `Debug`: the runner token, the cache's
+/// cloud credentials and the Kubernetes bearer token are redacted.
+#[test]
+fn debug_prints_no_secret_of_the_configuration() {
+    let loaded = load(FULL).unwrap_or_else(|e| panic!("{e}"));
+    let printed = format!("{:?}", loaded.config);
+    for secret in [
+        "glrt-from-env",
+        "SecretKey",
+        "\"secret\"",
+        "\"session\"",
+        "\"key\"",
+        "k8s-token",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed by Debug");
+    }
+    assert!(printed.contains("[REDACTED]"));
+}
+
 #[test]
 fn the_full_config_is_valid_without_warnings() {
     let loaded = load(FULL).unwrap_or_else(|e| panic!("{e}"));
