@@ -3,7 +3,8 @@
 //! of the job's build container.
 
 mod builtin_git;
-mod cache_key;
+pub mod cache_key;
+pub mod cache_plan;
 pub mod extract;
 pub mod files;
 mod handover;
@@ -14,6 +15,7 @@ mod proptests;
 pub mod script;
 pub mod sources;
 pub mod spec;
+pub mod transfer;
 pub mod variables;
 
 pub use handover::{

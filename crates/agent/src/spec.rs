@@ -78,6 +78,10 @@ pub struct AgentSpec {
     /// and price of the pod, ignored overwrites). A line starting with `WARNING: ` is shown
     /// as a warning.
     pub notes: Vec<String>,
+    /// The job's caches as the manager resolved them (keys and archive locations).
+    pub caches: Vec<crate::cache_plan::CacheEntry>,
+    /// Cache settings of the runner.
+    pub cache_settings: crate::cache_plan::CacheSettings,
 }
 
 /// The job payload inside is shown only by its job ID, the runner `environment` by its
@@ -126,6 +130,8 @@ impl std::fmt::Debug for AgentSpec {
             .field("termination_report", &self.termination_report)
             .field("concurrent_id", &self.concurrent_id)
             .field("notes", &self.notes)
+            .field("caches", &self.caches)
+            .field("cache_settings", &self.cache_settings)
             .finish()
     }
 }
@@ -159,6 +165,8 @@ impl Default for AgentSpec {
             termination_report: None,
             concurrent_id: 0,
             notes: Vec::new(),
+            caches: Vec::new(),
+            cache_settings: crate::cache_plan::CacheSettings::default(),
         }
     }
 }

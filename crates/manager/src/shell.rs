@@ -228,6 +228,8 @@ pub fn agent_spec(
         termination_report: Some(termination_report),
         concurrent_id: job.concurrent_id,
         notes: Vec::new(),
+        caches: Vec::new(),
+        cache_settings: Default::default(),
     }
 }
 
