@@ -3,6 +3,9 @@
 //! `default`, `inherit`, `workflow`, `rules`/`only`/`except` and `parallel`) and what the
 //! scheduler runs. Nothing here is YAML any more: every choice GitLab makes when it creates
 //! the pipeline has been made.
+//!
+//! The builder's entry point is `pipeline::build(&BuildOptions) -> Result<Pipeline,
+//! PipelineError>`, with `BuildOptions { file, variables (from --var), working_tree }`.
 
 use podrunner_gitlab::payload::{Artifact, Cache, JobVariable};
 
@@ -113,6 +116,11 @@ pub struct Pipeline {
     pub name: Option<String>,
     /// Global variables (with `workflow:rules` variables), as the payload carries them.
     pub variables: Vec<JobVariable>,
+    /// The predefined variables of a push pipeline of the local repository (`CI_COMMIT_*`,
+    /// `CI_DEFAULT_BRANCH`, `CI_PIPELINE_SOURCE`, `CI_PROJECT_*`, ...). Job-level ones
+    /// (`CI_JOB_NAME`, `CI_NODE_INDEX`, `CI_ENVIRONMENT_*`, `CI_JOB_STATUS`) are added per job
+    /// by the scheduler.
+    pub predefined: Vec<JobVariable>,
     /// The jobs GitLab would create, in stage order then file order.
     pub jobs: Vec<Job>,
     /// What the user should know: ignored keywords (each said once), duplicate keys.
