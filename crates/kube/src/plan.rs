@@ -8,19 +8,25 @@ use k8s_openapi::api::core::v1::{
     CSIVolumeSource, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource,
     HostAlias, HostPathVolumeSource, KeyToPath, NFSVolumeSource, PersistentVolumeClaimVolumeSource,
     Pod, PodDNSConfig, PodDNSConfigOption, PodSecurityContext, PodSpec, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use podrunner_config::kubernetes::{ContainerRole, ContainerSecurityContext, KubernetesConfig};
 use podrunner_config::{Quantity, RunnerConfig, Wildcard};
+
+pub use pod_spec_patch::FLAG as ADVANCED_POD_SPEC_FLAG;
 use podrunner_gitlab::JobPayload;
 
 mod names;
 mod overwrites;
+mod pod_spec_patch;
 mod services;
+mod strategic_merge;
+mod tolerations;
+mod users;
 
-use overwrites::{MapKind, in_runner_label_namespace, map_overwrites, resources};
+use overwrites::{MapKind, bearer_token, in_runner_label_namespace, map_overwrites, resources};
 
 pub use names::derived_aliases;
 
@@ -95,6 +101,17 @@ pub enum PlanError {
         limit_origin: String,
         /// The limit.
         limit: String,
+    },
+    /// The job's `executor_opts` hold options gitlab-runner does not know, or a bad value.
+    #[error("{0}")]
+    ExecutorOptions(String),
+    /// A `[[runners.kubernetes.pod_spec]]` patch cannot be applied or is refused.
+    #[error("pod_spec {name:?}: {reason}")]
+    PodSpecPatch {
+        /// The patch's `name` (or its place in the list).
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// The pod's annotations are larger than the API server allows.
     #[error(
@@ -360,6 +377,7 @@ pub fn plan(
         };
         PlanError::check(origin, &namespace, "namespace", names::dns1123_label)?;
     }
+    bearer_token(&config, &variables, &mut warnings)?;
     let mut service_account = config.service_account.clone();
     if let Some(asked) = variables
         .get("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE")
@@ -714,6 +732,16 @@ pub fn plan(
         ));
     }
 
+    let mut build_security =
+        security_context(&config, config.build_container_security_context.as_ref());
+    users::apply(
+        &config,
+        &mut build_security,
+        config.build_container_security_context.as_ref(),
+        &users::job_user(&job.image, &variables)?,
+        "build",
+        &mut warnings,
+    );
     let build = Container {
         name: "build".into(),
         image: Some(image.clone()),
@@ -745,10 +773,7 @@ pub fn plan(
             },
         ]),
         resources: resources(&config, ContainerRole::Build, &variables, &mut warnings)?,
-        security_context: Some(security_context(
-            &config,
-            config.build_container_security_context.as_ref(),
-        )),
+        security_context: Some(build_security),
         volume_mounts: Some(mounts),
         lifecycle: config.container_lifecycle.as_ref().map(lifecycle),
         termination_message_path: Some("/dev/termination-log".into()),
@@ -803,22 +828,7 @@ pub fn plan(
     };
     pull_secrets.extend(registry_secret.iter().cloned());
 
-    let tolerations: Vec<Toleration> = config
-        .node_tolerations
-        .iter()
-        .map(|(key, effect)| {
-            let (key, value) = key
-                .split_once('=')
-                .map_or((key.as_str(), None), |(k, v)| (k, Some(v.to_owned())));
-            Toleration {
-                key: (!key.is_empty()).then(|| key.to_owned()),
-                operator: Some(if value.is_some() { "Equal" } else { "Exists" }.to_owned()),
-                value,
-                effect: (!effect.is_empty()).then(|| effect.clone()),
-                toleration_seconds: None,
-            }
-        })
-        .collect();
+    let tolerations = tolerations::plan(&config, &variables, &mut warnings)?;
     let pod_security = config
         .pod_security_context
         .as_ref()
@@ -855,7 +865,7 @@ pub fn plan(
         .then(|| active_deadline_seconds(payload.timeout_secs()));
     let pod_resources = resources(&config, ContainerRole::Pod, &variables, &mut warnings)?;
 
-    let pod = Pod {
+    let mut pod = Pod {
         metadata: ObjectMeta {
             name: Some(pod_name),
             namespace: Some(namespace.clone()),
@@ -909,6 +919,14 @@ pub fn plan(
         }),
         status: None,
     };
+    // Last, as gitlab-runner's `setupBuildPod` applies them: the pod_spec patches.
+    pod.spec = pod
+        .spec
+        .take()
+        .map(|spec| {
+            pod_spec_patch::apply(runner, &config.pod_spec, &variables, spec, &mut warnings)
+        })
+        .transpose()?;
     Ok(PodPlan {
         namespace,
         pod,

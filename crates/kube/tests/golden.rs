@@ -80,6 +80,23 @@ fn cases() -> Vec<(&'static str, String, Value)> {
             ]);
             j
         }),
+        // The three patch types of gitlab-runner's docs, in order, on one pod.
+        ("pod_spec_patches", concat!(
+            "  namespace = \"ci\"\n  cpu_request = \"1\"\n",
+            "  [[runners.kubernetes.pod_spec]]\n    name = \"hostname\"\n    patch = 'hostname: \"custom-pod-hostname\"'\n    patch_type = \"merge\"\n",
+            "  [[runners.kubernetes.pod_spec]]\n    name = \"build resources and a sidecar\"\n    patch = '''\ncontainers:\n- name: build\n  resources:\n    requests:\n      memory: 2Gi\n  env:\n  - name: EXTRA\n    value: \"1\"\n- name: sidecar\n  image: envoyproxy/envoy:v1.31\nvolumes:\n- name: builds\n  emptyDir:\n    sizeLimit: 10Gi\n'''\n",
+            "  [[runners.kubernetes.pod_spec]]\n    name = \"node\"\n    patch = '[{\"op\": \"add\", \"path\": \"/nodeSelector\", \"value\": {\"key1\": \"val1\"}}, {\"op\": \"add\", \"path\": \"/terminationGracePeriodSeconds\", \"value\": 60}]'\n    patch_type = \"json\"\n",
+            " [runners.feature_flags]\n  FF_USE_ADVANCED_POD_SPEC_CONFIGURATION = true\n",
+        ).to_owned(), job()),
+        // The job's user and group where no security context sets them, within the lists.
+        ("job_user", "  namespace = \"ci\"\n  allowed_users = [\"1000\", \"65534\"]\n  allowed_groups = [\"1001\"]\n".to_owned(), {
+            let mut j = job();
+            j["image"] = json!({"name": "golang:1.24", "executor_opts": {"kubernetes": {"user": "1000:1001"}}});
+            j["services"] = json!([{"name": "redis:7", "executor_opts": {"kubernetes": {"user": 65534}}}]);
+            j
+        }),
+        ("tolerations_overwrite", "  namespace = \"ci\"\n  node_tolerations_overwrite_allowed = \"^(ci|spot|eks)\"\n  [runners.kubernetes.node_tolerations]\n    \"ci=true\" = \"NoSchedule\"\n".to_owned(),
+            with_vars(job(), &[("KUBERNETES_NODE_TOLERATIONS_1", "ci=true:NoExecute"), ("KUBERNETES_NODE_TOLERATIONS_2", "spot"), ("KUBERNETES_NODE_TOLERATIONS_3", "eks.amazonaws.com/compute-type=fargate:NoSchedule")])),
         ("namespace_per_job_no_deadline", "  namespace = \"ci\"\n  namespace_per_job = true\n  pod_termination_grace_period_seconds = 10\n [runners.feature_flags]\n  FF_USE_POD_ACTIVE_DEADLINE_SECONDS = false\n".to_owned(), job()),
     ]
 }

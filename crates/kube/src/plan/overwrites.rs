@@ -205,3 +205,30 @@ pub(super) fn in_runner_label_namespace(key: &str) -> bool {
         .to_ascii_lowercase();
     domain == "runner.gitlab.com" || domain.ends_with(".runner.gitlab.com")
 }
+
+/// `KUBERNETES_BEARER_TOKEN` (`BearerTokenOverwriteVariableValue` of gitlab-runner's
+/// `overwrites.go`): gitlab-runner creates the job's pod with that token when
+/// `bearer_token_overwrite_allowed` is set. podrunner creates every pod, and watches it, with
+/// the manager's own credentials, so it refuses such a job rather than run it with more
+/// rights than the token gives; without the setting the variable is ignored, as there. The
+/// token is never written anywhere.
+pub(super) fn bearer_token(
+    config: &KubernetesConfig,
+    variables: &JobVariables,
+    warnings: &mut Vec<String>,
+) -> Result<(), PlanError> {
+    const VARIABLE: &str = "KUBERNETES_BEARER_TOKEN";
+    if variables.get(VARIABLE).is_none_or(str::is_empty) {
+        return Ok(());
+    }
+    if !config.bearer_token_overwrite_allowed {
+        warnings.push(format!(
+            "{VARIABLE} is ignored: bearer_token_overwrite_allowed is not set"
+        ));
+        return Ok(());
+    }
+    Err(PlanError::Overwrite {
+        variable: VARIABLE.into(),
+        reason: "podrunner creates every job's pod with the manager's own credentials and does not use a job's token: remove the variable, or give the manager's service account access to the job's namespace".into(),
+    })
+}

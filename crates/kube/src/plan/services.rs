@@ -11,7 +11,7 @@ use podrunner_config::kubernetes::{ContainerRole, KubernetesConfig};
 use podrunner_gitlab::payload::JobResponse;
 
 use super::{
-    JobVariables, PlanError, allowed, expand_like_runner, names, resources, security_context,
+    JobVariables, PlanError, allowed, expand_like_runner, names, resources, security_context, users,
 };
 
 /// Names of the pod's own containers, which no service may take.
@@ -27,6 +27,8 @@ struct ServiceSpec {
     variables: Vec<Variable>,
     /// Services with ports come from the Web IDE and give no host alias (`host_aliases.go`).
     has_ports: bool,
+    /// The user the job asks the service to run as (`kubernetes.user`, [`users`]).
+    user: String,
 }
 
 /// The service containers and the host alias that points their names at the pod.
@@ -46,6 +48,11 @@ pub(super) fn plan(
 ) -> Result<Services, PlanError> {
     // The config's services and the job's, names and aliases expanded with the job's
     // variables (`GetExpandedServices` in `common/config.go`, `expandContainerOptions`).
+    let job_users = job
+        .services
+        .iter()
+        .map(|s| users::job_user(s, variables))
+        .collect::<Result<Vec<_>, _>>()?;
     let specs = config
         .services
         .iter()
@@ -65,15 +72,22 @@ pub(super) fn plan(
                 })
                 .collect(),
             has_ports: false,
+            user: String::new(),
         })
-        .chain(job.services.iter().map(|s| ServiceSpec {
-            image: variables.expand(&s.name),
-            alias: variables.expand(&s.alias),
-            entrypoint: s.entrypoint.clone(),
-            command: s.command.clone(),
-            variables: s.variables.iter().map(Variable::from_payload).collect(),
-            has_ports: !s.ports.is_empty(),
-        }))
+        .chain(
+            job.services
+                .iter()
+                .zip(job_users)
+                .map(|(s, user)| ServiceSpec {
+                    image: variables.expand(&s.name),
+                    alias: variables.expand(&s.alias),
+                    entrypoint: s.entrypoint.clone(),
+                    command: s.command.clone(),
+                    variables: s.variables.iter().map(Variable::from_payload).collect(),
+                    has_ports: !s.ports.is_empty(),
+                    user,
+                }),
+        )
         .filter(|s| !s.image.is_empty());
 
     let mut used: BTreeSet<String> = RESERVED.iter().map(|n| (*n).to_owned()).collect();
@@ -108,6 +122,9 @@ pub(super) fn plan(
         }
         let name = container_name(&aliases, &mut used, &mut next_index);
         let env = env(variables, &spec)?;
+        let own = config.service_container_security_context.as_ref();
+        let mut security = security_context(config, own);
+        users::apply(config, &mut security, own, &spec.user, &name, warnings);
         containers.push(Container {
             name,
             image: Some(spec.image),
@@ -115,10 +132,7 @@ pub(super) fn plan(
             args: (!spec.command.is_empty()).then_some(spec.command),
             env: (!env.is_empty()).then_some(env),
             resources: resources(config, ContainerRole::Service, variables, warnings)?,
-            security_context: Some(security_context(
-                config,
-                config.service_container_security_context.as_ref(),
-            )),
+            security_context: Some(security),
             ..Default::default()
         });
     }
