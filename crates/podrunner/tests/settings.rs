@@ -27,10 +27,6 @@ const SILENT: &[(&str, &str)] = &[
         "does not read this feature flag",
     ),
     (
-        "runners[0].feature_flags.FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
-        "pod_spec is not applied yet",
-    ),
-    (
         "runners[0].feature_flags.FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY",
         "no attach or exec strategy",
     ),
@@ -68,12 +64,6 @@ const SILENT: &[(&str, &str)] = &[
         "runners[0].kubernetes.bearer_token_overwrite_allowed",
         "KUBERNETES_BEARER_TOKEN",
     ),
-    ("runners[0].kubernetes.allowed_users", "not enforced yet"),
-    ("runners[0].kubernetes.allowed_groups", "not enforced yet"),
-    (
-        "runners[0].kubernetes.node_tolerations_overwrite_allowed",
-        "KUBERNETES_NODE_TOLERATIONS_",
-    ),
     (
         "runners[0].kubernetes.helper_image",
         "podrunner needs no helper image: the agent runs in the build container",
@@ -98,10 +88,6 @@ const SILENT: &[(&str, &str)] = &[
     (
         "runners[0].kubernetes.helper_container_security_context",
         "no helper container",
-    ),
-    (
-        "runners[0].kubernetes.pod_spec",
-        "not applied yet; put the fields in the matching [runners.kubernetes] keys",
     ),
     ("runners[0].kubernetes.logs_base_dir", "not applied"),
     ("runners[0].kubernetes.scripts_base_dir", "not applied"),
@@ -289,6 +275,11 @@ fn config_check_lists_every_silent_key_with_its_advice() {
         "run_as_user",
         "FF_TIMESTAMPS",
         "namespace",
+        "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
+        "allowed_users",
+        "allowed_groups",
+        "node_tolerations_overwrite_allowed",
+        "pod_spec",
     ] {
         assert!(
             !lines.iter().any(|l| l.contains(&format!(".{honoured} — "))),

@@ -159,9 +159,9 @@ pub const SETTINGS: &[Setting] = &[
         "runners.feature_flags.FF_USE_POD_ACTIVE_DEADLINE_SECONDS",
         "runner.feature_flag(\"FF_USE_POD_ACTIVE_DEADLINE_SECONDS\")",
     ),
-    ignored(
+    honoured(
         "runners.feature_flags.FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
-        "pod_spec is not applied yet: put the fields in the matching [runners.kubernetes] keys",
+        "if let Some(on) = runner.feature_flags.get(FLAG)",
     ),
     ignored(
         "runners.feature_flags.FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY",
@@ -302,7 +302,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     ignored(
         "runners.kubernetes.bearer_token_overwrite_allowed",
-        "not applied yet: jobs cannot set KUBERNETES_BEARER_TOKEN; every job uses the manager's own credentials",
+        "not applied: podrunner creates every pod with the manager's own credentials, so a job that sets KUBERNETES_BEARER_TOKEN is refused; give the manager's service account access to the jobs' namespaces instead",
     ),
     honoured("runners.kubernetes.image", "config.image.as_deref()"),
     honoured(
@@ -383,13 +383,10 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.allowed_pull_policies",
         "config.allowed_pull_policies.0.contains(&parsed)",
     ),
-    ignored(
-        "runners.kubernetes.allowed_users",
-        "not enforced yet: the user of a job's image is not checked; fix the user with run_as_user in pod_security_context or build_container_security_context",
-    ),
-    ignored(
+    honoured("runners.kubernetes.allowed_users", "&config.allowed_users"),
+    honoured(
         "runners.kubernetes.allowed_groups",
-        "not enforced yet: the group of a job's image is not checked; fix the group with run_as_group in pod_security_context or build_container_security_context",
+        "&config.allowed_groups",
     ),
     honoured(
         "runners.kubernetes.pull_policy",
@@ -407,9 +404,9 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.node_tolerations",
         "config.node_tolerations.iter()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.node_tolerations_overwrite_allowed",
-        "not applied yet: jobs cannot add tolerations with KUBERNETES_NODE_TOLERATIONS_*; list them in node_tolerations",
+        "config.node_tolerations_overwrite_allowed.as_ref()",
     ),
     honoured(
         "runners.kubernetes.affinity",
@@ -568,9 +565,9 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.priority_class_name",
         "priority_class_name: config.priority_class_name.clone()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.pod_spec",
-        "not applied yet; put the fields in the matching [runners.kubernetes] keys",
+        "pod_spec_patch::apply(runner, &config.pod_spec",
     ),
     ignored(
         "runners.kubernetes.logs_base_dir",
