@@ -196,6 +196,25 @@ fn check_runner(c: &mut Checker<'_>, config: &Config, path: &KeyPath, runner: &R
     );
     if let Some(kubernetes) = &runner.kubernetes {
         check_kubernetes(c, &path.key("kubernetes"), kubernetes);
+        let flag = "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION";
+        let in_environment = runner.environment.iter().any(|e| {
+            // Go's `strconv.ParseBool` spellings of true.
+            e.split_once('=').is_some_and(|(k, v)| {
+                k == flag && matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
+            })
+        });
+        if !kubernetes.pod_spec.is_empty()
+            && !runner
+                .feature_flags
+                .get(flag)
+                .copied()
+                .unwrap_or(in_environment)
+        {
+            c.warn(
+                &path.key("kubernetes").key("pod_spec"),
+                format!("applies only to jobs that turn {flag} on: set {flag} = true in [runners.feature_flags]"),
+            );
+        }
     } else if runner.executor == Some(Executor::Kubernetes) {
         c.warn(&path.key("kubernetes"), "is missing, so job pods go to namespace \"default\" with no resource requests: add [runners.kubernetes] with a namespace");
     }
@@ -379,6 +398,16 @@ fn check_kubernetes(c: &mut Checker<'_>, path: &KeyPath, k: &KubernetesConfig) {
             c.error(
                 &path.key("pod_spec").index(i),
                 "needs exactly one of patch and patch_path",
+            );
+        }
+        if let Some(Err(e)) = patch
+            .patch
+            .as_deref()
+            .map(serde_yaml_ng::from_str::<serde_yaml_ng::Value>)
+        {
+            c.error(
+                &path.key("pod_spec").index(i).key("patch"),
+                format!("is neither YAML nor JSON: {e}"),
             );
         }
     }

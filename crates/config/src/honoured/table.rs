@@ -583,7 +583,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     ignored(
         "runners.kubernetes.pod_disruption_budget",
-        "not created yet: to keep evictions off running jobs, create a PodDisruptionBudget in the job namespace selecting your pod_labels",
+        "not created yet: to keep voluntary evictions (node drains, Fargate patching) off running jobs, create one PodDisruptionBudget in the job namespace with maxUnavailable: 0 and a selector on the label podrunner.io/manager (operator Exists), which every job pod carries",
     ),
     ignored("runners.kubernetes.suspend_pvc_size", SUSPEND),
     ignored("runners.kubernetes.suspend_pvc_storage_class", SUSPEND),

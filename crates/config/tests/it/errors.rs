@@ -287,3 +287,32 @@ fn unreadable_file_names_the_path() {
         "{error}"
     );
 }
+
+#[test]
+fn pod_spec_patches_that_cannot_be_read_or_will_not_apply() {
+    let patch = "[[runners.kubernetes.pod_spec]]\n  name = \"p\"\n  patch = 'hostname: [a'\n";
+    let errors = errors(&with_kubernetes(patch));
+    assert!(
+        errors.iter().any(
+            |e| e.contains("runners[0].kubernetes.pod_spec[0].patch: is neither YAML nor JSON")
+        ),
+        "{errors:?}"
+    );
+    let off = with_kubernetes("[[runners.kubernetes.pod_spec]]\n  patch = 'hostname: ci'\n");
+    assert!(
+        warnings(&off).iter().any(|w| w.contains(
+            "runners[0].kubernetes.pod_spec: applies only to jobs that turn FF_USE_ADVANCED_POD_SPEC_CONFIGURATION on"
+        )),
+        "{:?}",
+        warnings(&off)
+    );
+    let on = off.replace(
+        "  executor = \"kubernetes\"\n",
+        "  executor = \"kubernetes\"\n  environment = [\"FF_USE_ADVANCED_POD_SPEC_CONFIGURATION=true\"]\n",
+    );
+    assert!(
+        !warnings(&on).iter().any(|w| w.contains("pod_spec")),
+        "{:?}",
+        warnings(&on)
+    );
+}

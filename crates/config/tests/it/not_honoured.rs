@@ -26,13 +26,13 @@ fn defaults_and_empty_tables_are_not_settings() {
 
 #[test]
 fn an_ignored_table_is_listed_once_at_its_place() {
-    let text = "concurrent = 1\n[[runners]]\n  executor = \"kubernetes\"\n  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"b\"\n  [runners.kubernetes]\n    helper_image = \"x\"\n    cpu_request = \"1\"\n    [[runners.kubernetes.pod_spec]]\n      name = \"p\"\n      patch = \"{}\"\n    [[runners.kubernetes.pod_spec]]\n      name = \"q\"\n      patch = \"{}\"\n";
+    let text = "concurrent = 1\n[[runners]]\n  executor = \"kubernetes\"\n  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"b\"\n  [runners.kubernetes]\n    helper_image = \"x\"\n    cpu_request = \"1\"\n    [[runners.kubernetes.autoscaler.policy]]\n      idle_count = 1\n    [[runners.kubernetes.autoscaler.policy]]\n      idle_count = 2\n";
     assert_eq!(
         listed(text),
         [
             "config.toml:4:3: runners[0].cache — podrunner does not use a distributed cache yet: jobs run without a shared cache",
             "config.toml:9:5: runners[0].kubernetes.helper_image — podrunner needs no helper image: the agent runs in the build container",
-            "config.toml:11:5: runners[0].kubernetes.pod_spec — not applied yet; put the fields in the matching [runners.kubernetes] keys",
+            "config.toml:11:26: runners[0].kubernetes.autoscaler — pause-pod pre-warming is not offered: for warm node capacity use your cluster autoscaler's over-provisioning",
         ]
     );
 }
@@ -62,13 +62,10 @@ fn the_full_config_lists_its_ignored_keys() {
         "runners.cache",
         "runners.feature_flags.FF_PRINT_POD_EVENTS",
         "runners.kubernetes.helper_image",
-        "runners.kubernetes.pod_spec",
         "runners.kubernetes.autoscaler",
         "runners.kubernetes.suspend_pvc_size",
         "runners.kubernetes.services.suspend_data_path",
-        "runners.kubernetes.allowed_users",
         "runners.kubernetes.bearer_token_overwrite_allowed",
-        "runners.kubernetes.node_tolerations_overwrite_allowed",
         "runners.kubernetes.pod_disruption_budget",
     ] {
         assert!(
@@ -81,7 +78,16 @@ fn the_full_config_lists_its_ignored_keys() {
         assert!(matches!(entry.treatment, Treatment::Ignored { .. }));
         assert!(setting.location.is_some(), "{setting} has no location");
     }
-    for honoured in ["log_level", "log_format", "concurrent"] {
+    for honoured in [
+        "log_level",
+        "log_format",
+        "concurrent",
+        "runners.kubernetes.pod_spec",
+        "runners.kubernetes.allowed_users",
+        "runners.kubernetes.allowed_groups",
+        "runners.kubernetes.node_tolerations_overwrite_allowed",
+        "runners.feature_flags.FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
+    ] {
         assert!(!keys.contains(&honoured));
     }
 }
