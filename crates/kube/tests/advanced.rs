@@ -150,6 +150,9 @@ fn a_patch_file_is_read_for_the_job() {
     );
     let planned = planned(&runner(FLAG_ON, &config), &job(&[], json!({})));
     assert_eq!(spec(&planned)["priorityClassName"], "ci-high");
+    std::fs::write(&path, "hostname: [a\n").unwrap();
+    let unreadable = refusal(&runner(FLAG_ON, &config), &job(&[], json!({})));
+    assert!(unreadable.contains("converting patch to json"), "{unreadable}");
     std::fs::remove_file(&path).unwrap();
     let missing = refusal(&runner(FLAG_ON, &config), &job(&[], json!({})));
     assert!(missing.contains("loading patch file"), "{missing}");
@@ -243,7 +246,8 @@ fn what_the_job_may_change_goes_through() {
 
 #[test]
 fn malformed_patches_are_refused_clearly() {
-    // Both or neither of patch and patch_path: refused when the config loads.
+    // Both or neither of patch and patch_path, and a patch that is not YAML: refused when
+    // the config loads.
     for (config, says) in [
         (
             &patch("strategic", "hostnme: typo"),
@@ -256,7 +260,6 @@ fn malformed_patches_are_refused_clearly() {
             ),
             "spec.containers[0].imagePullPolcy is not a field",
         ),
-        (&patch("merge", "hostname: [a"), "converting patch to json"),
         (
             &patch("json", "{\"op\": \"add\"}"),
             "not a JSON patch (RFC 6902)",
