@@ -7,6 +7,7 @@ mod build;
 mod expr;
 mod jobs;
 mod keywords;
+mod list;
 mod resolve;
 mod rules;
 mod sha1;
@@ -15,6 +16,8 @@ mod vars;
 mod yaml;
 
 pub use build::{BuildOptions, build, preview};
+pub use jobs::environment_slug;
+pub use list::list;
 
 use std::collections::{BTreeMap, HashSet};
 

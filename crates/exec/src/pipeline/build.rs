@@ -102,7 +102,19 @@ fn load(options: &BuildOptions) -> Result<Loaded, PipelineError> {
 
 /// The configuration after `include`, `extends` and `!reference`, as YAML (`--preview`).
 pub fn preview(options: &BuildOptions) -> Result<String, PipelineError> {
-    let loaded = load(options)?;
+    let mut loaded = load(options)?;
+    // Scripts read as GitLab's `Entry::Commands` reads them: nested lists (from
+    // `!reference`) flattened.
+    for (_, entry) in loaded.config.iter_mut() {
+        if let Value::Mapping(job) = entry {
+            for key in ["before_script", "script", "after_script"] {
+                if let Some(value @ Value::Sequence(_)) = job.get_mut(key) {
+                    let lines = string_list(value).unwrap_or_default();
+                    *value = Value::Sequence(lines.into_iter().map(Value::from).collect());
+                }
+            }
+        }
+    }
     serde_yaml_ng::to_string(&Value::Mapping(loaded.config)).map_err(|e| PipelineError::Invalid {
         file: loaded.file,
         message: format!("cannot be written back as YAML: {e}"),

@@ -869,7 +869,7 @@ fn caches(
                     .collect::<Vec<_>>()
                     .join("-")
             }
-            Some(other) => scope.expand(&scalar(&other).unwrap_or_default()).0,
+            Some(other) => scope.expand(&scalar(other).unwrap_or_default()).0,
         };
         out.push(Cache {
             key,
