@@ -120,14 +120,14 @@ fn changes_on_the_default_branch_and_on_a_feature_branch() {
         "HEAD against its parent on the default branch"
     );
     git(dir.path(), &["checkout", "-q", "-b", "feature"]);
-    write(dir.path(), &[("docs/b.md", "x")]);
-    commit(dir.path(), "docs");
+    write(dir.path(), &[("src/a.rs", "z")]);
+    commit(dir.path(), "code on the branch");
     write(dir.path(), &[("docs/c.md", "x")]);
-    commit(dir.path(), "more docs");
+    commit(dir.path(), "docs");
     assert_eq!(
         names(&try_build(dir.path(), &[]).unwrap()),
-        ["docs"],
-        "the branch against its merge base with main"
+        ["docs", "code"],
+        "the branch against its merge base with main, not its last commit"
     );
     let compare =
         "code: {script: [x], rules: [{changes: {paths: ['src/*.rs'], compare_to: 'main~1'}}]}\n";
