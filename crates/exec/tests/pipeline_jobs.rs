@@ -151,6 +151,17 @@ fn needs_optional_project_and_dependencies() {
             .iter()
             .any(|w| w.contains("another project or pipeline"))
     );
+    let e = error("a: {script: [x]}\nb: {script: [x], dependencies: [a]}\n");
+    assert!(
+        e.contains("dependency `a` is not in an earlier stage"),
+        "{e}"
+    );
+    let same_stage =
+        pipeline("a: {script: [x]}\nb: {script: [x], needs: [a], dependencies: [a]}\n");
+    assert_eq!(
+        job(&same_stage, "b").dependencies.as_deref(),
+        Some(&["a".to_owned()][..])
+    );
     let e = error("a: {script: [x], dependencies: [invalid]}\n");
     assert!(
         e.contains("dependencies: [invalid] for `a` cannot be found"),

@@ -346,7 +346,18 @@ fn link(built: Vec<Built>, stages: &[String]) -> Result<Vec<model::Job>, String>
                 if found.is_empty() {
                     missing.push(dependency.clone());
                 }
-                out.extend(found.into_iter().map(|(n, _)| n));
+                for (name, stage) in found {
+                    // `lib/gitlab/ci/yaml_processor.rb`, `validate_job_dependency!`: an
+                    // earlier stage, unless the job also `needs` it.
+                    let needed = job.needs.iter().flatten().any(|n| n.job == name);
+                    if stage >= own_stage && !needed {
+                        return Err(format!(
+                            "job `{}`: dependency `{name}` is not in an earlier stage (move it to one, or add it to `needs`)",
+                            job.name
+                        ));
+                    }
+                    out.push(name);
+                }
             }
             if !missing.is_empty() {
                 return Err(format!(
