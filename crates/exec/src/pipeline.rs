@@ -5,6 +5,7 @@
 
 mod build;
 mod expr;
+mod inputs;
 mod jobs;
 mod keywords;
 mod list;

@@ -290,3 +290,38 @@ fn preview_shows_the_configuration_after_include_extends_and_reference() {
         "{text}"
     );
 }
+
+#[test]
+fn spec_inputs_header_with_defaults_and_include_inputs() {
+    let dir = project(&[
+        (
+            ".gitlab-ci.yml",
+            "spec:\n  inputs:\n    stage: {default: test}\n---\ninclude:\n  - local: job.yml\n    inputs: {name: given, count: 2}\nmain-job:\n  stage: $[[ inputs.stage ]]\n  script: [echo main]\n",
+        ),
+        (
+            "job.yml",
+            "spec:\n  inputs:\n    name:\n    count: {default: 1}\n    suffix: {default: x}\n---\n'job-$[[ inputs.name ]]-$[[ inputs.suffix ]]':\n  script:\n    - echo $[[ inputs.name ]]\n  parallel: $[[ inputs.count ]]\n",
+        ),
+    ]);
+    let p = try_build(dir.path(), &[]).unwrap();
+    assert_eq!(
+        names(&p),
+        ["job-given-x 1/2", "job-given-x 2/2", "main-job"],
+        "a whole-value input keeps its type (parallel: 2)"
+    );
+    assert_eq!(job(&p, "job-given-x 1/2").script, ["echo given"]);
+    let dir = project(&[
+        (".gitlab-ci.yml", "include: job.yml\n"),
+        (
+            "job.yml",
+            "spec:\n  inputs:\n    name:\n---\njob: {script: [x]}\n",
+        ),
+    ]);
+    let e = try_build(dir.path(), &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("needs the input `name`, which has no default"),
+        "{e}"
+    );
+    let e = error("a: 1\n---\nb: 2\n");
+    assert!(e.contains("the first is not a `spec:` header"), "{e}");
+}

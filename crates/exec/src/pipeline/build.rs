@@ -61,7 +61,7 @@ fn load(options: &BuildOptions) -> Result<Loaded, PipelineError> {
     if !ctx.is_git {
         warnings.push(format!("{} is not in a git repository: the push is taken to be branch `main`, the default branch, changing every file", project_dir.display()));
     }
-    let top = resolve::read(&options.file, &mut warnings)?;
+    let top = resolve::read(&options.file, None, &mut warnings)?;
     let invalid = |message: String| PipelineError::Invalid {
         file: file.clone(),
         message,

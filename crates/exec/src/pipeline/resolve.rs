@@ -9,7 +9,7 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::rules::{self, Lookup};
 use super::value::{scalar, string_list};
-use super::{PipelineError, yaml};
+use super::{PipelineError, inputs, yaml};
 use crate::context::PushContext;
 
 /// GitLab's limits (`lib/gitlab/ci/config/external/context.rb`: 150 includes;
@@ -19,17 +19,25 @@ const MAX_INCLUDES: usize = 150;
 const MAX_EXTENDS_DEPTH: usize = 11;
 const MAX_REFERENCE_DEPTH: usize = 10;
 
-/// Reads one pipeline file into a mapping.
-pub fn read(path: &Path, warnings: &mut Vec<String>) -> Result<Mapping, PipelineError> {
+/// Reads one pipeline file into a mapping, its `spec:inputs` given `inputs`.
+pub fn read(
+    path: &Path,
+    inputs: Option<&Mapping>,
+    warnings: &mut Vec<String>,
+) -> Result<Mapping, PipelineError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Invalid {
         file: file.clone(),
         message: format!("cannot be read: {e}"),
     })?;
     let mut found = Vec::new();
-    let value = yaml::load(&text, &mut found).map_err(|e| PipelineError::Yaml {
+    let documents = yaml::load_documents(&text, &mut found).map_err(|e| PipelineError::Yaml {
         file: file.clone(),
         message: e.to_string(),
+    })?;
+    let value = inputs::apply(documents, inputs).map_err(|message| PipelineError::Invalid {
+        file: file.clone(),
+        message,
     })?;
     warnings.extend(found.into_iter().map(|w| format!("{file}: {w}")));
     match value {
@@ -111,7 +119,8 @@ impl Includes<'_> {
                         "more than {MAX_INCLUDES} files are included (GitLab's limit)"
                     )));
                 }
-                let included = read(&full, self.warnings)?;
+                let given = entry.get("inputs").and_then(Value::as_mapping);
+                let included = read(&full, given, self.warnings)?;
                 chain.push(canonical);
                 let included = self.expand(included, &full, chain)?;
                 chain.pop();

@@ -31,10 +31,37 @@ impl fmt::Display for YamlError {
     }
 }
 
-/// Parses `text` into a value; duplicate keys (last wins) are added to `warnings`.
+/// Parses `text` (one document) into a value; duplicate keys (last wins) are added to
+/// `warnings`.
+#[cfg(test)]
 pub fn load(text: &str, warnings: &mut Vec<String>) -> Result<Value, YamlError> {
+    let mut documents = load_documents(text, warnings)?;
+    match documents.len() {
+        1 => Ok(documents.remove(0)),
+        n => Err(YamlError {
+            message: format!("{n} documents where one was expected"),
+            location: None,
+        }),
+    }
+}
+
+/// Parses every document of `text` (a `spec:` header and the configuration, for instance).
+pub fn load_documents(text: &str, warnings: &mut Vec<String>) -> Result<Vec<Value>, YamlError> {
+    let mut out = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        out.push(load_one(document, warnings)?);
+    }
+    if out.is_empty() {
+        out.push(Value::Null);
+    }
+    Ok(out)
+}
+
+fn load_one(
+    deserializer: serde_yaml_ng::Deserializer<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Value, YamlError> {
     let found = RefCell::new(Vec::new());
-    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let mut value = Seed {
         path: String::new(),
         warnings: &found,
