@@ -9,6 +9,7 @@ mod inputs;
 mod jobs;
 mod keywords;
 mod list;
+mod payload;
 mod resolve;
 mod rules;
 mod sha1;
@@ -17,8 +18,8 @@ mod vars;
 mod yaml;
 
 pub use build::{BuildOptions, build, preview};
-pub use jobs::environment_slug;
 pub use list::list;
+pub use payload::environment_slug;
 
 use std::collections::{BTreeMap, HashSet};
 
