@@ -3,6 +3,7 @@
 //! runner API to the agent: it prints the trace as it arrives and keeps artifacts in a local
 //! directory, so later jobs (and later runs) receive them.
 
+pub mod context;
 pub mod model;
 pub mod pipeline;
 mod render;

@@ -25,6 +25,12 @@ pub(crate) struct ExecArgs {
     /// project under $XDG_STATE_HOME/podrunner/exec or ~/.local/state/podrunner/exec].
     #[arg(long, value_name = "DIR")]
     artifacts_dir: Option<PathBuf>,
+    /// List the jobs of the pipeline (stage, when, allow_failure, needs) and exit.
+    #[arg(long, conflicts_with = "preview")]
+    list: bool,
+    /// Print the pipeline after include, extends and !reference, as YAML, and exit.
+    #[arg(long)]
+    preview: bool,
 }
 
 /// Runs the pipeline; exit 0 when every job that must succeed did.
@@ -35,6 +41,9 @@ pub(crate) async fn run(args: &ExecArgs) -> Result<ExitCode> {
             bail!("--var {entry:?} is not KEY=VALUE");
         };
         variables.push((key.to_owned(), value.to_owned()));
+    }
+    if args.list || args.preview {
+        return show(args, variables);
     }
     let options = podrunner_exec::ExecOptions {
         file: args.file.clone(),
@@ -75,4 +84,23 @@ pub(crate) async fn run(args: &ExecArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `--list` and `--preview`.
+fn show(args: &ExecArgs, variables: Vec<(String, String)>) -> Result<ExitCode> {
+    let options = podrunner_exec::pipeline::BuildOptions {
+        file: args.file.clone(),
+        variables,
+        working_tree: !args.clean,
+    };
+    if args.preview {
+        print!("{}", podrunner_exec::pipeline::preview(&options)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pipeline = podrunner_exec::pipeline::build(&options)?;
+    for warning in &pipeline.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", podrunner_exec::pipeline::list(&pipeline));
+    Ok(ExitCode::SUCCESS)
 }
