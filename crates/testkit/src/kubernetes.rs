@@ -2,8 +2,8 @@
 //! JSON over HTTP, newline-delimited watch events), with a scheduler (an EC2 node pool and
 //! Fargate profiles) and a kubelet that runs containers as real processes under bubblewrap.
 //!
-//! What it serves, under `/api/v1`: pods, secrets and events in namespaces (any namespace
-//! exists); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
+//! What it serves, under `/api/v1`: pods, secrets and events in namespaces, and namespaces
+//! (module `namespaces`: any namespace exists until a test adds one); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
 //! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
@@ -39,6 +39,7 @@ mod eviction;
 mod fargate_capacity;
 mod identity;
 mod kubelet_snapshot;
+mod namespaces;
 mod rbac;
 pub mod validation;
 mod watch_history;
@@ -98,6 +99,8 @@ enum Kind {
     Pod,
     Secret,
     Event,
+    /// Cluster-scoped: stored under the namespace `""` (module `namespaces`).
+    Namespace,
 }
 
 impl Kind {
@@ -106,6 +109,7 @@ impl Kind {
             "pods" => Some(Kind::Pod),
             "secrets" => Some(Kind::Secret),
             "events" => Some(Kind::Event),
+            "namespaces" => Some(Kind::Namespace),
             _ => None,
         }
     }
@@ -115,6 +119,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Secret => "Secret",
             Kind::Event => "Event",
+            Kind::Namespace => "Namespace",
         }
     }
 }
@@ -182,6 +187,8 @@ struct Inner {
     uid_counter: u64,
     /// The USER (uid, gid) of images that declare one.
     image_users: HashMap<String, (i64, i64)>,
+    /// Whether NamespaceLifecycle admission is on (module `namespaces`).
+    namespace_lifecycle: namespaces::Lifecycle,
     /// Namespace labels (PodSecurity admission reads them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// The message of an injected Fargate capacity shortage, while it lasts.
@@ -397,6 +404,16 @@ fn router(shared: Shared) -> Router {
         .route("/version", get(version))
         .route("/api/v1/{resource}", get(list_or_watch_all))
         .route(
+            "/api/v1/namespaces",
+            get(list_or_watch_all_namespaces).post(namespaces::create),
+        )
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(namespaces::read)
+                .delete(namespaces::delete)
+                .patch(namespaces::patch),
+        )
+        .route(
             "/api/v1/namespaces/{namespace}/{resource}",
             get(list_or_watch).post(create),
         )
@@ -491,13 +508,17 @@ fn accept(
     resource: &str,
 ) -> Result<Kind, Box<Response>> {
     record(shared, method, uri);
-    Kind::from_resource(resource).ok_or_else(|| {
-        Box::new(status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ))
-    })
+    // Namespaces are cluster-scoped: `/api/v1/namespaces/{ns}/namespaces` does not exist.
+    let namespaced_path = uri.path().starts_with("/api/v1/namespaces/");
+    Kind::from_resource(resource)
+        .filter(|kind| !(namespaced_path && *kind == Kind::Namespace))
+        .ok_or_else(|| {
+            Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        })
 }
 
 /// A JSON request body, or a 400 answer.
@@ -610,6 +631,10 @@ async fn create(
         Kind::Event => {
             serde_json::from_value::<k8s_openapi::api::core::v1::Event>(object.clone()).map(|_| ())
         }
+        Kind::Namespace => {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Namespace>(object.clone())
+                .map(|_| ())
+        }
     };
     if let Err(e) = typed {
         return status(
@@ -645,6 +670,10 @@ async fn create(
             }
         },
     };
+    // Mutating admission (NamespaceLifecycle among it) runs before validation.
+    if let Some(refused) = namespaces::admit(&inner, &namespace, &resource, &name) {
+        return refused;
+    }
     if !valid_name(&name) {
         return status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -788,6 +817,15 @@ async fn list_or_watch_all(
     query: Query<ListQuery>,
 ) -> Response {
     list_or_watch_in(state, method, uri, None, resource, query).await
+}
+
+async fn list_or_watch_all_namespaces(
+    state: State<Shared>,
+    method: Method,
+    uri: Uri,
+    query: Query<ListQuery>,
+) -> Response {
+    list_or_watch_in(state, method, uri, None, "namespaces".into(), query).await
 }
 
 async fn list_or_watch(
