@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
 mod admission;
+mod discovery;
 mod eviction;
 mod fargate_capacity;
 mod identity;
@@ -402,6 +403,10 @@ impl KubernetesStandIn {
 fn router(shared: Shared) -> Router {
     Router::new()
         .route("/version", get(version))
+        .route("/api", get(discovery::api))
+        .route("/apis", get(discovery::apis))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis/{group}/{version}", get(discovery::group_version))
         .route("/api/v1/{resource}", get(list_or_watch_all))
         .route(
             "/api/v1/namespaces",
@@ -1501,7 +1506,14 @@ async fn exec_session(
         })
     };
     let _ = sender.send(frame(3, result.to_string().as_bytes())).await;
-    let _ = sender.send(Message::Close(None)).await;
+    // A normal close (1000), as the API server's websocket streams end (golang.org/x/net
+    // websocket's Close, under `staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream`).
+    let _ = sender
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
 }
 
 fn log_path(shared: &Shared, namespace: &str, pod: &str, container: &str) -> PathBuf {
