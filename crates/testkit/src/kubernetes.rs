@@ -812,6 +812,8 @@ struct ListQuery {
     allow_watch_bookmarks: Option<String>,
     #[serde(rename = "timeoutSeconds")]
     timeout_seconds: Option<u64>,
+    #[serde(rename = "sendInitialEvents")]
+    send_initial_events: Option<String>,
 }
 
 async fn list_or_watch_all(
@@ -997,10 +999,15 @@ async fn list_or_watch_in(
     }
     let bookmarks = matches!(query.allow_watch_bookmarks.as_deref(), Some("true" | "1"));
     let timeout = Duration::from_secs(query.timeout_seconds.unwrap_or(1800));
+    // A watch list (`sendInitialEvents=true`, KEP-3157, `staging/src/k8s.io/apiserver/pkg/
+    // storage/cacher/cacher.go`): the current objects as ADDED, then a bookmark annotated
+    // `k8s.io/initial-events-end`, then the changes; the resource version is a lower bound
+    // (`resourceVersionMatch=NotOlderThan`) and the stand-in's state is always the newest.
+    let initial_events = matches!(query.send_initial_events.as_deref(), Some("true"));
     let since: Option<u64> = query
         .resource_version
         .as_deref()
-        .filter(|rv| !rv.is_empty() && *rv != "0")
+        .filter(|rv| !rv.is_empty() && *rv != "0" && !initial_events)
         .and_then(|rv| rv.parse().ok());
     if let Some(refused) = watch_history::refuse(&shared, since) {
         return refused;
@@ -1028,6 +1035,12 @@ async fn list_or_watch_in(
                 .map(|(_, v)| json!({"type": "ADDED", "object": v}))
                 .collect(),
         };
+        let mut backlog = backlog;
+        if initial_events {
+            backlog.push(json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1", "metadata": {
+                "resourceVersion": inner.resource_version.to_string(),
+                "annotations": {"k8s.io/initial-events-end": "true"}}}}));
+        }
         (changes, backlog, inner.resource_version)
     };
     let shared_for_task = shared.clone();
