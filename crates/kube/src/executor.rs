@@ -190,6 +190,8 @@ pub struct KubernetesExecutor {
     adopted: Mutex<HashMap<i64, JobPod>>,
     /// GitLab clients for the prelude, one per runner URL (a client holds the TLS roots).
     gitlab_clients: Mutex<HashMap<String, podrunner_gitlab::GitlabClient>>,
+    /// Per-job namespaces in use, and what stops each namespace's watches.
+    namespaces: crate::namespaces::JobNamespaces,
     cancel: CancellationToken,
 }
 
@@ -295,6 +297,7 @@ impl KubernetesExecutor {
             limit: Arc::new(RateLimit::default()),
             adopted: Mutex::new(HashMap::new()),
             gitlab_clients: Mutex::new(HashMap::new()),
+            namespaces: Default::default(),
             cancel: CancellationToken::new(),
         }
     }
@@ -340,7 +343,8 @@ impl KubernetesExecutor {
         watches.insert(namespace.to_owned(), states.clone());
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
-        let cancel = self.cancel.clone();
+        let namespace_watches = self.namespaces.watch_token(&self.cancel, namespace);
+        let cancel = namespace_watches.clone();
         let feed = states.clone();
         tokio::spawn(async move {
             let stream = watcher(api, watcher::Config::default().labels(&selector))
@@ -380,7 +384,7 @@ impl KubernetesExecutor {
         // Warning events of pods, for the job log while a pod waits (print_pod_warning_events).
         let events: Api<k8s_openapi::api::core::v1::Event> =
             Api::namespaced(self.client.clone(), namespace);
-        let cancel = self.cancel.clone();
+        let cancel = namespace_watches;
         let feed = states.clone();
         let namespace = namespace.to_owned();
         tokio::spawn(async move {
@@ -463,6 +467,21 @@ impl KubernetesExecutor {
                     Some(0),
                 )
                 .await;
+        }
+        let poll_timeout = Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs());
+        if let Err(why) = crate::namespaces::prepare(
+            &self.client,
+            &self.calls(&runner),
+            &runner,
+            &self.namespaces,
+            &self.system_id,
+            job.payload.job.id,
+            &namespace,
+            poll_timeout,
+        )
+        .await
+        {
+            return self.fail(&job, &why, Some(0)).await;
         }
         let mut notes: Vec<String> = planned
             .warnings
@@ -784,20 +803,29 @@ impl KubernetesExecutor {
         }
     }
 
-    /// The job pods a previous run of this manager left in `runner`'s namespace (same system
-    /// ID), as jobs the manager resumes ([`Executor::resume`]): each is followed to its end and
+    /// The job pods a previous run of this manager left (same system ID) in `runner`'s
+    /// namespace, or in every namespace it can use ([`crate::namespaces::in_use`]), as jobs the manager resumes ([`Executor::resume`]): each is followed to its end and
     /// cleaned up like a job of this run. The agents inside kept running the jobs and sending
     /// their traces meanwhile. Then the sweep of stray pods and Secrets starts.
     async fn adopt(self: Arc<Self>, runner: Arc<RunnerConfig>) -> Vec<AcceptedJob> {
-        let namespace = runner
-            .kubernetes
-            .as_ref()
-            .map(|k| k.namespace().to_owned())
-            .unwrap_or_else(|| "default".to_owned());
+        let calls = self.calls(&runner);
+        let covered =
+            crate::namespaces::in_use(&self.client, &calls, &runner, &self.system_id).await;
+        let mut jobs = Vec::new();
+        for namespace in covered.namespaces {
+            jobs.extend(self.adopt_in(&runner, namespace).await);
+        }
+        // From now on every pod of this manager is followed by someone; what is not is stray.
+        tokio::spawn(self.clone().sweep_forever(runner, calls));
+        jobs
+    }
+
+    /// Adoption in one namespace.
+    async fn adopt_in(&self, runner: &Arc<RunnerConfig>, namespace: String) -> Vec<AcceptedJob> {
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
-        let calls = self.calls(&runner);
+        let calls = self.calls(runner);
         let params = kube::api::ListParams::default().labels(&selector);
         let pods = match calls
             .run("list Pods to adopt", || pods_api.list(&params))
@@ -810,7 +838,6 @@ impl KubernetesExecutor {
                     error: api_error(&e),
                 }
                 .emit();
-                tokio::spawn(self.clone().sweep_forever(namespace, calls));
                 return Vec::new();
             }
         };
@@ -882,8 +909,6 @@ impl KubernetesExecutor {
                 );
             jobs.push(accepted);
         }
-        // From now on every pod of this manager is followed by someone; what is not is stray.
-        tokio::spawn(self.clone().sweep_forever(namespace, calls));
         jobs
     }
 
@@ -931,9 +956,24 @@ impl KubernetesExecutor {
     /// Every [`SWEEP_INTERVAL`], deletes this manager's pods that no job follows and the spec
     /// and registry Secrets whose pod is gone (left by a crash between creating the Secret and
     /// the pod, or by a lost delete).
-    async fn sweep_forever(self: Arc<Self>, namespace: String, calls: ApiCalls) {
+    async fn sweep_forever(self: Arc<Self>, runner: Arc<RunnerConfig>, calls: ApiCalls) {
         loop {
-            self.sweep(&namespace, &calls).await;
+            let covered =
+                crate::namespaces::in_use(&self.client, &calls, &runner, &self.system_id).await;
+            for namespace in &covered.namespaces {
+                self.sweep(namespace, &calls).await;
+            }
+            let stray = crate::namespaces::sweep(
+                &self.client,
+                &calls,
+                &runner,
+                &self.namespaces,
+                &self.system_id,
+                &covered,
+            );
+            for namespace in stray.await {
+                self.forget_namespace(&namespace);
+            }
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(SWEEP_INTERVAL) => {}
@@ -1187,6 +1227,26 @@ impl KubernetesExecutor {
         list.items.into_iter().next()
     }
 
+    /// With `namespace_per_job`, deletes the job's namespace and stops watching it.
+    async fn after_job(&self, runner: &RunnerConfig, job_id: i64) {
+        let calls = self.calls(runner);
+        if let Some(namespace) =
+            crate::namespaces::teardown(&self.client, &calls, runner, &self.namespaces, job_id)
+                .await
+        {
+            self.forget_namespace(&namespace);
+        }
+    }
+
+    /// Stops the watches of a namespace that is gone.
+    fn forget_namespace(&self, namespace: &str) {
+        self.watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(namespace);
+        self.namespaces.stop_watches(namespace);
+    }
+
     async fn fail(&self, job: &AcceptedJob, reason: &str, trace_end: Option<u64>) -> JobEnd {
         Event::JobFailedByManager {
             job_id: job.payload.job.id,
@@ -1248,7 +1308,12 @@ impl Executor for KubernetesExecutor {
         job: AcceptedJob,
         abort: CancellationToken,
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
-        Box::pin(self.run_job(job, abort))
+        let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
+        Box::pin(async move {
+            let end = self.run_job(job, abort).await;
+            self.after_job(&runner, job_id).await;
+            end
+        })
     }
 
     fn leftovers(
@@ -1263,7 +1328,12 @@ impl Executor for KubernetesExecutor {
         job: AcceptedJob,
         abort: CancellationToken,
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
-        Box::pin(self.resume_job(job, abort))
+        let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
+        Box::pin(async move {
+            let end = self.resume_job(job, abort).await;
+            self.after_job(&runner, job_id).await;
+            end
+        })
     }
 }
 

@@ -368,7 +368,7 @@ pub fn plan(
         }
     }
     if config.namespace_per_job {
-        namespace = format!("ci-job-{}", job.id);
+        namespace = crate::namespaces::per_job_name(job.id);
     } else {
         let origin = if namespace == config.namespace() {
             "namespace"

@@ -203,7 +203,7 @@ pub enum Event {
     },
     /// A pod or Secret of this manager that no job follows was deleted.
     StrayDeleted {
-        /// `Pod` or `Secret`.
+        /// `Pod`, `Secret` or `Namespace`.
         kind: &'static str,
         /// Its namespace.
         namespace: String,

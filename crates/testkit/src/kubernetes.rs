@@ -2,8 +2,8 @@
 //! JSON over HTTP, newline-delimited watch events), with a scheduler (an EC2 node pool and
 //! Fargate profiles) and a kubelet that runs containers as real processes under bubblewrap.
 //!
-//! What it serves, under `/api/v1`: pods, secrets and events in namespaces (any namespace
-//! exists); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
+//! What it serves, under `/api/v1`: pods, secrets and events in namespaces, and namespaces
+//! (module `namespaces`: any namespace exists until a test adds one); create, get, list and watch (resourceVersion, bookmarks, `timeoutSeconds`, label
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
 //! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
@@ -35,10 +35,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 
 mod admission;
+mod discovery;
 mod eviction;
 mod fargate_capacity;
 mod identity;
 mod kubelet_snapshot;
+mod namespaces;
 mod rbac;
 pub mod validation;
 mod watch_history;
@@ -98,6 +100,8 @@ enum Kind {
     Pod,
     Secret,
     Event,
+    /// Cluster-scoped: stored under the namespace `""` (module `namespaces`).
+    Namespace,
 }
 
 impl Kind {
@@ -106,6 +110,7 @@ impl Kind {
             "pods" => Some(Kind::Pod),
             "secrets" => Some(Kind::Secret),
             "events" => Some(Kind::Event),
+            "namespaces" => Some(Kind::Namespace),
             _ => None,
         }
     }
@@ -115,6 +120,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Secret => "Secret",
             Kind::Event => "Event",
+            Kind::Namespace => "Namespace",
         }
     }
 }
@@ -182,6 +188,8 @@ struct Inner {
     uid_counter: u64,
     /// The USER (uid, gid) of images that declare one.
     image_users: HashMap<String, (i64, i64)>,
+    /// Whether NamespaceLifecycle admission is on (module `namespaces`).
+    namespace_lifecycle: namespaces::Lifecycle,
     /// Namespace labels (PodSecurity admission reads them).
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// The message of an injected Fargate capacity shortage, while it lasts.
@@ -395,7 +403,21 @@ impl KubernetesStandIn {
 fn router(shared: Shared) -> Router {
     Router::new()
         .route("/version", get(version))
+        .route("/api", get(discovery::api))
+        .route("/apis", get(discovery::apis))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis/{group}/{version}", get(discovery::group_version))
         .route("/api/v1/{resource}", get(list_or_watch_all))
+        .route(
+            "/api/v1/namespaces",
+            get(list_or_watch_all_namespaces).post(namespaces::create),
+        )
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(namespaces::read)
+                .delete(namespaces::delete)
+                .patch(namespaces::patch),
+        )
         .route(
             "/api/v1/namespaces/{namespace}/{resource}",
             get(list_or_watch).post(create),
@@ -491,13 +513,17 @@ fn accept(
     resource: &str,
 ) -> Result<Kind, Box<Response>> {
     record(shared, method, uri);
-    Kind::from_resource(resource).ok_or_else(|| {
-        Box::new(status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ))
-    })
+    // Namespaces are cluster-scoped: `/api/v1/namespaces/{ns}/namespaces` does not exist.
+    let namespaced_path = uri.path().starts_with("/api/v1/namespaces/");
+    Kind::from_resource(resource)
+        .filter(|kind| !(namespaced_path && *kind == Kind::Namespace))
+        .ok_or_else(|| {
+            Box::new(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        })
 }
 
 /// A JSON request body, or a 400 answer.
@@ -610,6 +636,10 @@ async fn create(
         Kind::Event => {
             serde_json::from_value::<k8s_openapi::api::core::v1::Event>(object.clone()).map(|_| ())
         }
+        Kind::Namespace => {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Namespace>(object.clone())
+                .map(|_| ())
+        }
     };
     if let Err(e) = typed {
         return status(
@@ -645,6 +675,10 @@ async fn create(
             }
         },
     };
+    // Mutating admission (NamespaceLifecycle among it) runs before validation.
+    if let Some(refused) = namespaces::admit(&inner, &namespace, &resource, &name) {
+        return refused;
+    }
     if !valid_name(&name) {
         return status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -778,6 +812,8 @@ struct ListQuery {
     allow_watch_bookmarks: Option<String>,
     #[serde(rename = "timeoutSeconds")]
     timeout_seconds: Option<u64>,
+    #[serde(rename = "sendInitialEvents")]
+    send_initial_events: Option<String>,
 }
 
 async fn list_or_watch_all(
@@ -788,6 +824,15 @@ async fn list_or_watch_all(
     query: Query<ListQuery>,
 ) -> Response {
     list_or_watch_in(state, method, uri, None, resource, query).await
+}
+
+async fn list_or_watch_all_namespaces(
+    state: State<Shared>,
+    method: Method,
+    uri: Uri,
+    query: Query<ListQuery>,
+) -> Response {
+    list_or_watch_in(state, method, uri, None, "namespaces".into(), query).await
 }
 
 async fn list_or_watch(
@@ -954,10 +999,15 @@ async fn list_or_watch_in(
     }
     let bookmarks = matches!(query.allow_watch_bookmarks.as_deref(), Some("true" | "1"));
     let timeout = Duration::from_secs(query.timeout_seconds.unwrap_or(1800));
+    // A watch list (`sendInitialEvents=true`, KEP-3157, `staging/src/k8s.io/apiserver/pkg/
+    // storage/cacher/cacher.go`): the current objects as ADDED, then a bookmark annotated
+    // `k8s.io/initial-events-end`, then the changes; the resource version is a lower bound
+    // (`resourceVersionMatch=NotOlderThan`) and the stand-in's state is always the newest.
+    let initial_events = matches!(query.send_initial_events.as_deref(), Some("true"));
     let since: Option<u64> = query
         .resource_version
         .as_deref()
-        .filter(|rv| !rv.is_empty() && *rv != "0")
+        .filter(|rv| !rv.is_empty() && *rv != "0" && !initial_events)
         .and_then(|rv| rv.parse().ok());
     if let Some(refused) = watch_history::refuse(&shared, since) {
         return refused;
@@ -985,6 +1035,12 @@ async fn list_or_watch_in(
                 .map(|(_, v)| json!({"type": "ADDED", "object": v}))
                 .collect(),
         };
+        let mut backlog = backlog;
+        if initial_events {
+            backlog.push(json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1", "metadata": {
+                "resourceVersion": inner.resource_version.to_string(),
+                "annotations": {"k8s.io/initial-events-end": "true"}}}}));
+        }
         (changes, backlog, inner.resource_version)
     };
     let shared_for_task = shared.clone();
@@ -1463,7 +1519,14 @@ async fn exec_session(
         })
     };
     let _ = sender.send(frame(3, result.to_string().as_bytes())).await;
-    let _ = sender.send(Message::Close(None)).await;
+    // A normal close (1000), as the API server's websocket streams end (golang.org/x/net
+    // websocket's Close, under `staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream`).
+    let _ = sender
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
 }
 
 fn log_path(shared: &Shared, namespace: &str, pod: &str, container: &str) -> PathBuf {

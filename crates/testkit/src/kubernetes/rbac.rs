@@ -21,7 +21,9 @@
 //!   `pkg/apis/rbac/v1/evaluation_helpers.go`: `*` wildcards, `resource/subresource`,
 //!   `*/subresource`, `resourceNames`). `/version`, `/healthz`, `/livez` and `/readyz` are open
 //!   to all (the bootstrap `system:public-info-viewer` ClusterRole,
-//!   `plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go`). ClusterRole aggregation is
+//!   `plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go`), and the discovery paths
+//!   (`/api`, `/apis`, `/openapi` and below) to authenticated users (`system:discovery`, same
+//!   file). ClusterRole aggregation is
 //!   not modelled.
 //! - Denial: 403 with the `Status` of `staging/src/k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go`
 //!   (`Forbidden`, `forbiddenMessage`) wrapped by `apierrors.NewForbidden`
@@ -260,10 +262,15 @@ impl Rbac {
             return true;
         }
         let Some(resource) = &request.resource else {
+            let path = request.path.as_str();
+            // system:public-info-viewer, and system:discovery for authenticated users.
+            let discovery = ["/api", "/apis", "/openapi"]
+                .iter()
+                .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")));
             return matches!(
-                request.path.as_str(),
+                path,
                 "/version" | "/version/" | "/healthz" | "/livez" | "/readyz"
-            );
+            ) || (discovery && user.groups.iter().any(|g| g == "system:authenticated"));
         };
         self.bindings
             .iter()
