@@ -171,7 +171,7 @@ impl PodStates {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            sender.send_replace(pod);
+            sender.send_replace(pod.map(crate::pod_view::followed));
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod fargate;
 mod judge;
 pub mod plan;
 pub mod pod_security;
+mod pod_view;
 mod prelude;
 pub mod registry_auth;
 
