@@ -673,6 +673,8 @@ impl KubernetesExecutor {
             log,
             heard,
         };
+        // Only what follows the pod stays for the job's life, not the plan and payloads.
+        drop((planned, spec, spec_secret, created));
         self.finish(&job, pod, &abort).await
     }
 
@@ -1122,6 +1124,8 @@ impl KubernetesExecutor {
                     }
                 }
             }
+            // Not kept while the follower waits: the watch keeps the latest.
+            drop(pod);
             if stopping.is_some_and(|since| since.elapsed() >= AGENT_STOP_GRACE) {
                 return Outcome::Failed("the job was interrupted by the runner's shutdown".into());
             }
