@@ -1197,7 +1197,14 @@ impl KubernetesExecutor {
             reason: reason.to_owned(),
         }
         .emit();
-        let delivered = fail_job(job, &self.info, &self.podrunner_version, reason, trace_end).await;
+        let delivered = Box::pin(fail_job(
+            job,
+            &self.info,
+            &self.podrunner_version,
+            reason,
+            trace_end,
+        ))
+        .await;
         JobEnd {
             final_update_delivered: delivered,
             state: "failed".to_owned(),
