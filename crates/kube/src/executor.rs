@@ -1143,7 +1143,9 @@ impl KubernetesExecutor {
                         return Outcome::Stopped(stop);
                     }
                 }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Clocks run only for a pod that has not run, a pull error's grace and a stop;
+                // a running pod's follower wakes on its changes alone.
+                () = tokio::time::sleep(Duration::from_secs(1)), if !ran || pull_error_since.is_some() || stopping.is_some() => {}
                 () = abort.cancelled(), if stopping.is_none() => {
                     // Deleting the pod sends the agent SIGTERM; it reports runner_interrupted.
                     stopping = Some(tokio::time::Instant::now());
