@@ -13,6 +13,10 @@
 //!
 //!     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p podrunner --target x86_64-unknown-linux-gnu
 //!     cargo run --release -p podrunner-bench -- kubernetes target/x86_64-unknown-linux-gnu/release/podrunner [PODS]
+//!
+//! Scale (module `scale`): up to a thousand concurrent job pods on a simulating kubelet.
+
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,7 +94,10 @@ fn now() -> f64 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("kubernetes") {
+    if args.first().map(String::as_str) == Some("scale") {
+        let pods = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+        scale::scale(&program(args.get(1)), pods).await;
+    } else if args.first().map(String::as_str) == Some("kubernetes") {
         let program = program(args.get(1));
         let pods = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
         kubernetes(&program, pods).await;

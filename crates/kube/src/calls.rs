@@ -163,7 +163,9 @@ impl ApiCalls {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        call(&self.limit, &self.policy, what, f).await
+        // Boxed: a call's future (kube's request, the retries) lives only while it runs,
+        // not in the future of every job that makes calls.
+        Box::pin(call(&self.limit, &self.policy, what, f)).await
     }
 }
 

@@ -171,7 +171,7 @@ impl PodStates {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            sender.send_replace(pod);
+            sender.send_replace(pod.map(crate::pod_view::followed));
         }
     }
 }
@@ -692,6 +692,8 @@ impl KubernetesExecutor {
             log,
             heard,
         };
+        // Only what follows the pod stays for the job's life, not the plan and payloads.
+        drop((planned, spec, spec_secret, created));
         self.finish(&job, pod, &abort).await
     }
 
@@ -1162,6 +1164,8 @@ impl KubernetesExecutor {
                     }
                 }
             }
+            // Not kept while the follower waits: the watch keeps the latest.
+            drop(pod);
             if stopping.is_some_and(|since| since.elapsed() >= AGENT_STOP_GRACE) {
                 return Outcome::Failed("the job was interrupted by the runner's shutdown".into());
             }
@@ -1179,7 +1183,9 @@ impl KubernetesExecutor {
                         return Outcome::Stopped(stop);
                     }
                 }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Clocks run only for a pod that has not run, a pull error's grace and a stop;
+                // a running pod's follower wakes on its changes alone.
+                () = tokio::time::sleep(Duration::from_secs(1)), if !ran || pull_error_since.is_some() || stopping.is_some() => {}
                 () = abort.cancelled(), if stopping.is_none() => {
                     // Deleting the pod sends the agent SIGTERM; it reports runner_interrupted.
                     stopping = Some(tokio::time::Instant::now());
@@ -1253,7 +1259,14 @@ impl KubernetesExecutor {
             reason: reason.to_owned(),
         }
         .emit();
-        let delivered = fail_job(job, &self.info, &self.podrunner_version, reason, trace_end).await;
+        let delivered = Box::pin(fail_job(
+            job,
+            &self.info,
+            &self.podrunner_version,
+            reason,
+            trace_end,
+        ))
+        .await;
         JobEnd {
             final_update_delivered: delivered,
             state: "failed".to_owned(),

@@ -9,6 +9,7 @@ mod judge;
 mod namespaces;
 pub mod plan;
 pub mod pod_security;
+mod pod_view;
 mod prelude;
 pub mod registry_auth;
 

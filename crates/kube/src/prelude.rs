@@ -210,9 +210,12 @@ impl PodLog {
             return Heard::Running;
         }
         let payload = &self.job.payload.job;
-        let (outcome, signals) = self
-            .client
-            .patch_trace(payload.id, &payload.token, self.sent, unsent, false)
+        // Boxed, like every GitLab call here: the request's future lives only while it runs.
+        let (outcome, signals) =
+            Box::pin(
+                self.client
+                    .patch_trace(payload.id, &payload.token, self.sent, unsent, false),
+            )
             .await;
         let said = self.contacted(&signals);
         match outcome {
@@ -251,7 +254,7 @@ impl PodLog {
             output: None,
             exit_code: None,
         };
-        let (outcome, signals) = self.client.update_job(payload.id, &request).await;
+        let (outcome, signals) = Box::pin(self.client.update_job(payload.id, &request)).await;
         let said = self.contacted(&signals);
         if outcome == UpdateOutcome::Abort && said == Heard::Running {
             return Heard::Stop(Stop::Gone);
@@ -282,7 +285,9 @@ impl PodLog {
             exit_code: None,
         };
         matches!(
-            self.client.update_job(payload.id, &request).await.0,
+            Box::pin(self.client.update_job(payload.id, &request))
+                .await
+                .0,
             UpdateOutcome::Succeeded
         )
     }

@@ -1,6 +1,7 @@
 //! `podrunner`: a GitLab Runner whose Kubernetes executor runs every CI job in its own pod.
 
 mod commands;
+mod heap_profile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,8 @@ pub(crate) struct ConfigSource {
 }
 
 fn main() -> ExitCode {
+    #[allow(clippy::let_unit_value)]
+    let _profiler = heap_profile::start();
     let cli = Cli::parse();
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => commands::config_check::run(&args),

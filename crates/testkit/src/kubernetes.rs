@@ -17,6 +17,8 @@
 //! Containers run as their image's USER or security context, Secret files are owned as the
 //! kubelet makes them (module `identity`). OOM kills and evictions can be injected, and
 //! `activeDeadlineSeconds` is enforced.
+//! In benchmark mode the kubelet runs no process and reports the containers as they would
+//! be (module `simulated_kubelet`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,12 +44,14 @@ mod identity;
 mod kubelet_snapshot;
 mod namespaces;
 mod rbac;
+mod simulated_kubelet;
 pub mod validation;
 mod watch_history;
 
 pub use fargate_capacity::CAPACITY_UNAVAILABLE;
 pub use kubelet_snapshot::Snapshot;
 pub use rbac::Authorization;
+pub use simulated_kubelet::SimulatedContainers;
 pub use watch_history::WatchOutage;
 
 /// What an image name stands for on this stand-in's nodes.
@@ -145,6 +149,8 @@ struct PodRuntime {
     stopped: Option<(String, String)>,
     /// Woken when the pod is deleted or stopped.
     stop: Arc<Notify>,
+    /// Containers the benchmark kubelet reports running (module `simulated_kubelet`).
+    simulated_running: usize,
 }
 
 /// A failure one API request suffers.
@@ -200,6 +206,8 @@ struct Inner {
     rbac: rbac::Rbac,
     /// The kubelet's snapshot delay, downward-API refresh period and snapshots taken.
     kubelet: kubelet_snapshot::KubeletSettings,
+    /// The benchmark kubelet's containers, when it replaces the process kubelet.
+    simulated: Option<SimulatedContainers>,
 }
 
 #[derive(Clone)]
@@ -1267,7 +1275,11 @@ async fn delete(
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let running = kind == Kind::Pod && inner.runtimes.get(&uid).is_some_and(|r| !r.pids.is_empty());
+    let running = kind == Kind::Pod
+        && inner
+            .runtimes
+            .get(&uid)
+            .is_some_and(|r| !r.pids.is_empty() || r.simulated_running > 0);
     if running {
         let grace = grace
             .or(object["spec"]["terminationGracePeriodSeconds"].as_i64())
@@ -1931,7 +1943,16 @@ async fn schedule_and_run(
             }
         }
     };
-    kubelet(shared, namespace, name, uid, &pod, &stored, stop).await;
+    let simulated = shared.lock().simulated.clone();
+    match simulated {
+        Some(containers) => {
+            simulated_kubelet::run(
+                shared, namespace, name, uid, &pod, &stored, stop, containers,
+            )
+            .await
+        }
+        None => kubelet(shared, namespace, name, uid, &pod, &stored, stop).await,
+    }
 }
 
 fn container_status(name: &str, image: &str, state: Value) -> Value {

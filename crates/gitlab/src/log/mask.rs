@@ -190,6 +190,14 @@ pub struct TriggerMasker {
     run_masked: bool,
 }
 
+/// `?param=` and `&param=` of every sensitive URL parameter.
+fn url_patterns() -> Vec<String> {
+    SENSITIVE_URL_PARAMS
+        .iter()
+        .flat_map(|p| [format!("?{p}="), format!("&{p}=")])
+        .collect()
+}
+
 impl TriggerMasker {
     /// A masker for the sensitive URL parameters and the given token prefixes (chosen by
     /// [`select_token_prefixes`]).
@@ -198,23 +206,23 @@ impl TriggerMasker {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let url_patterns: Vec<String> = SENSITIVE_URL_PARAMS
-            .iter()
-            .flat_map(|p| [format!("?{p}="), format!("&{p}=")])
-            .collect();
+        // One automaton for every masker (about 90 KB as a DFA; a clone shares it).
+        static URL_TRIGGERS: std::sync::LazyLock<AhoCorasick> = std::sync::LazyLock::new(|| {
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::LeftmostLongest)
+                .ascii_case_insensitive(true)
+                .build(url_patterns())
+                .expect("URL triggers are short ASCII")
+        });
         let prefixes = select_token_prefixes(token_prefixes);
-        let hold_back = url_patterns
+        let hold_back = url_patterns()
             .iter()
             .chain(&prefixes)
             .map(String::len)
             .max()
             .unwrap_or(1)
             - 1;
-        let url = AhoCorasickBuilder::new()
-            .match_kind(MatchKind::LeftmostLongest)
-            .ascii_case_insensitive(true)
-            .build(&url_patterns)
-            .expect("URL triggers are short ASCII");
+        let url = URL_TRIGGERS.clone();
         let tokens = (!prefixes.is_empty()).then(|| TokenSearch::new(&prefixes));
         TriggerMasker {
             url,
