@@ -90,7 +90,7 @@ fn failures_stop_later_stages_and_bad_pipelines_are_named() {
             && !out.contains("\nnever"),
         "{out}"
     );
-    assert!(out.contains("failed, allowed"), "{out}");
+    assert!(out.contains("failed (allowed): exit code 4"), "{out}");
 
     std::fs::write(
         dir.path().join("ci.yml"),
