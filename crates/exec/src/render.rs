@@ -187,4 +187,65 @@ mod tests {
         );
         assert_eq!(strip_ansi("\x1b[31;1mERROR\x1b[0;m x\r"), "ERROR x");
     }
+
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Two jobs' traces arriving a byte at a time, alternately, with exec's own messages in
+    /// between: every line comes out whole, once, with its job's name.
+    #[test]
+    fn lines_of_jobs_running_together_never_splice() {
+        let shared = Shared::default();
+        let output = Output::new(Box::new(shared.clone()), false, true);
+        let (mut a, mut b) = (Renderer::new(false), Renderer::new(false));
+        let line_a = format!("$ echo {}\n{}\n", "x".repeat(50), "oe".repeat(200));
+        let line_b = format!("{}\nlast without newline", "OE".repeat(300));
+        let (bytes_a, bytes_b) = (line_a.as_bytes(), line_b.as_bytes());
+        for i in 0..bytes_a.len().max(bytes_b.len()) {
+            if let Some(byte) = bytes_a.get(i) {
+                output.job("a", &a.trace(&[*byte]));
+            }
+            if i % 97 == 0 {
+                output.message("Job c passed in 0.1s\n");
+            }
+            if let Some(byte) = bytes_b.get(i) {
+                output.job("b", &b.trace(&[*byte]));
+            }
+        }
+        output.job("a", &a.finish());
+        output.job("b", &b.finish());
+        let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let want_a = [
+            format!("[a] $ echo {}", "x".repeat(50)),
+            format!("[a] {}", "oe".repeat(200)),
+        ];
+        let want_b = [
+            format!("[b] {}", "OE".repeat(300)),
+            "[b] last without newline".to_owned(),
+        ];
+        for want in want_a.iter().chain(&want_b) {
+            assert_eq!(
+                lines.iter().filter(|l| **l == want.as_str()).count(),
+                1,
+                "{want:?} in {text}"
+            );
+        }
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("[a] ") || l.starts_with("[b] ") || l.starts_with("Job c")),
+            "{text}"
+        );
+    }
 }

@@ -248,7 +248,8 @@ async fn jobs_see_gitlabs_job_variables_and_share_the_default_cache() {
 }
 
 /// Item 7 of issue 15: the script writes stdout and stderr one byte at a time, alternately,
-/// while a second job does the same; every line reaches the output whole and in order.
+/// while a second job does the same, pausing past the trace interval so the line reaches the
+/// coordinator in several patches; every line reaches the output whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_and_stderr_interleave_byte_by_byte_without_splicing() {
     let root = tempfile::tempdir().unwrap();
@@ -256,7 +257,7 @@ async fn stdout_and_stderr_interleave_byte_by_byte_without_splicing() {
     std::fs::create_dir(&project).unwrap();
     let script = |out: char, err: char| {
         vec![format!(
-            "for i in $(seq 1 400); do printf {out}; printf {err} >&2; done; echo; echo done-{out}"
+            "for i in $(seq 1 400); do printf {out}; printf {err} >&2; if [ $((i % 150)) = 0 ]; then sleep 1.2; fi; done; echo; echo done-{out}"
         )]
     };
     let mut one = job("one", "test", &[]);
