@@ -296,3 +296,66 @@ async fn stdout_and_stderr_interleave_byte_by_byte_without_splicing() {
     }
     assert!(out.contains("  one "), "the summary names the jobs: {out}");
 }
+
+fn exec(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .arg("exec")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_command_line_runs_what_named_jobs_need_stages_and_limits_concurrency() {
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join(".gitlab-ci.yml"),
+        "stages: [build, test, deploy]\nbuild:\n  stage: build\n  script: echo built > out.txt\n  artifacts:\n    paths: [out.txt]\nlint:\n  stage: test\n  needs: []\n  script: echo linted\ntest:\n  stage: test\n  needs: [build]\n  script: cat out.txt\ndeploy:\n  stage: deploy\n  script: echo deployed\n",
+    )
+    .unwrap();
+    let artifacts = root.path().join("artifacts");
+    let artifacts = artifacts.to_str().unwrap();
+    let (code, out) = exec(&["test", "--needs", "--artifacts-dir", artifacts], &project);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Running job build") && out.contains("built"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Running job lint") && !out.contains("deployed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  build ") && out.contains("Pipeline passed"),
+        "the summary table: {out}"
+    );
+    let (code, out) = exec(&["--stage", "test", "--artifacts-dir", artifacts], &project);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("linted") && out.contains("built"), "{out}");
+    assert!(!out.contains("Running job build"), "{out}");
+    let (code, out) = exec(
+        &["--concurrency", "1", "--artifacts-dir", artifacts],
+        &project,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        !out.contains("[build] "),
+        "one job at a time: no prefixes: {out}"
+    );
+    let (code, out) = exec(&["--concurrency", "0"], &project);
+    assert_eq!(code, Some(2), "{out}");
+    let (code, out) = exec(&["--stage", "nope"], &project);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--stage \"nope\": no job"), "{out}");
+}
