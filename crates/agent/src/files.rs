@@ -58,6 +58,18 @@ fn normalize(pattern: &str) -> String {
     trimmed.trim_end_matches('/').to_owned()
 }
 
+/// A pattern as a path relative to the project at `root`: gitlab-runner's archiver resolves
+/// every path and exclude against its working directory (`findRelativePathInProject` in
+/// `commands/helpers/file_archiver.go`), so `$CI_PROJECT_DIR/out` means `out`. A pattern
+/// outside the project stays absolute and matches nothing.
+fn in_project(root: &Path, pattern: &str) -> String {
+    let pattern = normalize(pattern);
+    match Path::new(&pattern).strip_prefix(root) {
+        Ok(relative) if Path::new(&pattern).is_absolute() => relative.display().to_string(),
+        _ => pattern,
+    }
+}
+
 /// What `paths` matched, per pattern, and the files to archive (relative, sorted).
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -77,7 +89,7 @@ pub fn collect(
 ) -> Result<Collected, FilesError> {
     let mut excludes = GlobSetBuilder::new();
     for pattern in exclude {
-        let pattern = normalize(pattern);
+        let pattern = in_project(root, pattern);
         excludes.add(glob(&pattern)?);
         excludes.add(glob(&format!("{pattern}/**"))?);
     }
@@ -99,7 +111,7 @@ pub fn collect(
         .collect();
     let mut collected = Collected::default();
     for raw in paths {
-        let pattern = normalize(raw);
+        let pattern = in_project(root, raw);
         if pattern.is_empty() {
             continue;
         }
@@ -248,6 +260,22 @@ mod tests {
         let none = collect(dir.path(), &["missing/".into()], &[], &[]).unwrap();
         assert!(none.entries.is_empty() && none.per_pattern[0].1 == 0);
         assert!(collect(dir.path(), &["[".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn absolute_paths_in_the_project_are_relative_to_it() {
+        let dir = tree(&["out/a.txt", "out/b.log"]);
+        let root = dir.path().display().to_string();
+        let c = collect(
+            dir.path(),
+            &[format!("{root}/out/")],
+            &[format!("{root}/out/*.log")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(names(&c), ["out", "out/a.txt"]);
+        let outside = collect(dir.path(), &["/etc/hostname".into()], &[], &[]).unwrap();
+        assert!(outside.entries.is_empty() && outside.per_pattern[0].1 == 0);
     }
 
     #[test]

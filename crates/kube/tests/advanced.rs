@@ -152,7 +152,10 @@ fn a_patch_file_is_read_for_the_job() {
     assert_eq!(spec(&planned)["priorityClassName"], "ci-high");
     std::fs::write(&path, "hostname: [a\n").unwrap();
     let unreadable = refusal(&runner(FLAG_ON, &config), &job(&[], json!({})));
-    assert!(unreadable.contains("converting patch to json"), "{unreadable}");
+    assert!(
+        unreadable.contains("converting patch to json"),
+        "{unreadable}"
+    );
     std::fs::remove_file(&path).unwrap();
     let missing = refusal(&runner(FLAG_ON, &config), &job(&[], json!({})));
     assert!(missing.contains("loading patch file"), "{missing}");

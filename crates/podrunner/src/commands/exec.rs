@@ -18,9 +18,26 @@ pub(crate) struct ExecArgs {
     /// A variable for every job, after the pipeline's own (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE")]
     vars: Vec<String>,
-    /// Run in a clean checkout of the committed tree rather than the working tree.
+    /// Give every job the uncommitted changes too (tracked and untracked files that git does
+    /// not ignore), not only the commit HEAD.
     #[arg(long)]
-    clean: bool,
+    working_tree: bool,
+    /// Also run what the named jobs wait for (their `needs`, else the earlier stages), first.
+    #[arg(long)]
+    needs: bool,
+    /// Run the jobs of this stage (with the named jobs, if any).
+    #[arg(long, value_name = "STAGE")]
+    stage: Option<String>,
+    /// Play manual jobs: the named ones, or every one when no job follows (named jobs are
+    /// always played).
+    #[arg(long, value_name = "JOB", num_args = 0.., value_delimiter = ',')]
+    manual: Option<Vec<String>>,
+    /// How many jobs run at once [default: the number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
+    /// Run jobs that have `services` without them (start what they need yourself).
+    #[arg(long)]
+    without_services: bool,
     /// Where artifacts are kept for later jobs and runs [default: a private directory per
     /// project under $XDG_STATE_HOME/podrunner/exec or ~/.local/state/podrunner/exec].
     #[arg(long, value_name = "DIR")]
@@ -33,7 +50,7 @@ pub(crate) struct ExecArgs {
     preview: bool,
 }
 
-/// Runs the pipeline; exit 0 when every job that must succeed did.
+/// Runs the pipeline; exit 0 only when the pipeline would pass.
 pub(crate) async fn run(args: &ExecArgs) -> Result<ExitCode> {
     let mut variables = Vec::new();
     for entry in &args.vars {
@@ -47,39 +64,23 @@ pub(crate) async fn run(args: &ExecArgs) -> Result<ExitCode> {
     }
     let options = podrunner_exec::ExecOptions {
         file: args.file.clone(),
-        jobs: args.jobs.clone(),
+        selection: podrunner_exec::Selection {
+            jobs: args.jobs.clone(),
+            needs: args.needs,
+            stage: args.stage.clone(),
+            manual: args.manual.clone(),
+            without_services: args.without_services,
+        },
         variables,
-        clean: args.clean,
+        working_tree: args.working_tree,
+        concurrency: args.concurrency.map(usize::from),
         artifacts_dir: args.artifacts_dir.clone(),
         agent_program: std::env::current_exe()
             .context("cannot find the podrunner binary to start the agent")?,
         color: std::io::stdout().is_terminal(),
     };
-    let summaries = podrunner_exec::run(&options, Box::new(std::io::stdout())).await?;
-    println!();
-    let mut ok = true;
-    for job in &summaries {
-        let note = match (job.status.as_str(), job.allow_failure) {
-            ("success", _) => "passed".to_owned(),
-            ("skipped", _) => "skipped".to_owned(),
-            (_, true) => format!(
-                "failed, allowed ({})",
-                job.failure_reason.as_deref().unwrap_or("failed")
-            ),
-            _ => {
-                ok = false;
-                format!(
-                    "failed ({})",
-                    job.failure_reason.as_deref().unwrap_or("failed")
-                )
-            }
-        };
-        println!("  {:<24} {note}", job.name);
-    }
-    if summaries.iter().any(|j| j.status == "skipped") {
-        ok = false;
-    }
-    Ok(if ok {
+    let outcome = podrunner_exec::run(&options, Box::new(std::io::stdout())).await?;
+    Ok(if outcome.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -91,7 +92,7 @@ fn show(args: &ExecArgs, variables: Vec<(String, String)>) -> Result<ExitCode> {
     let options = podrunner_exec::pipeline::BuildOptions {
         file: args.file.clone(),
         variables,
-        working_tree: !args.clean,
+        working_tree: args.working_tree,
     };
     if args.preview {
         print!("{}", podrunner_exec::pipeline::preview(&options)?);
