@@ -7,6 +7,7 @@
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
 //! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
+//! Under `/apis/coordination.k8s.io/v1`: Leases with resourceVersion conflicts (module `leases`).
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
@@ -39,6 +40,7 @@ mod eviction;
 mod fargate_capacity;
 mod identity;
 mod kubelet_snapshot;
+mod leases;
 mod rbac;
 pub mod validation;
 mod watch_history;
@@ -192,6 +194,8 @@ struct Inner {
     rbac: rbac::Rbac,
     /// The kubelet's snapshot delay, downward-API refresh period and snapshots taken.
     kubelet: kubelet_snapshot::KubeletSettings,
+    /// Leases by (namespace, name) (module `leases`).
+    leases: BTreeMap<(String, String), Value>,
 }
 
 #[derive(Clone)]
@@ -416,6 +420,7 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/eviction",
             axum::routing::post(eviction::evict),
         )
+        .merge(leases::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             rbac::filter,
