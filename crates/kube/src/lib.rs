@@ -6,6 +6,7 @@ pub mod calls;
 pub mod executor;
 pub mod fargate;
 mod judge;
+pub mod lease;
 pub mod plan;
 pub mod pod_security;
 mod prelude;
