@@ -70,7 +70,7 @@ each with what to do instead; and values neither chart knows. NOTES.txt prints b
 {{- $ignored := dict
   "unregisterRunners" "the preStop hook drains running jobs (podrunner drain) and does not unregister; remove stale runner managers in GitLab, or run podrunner unregister"
   "sessionServer" "interactive web terminals need exec streams, which podrunner does not use"
-  "hpa" "podrunner runs one manager per release; raise concurrent for more jobs"
+  "hpa" "the chart renders no HorizontalPodAutoscaler; set replicas (each manager takes up to concurrent jobs)"
   "preEntrypointScript" "the image has no shell; use extraEnv, envVars or volumes"
   "useTini" "podrunner is its own init process"
   "probeTimeoutSeconds" "give livenessProbe.timeoutSeconds and readinessProbe.timeoutSeconds"
@@ -80,7 +80,6 @@ each with what to do instead; and values neither chart knows. NOTES.txt prints b
   "secrets" "mount extra Secrets with volumes and volumeMounts"
   "configMaps" "mount extra ConfigMaps with volumes and volumeMounts"
   "namespace" "install the release with --namespace; job pods go to runners.jobNamespace or the namespace in runners.config"
-  "strategy" "one manager per release for now; the chart keeps the Deployment's default strategy"
 -}}
 {{- $ignoredRunners := dict
   "configPath" "the chart renders runners.config into the manager's values; there is no config file to point at"
@@ -98,7 +97,7 @@ each with what to do instead; and values neither chart knows. NOTES.txt prints b
   "generatedServiceAccountName" "use serviceAccount.name"
   "imagePullSecrets" "use serviceAccount.imagePullSecrets"
 -}}
-{{- $known := list "gitlabUrl" "runnerToken" "runnerRegistrationToken" "image" "imagePullPolicy" "imagePullSecrets" "replicas" "revisionHistoryLimit" "concurrent" "checkInterval" "logLevel" "logFormat" "shutdown_timeout" "terminationGracePeriodSeconds" "runners" "rbac" "serviceAccount" "metrics" "service" "pinToEC2" "podLabels" "podAnnotations" "deploymentLabels" "deploymentAnnotations" "hostAliases" "hostname" "runtimeClassName" "schedulerName" "automountServiceAccountToken" "resources" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" "securityContext" "podSecurityContext" "extraEnv" "extraEnvFrom" "extraEnvFromRefs" "envVars" "livenessProbe" "readinessProbe" "extraContainers" "extraObjects" "volumes" "volumeMounts" "certsSecretName" "certsSecretKey" "global" -}}
+{{- $known := list "gitlabUrl" "runnerToken" "runnerRegistrationToken" "image" "imagePullPolicy" "imagePullSecrets" "replicas" "revisionHistoryLimit" "strategy" "zoneAntiAffinity" "concurrent" "checkInterval" "logLevel" "logFormat" "shutdown_timeout" "terminationGracePeriodSeconds" "runners" "rbac" "serviceAccount" "metrics" "service" "pinToEC2" "podLabels" "podAnnotations" "deploymentLabels" "deploymentAnnotations" "hostAliases" "hostname" "runtimeClassName" "schedulerName" "automountServiceAccountToken" "resources" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" "securityContext" "podSecurityContext" "extraEnv" "extraEnvFrom" "extraEnvFromRefs" "envVars" "livenessProbe" "readinessProbe" "extraContainers" "extraObjects" "volumes" "volumeMounts" "certsSecretName" "certsSecretKey" "global" -}}
 {{- range $key, $value := .Values -}}
 {{- if hasKey $ignored $key }}
 IGNORED: {{ $key }}: {{ get $ignored $key }}

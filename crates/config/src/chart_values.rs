@@ -18,7 +18,7 @@ pub const IGNORED: &[(&str, &str)] = &[
     ),
     (
         "hpa",
-        "podrunner runs one manager per release; raise concurrent for more jobs",
+        "the chart renders no HorizontalPodAutoscaler; set replicas (each manager takes up to concurrent jobs)",
     ),
     (
         "preEntrypointScript",
@@ -52,10 +52,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     (
         "namespace",
         "install the release with --namespace; job pods go to runners.jobNamespace or the namespace in runners.config",
-    ),
-    (
-        "strategy",
-        "one manager per release for now; the chart keeps the Deployment's default strategy",
     ),
 ];
 
@@ -117,6 +113,8 @@ pub const KNOWN: &[&str] = &[
     "imagePullSecrets",
     "replicas",
     "revisionHistoryLimit",
+    "strategy",
+    "zoneAntiAffinity",
     "concurrent",
     "checkInterval",
     "logLevel",

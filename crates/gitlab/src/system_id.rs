@@ -1,6 +1,9 @@
 //! The runner manager's `system_id`: `s_` + 12 hex characters of HMAC-SHA256(machine-id,
 //! "gitlab-runner"), or `r_` + 12 random alphanumerics when there is no machine ID; kept in
-//! `.runner_system_id` beside `config.toml` so it survives restarts.
+//! `.runner_system_id` beside `config.toml` so it survives restarts (gitlab-runner's rules:
+//! package `configfile`, `system_id.go`). In a Kubernetes pod the machine ID would be the image's,
+//! the same for every replica, so there the ID comes from the pod's UID instead
+//! ([`from_pod_uid`]): one per replica, for the life of its pod.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,13 @@ pub fn from_machine_id(machine_id: &str) -> String {
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("s_{}", &hex[..12])
+}
+
+/// The ID of a manager in the pod with this UID (`metadata.uid`, which the API server makes
+/// unique per pod and which a container restart keeps): the machine-ID rule with the UID as
+/// the machine ID.
+pub fn from_pod_uid(uid: &str) -> String {
+    from_machine_id(uid)
 }
 
 /// A random ID.
@@ -82,6 +92,16 @@ mod tests {
         let r = random();
         assert!(is_valid(&r) && r.starts_with("r_"), "{r}");
         assert!(!is_valid("s_short") && !is_valid("x_0123456789ab") && !is_valid("s_0123456789a!"));
+    }
+
+    /// Replicas differ (their pods' UIDs do), one pod's ID never changes.
+    #[test]
+    fn one_id_per_pod() {
+        let a = from_pod_uid("0b1c2d3e-0000-4000-8000-000000000001");
+        let b = from_pod_uid("0b1c2d3e-0000-4000-8000-000000000002");
+        assert!(is_valid(&a) && is_valid(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, from_pod_uid("0b1c2d3e-0000-4000-8000-000000000001"));
     }
 
     #[test]

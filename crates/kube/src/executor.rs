@@ -37,6 +37,8 @@ use crate::judge::{FargateEvent, FargateSignals, judge, scheduling_message};
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
 use crate::prelude::{Heard, PodLog, Stop, build_started};
 
+mod ownership;
+
 /// How often the manager looks for its stray pods and Secrets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -192,6 +194,8 @@ pub struct KubernetesExecutor {
     gitlab_clients: Mutex<HashMap<String, podrunner_gitlab::GitlabClient>>,
     /// Per-job namespaces in use, and what stops each namespace's watches.
     namespaces: crate::namespaces::JobNamespaces,
+    /// This manager's Leases: which job pods are its own ([`crate::lease`]).
+    leases: crate::lease::OwnLeases,
     cancel: CancellationToken,
 }
 
@@ -287,7 +291,14 @@ impl KubernetesExecutor {
         info: RunnerInfo,
         system_id: String,
     ) -> Self {
+        let cancel = CancellationToken::new();
         KubernetesExecutor {
+            leases: crate::lease::OwnLeases::new(
+                client.clone(),
+                system_id.clone(),
+                crate::lease::LeaseSettings::default(),
+                cancel.child_token(),
+            ),
             client,
             init_image,
             podrunner_version,
@@ -298,8 +309,19 @@ impl KubernetesExecutor {
             adopted: Mutex::new(HashMap::new()),
             gitlab_clients: Mutex::new(HashMap::new()),
             namespaces: Default::default(),
-            cancel: CancellationToken::new(),
+            cancel,
         }
+    }
+
+    /// The same executor with its Leases kept by `settings` (a shorter duration for tests).
+    pub fn with_lease_settings(mut self, settings: crate::lease::LeaseSettings) -> Self {
+        self.leases = crate::lease::OwnLeases::new(
+            self.client.clone(),
+            self.system_id.clone(),
+            settings,
+            self.cancel.child_token(),
+        );
+        self
     }
 
     /// The GitLab client for `job`'s runner, made once per URL and TLS settings.
@@ -448,6 +470,9 @@ impl KubernetesExecutor {
         };
         let namespace = planned.namespace.clone();
         let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
+        // Owned through this manager's Lease, made before its first pod in the namespace.
+        let owner = self.ownership(&namespace).await;
+        owner.mark(&mut planned.pod.metadata);
         // Fargate: refuse before creating anything when a declared profile takes the pod and
         // Fargate cannot run it; otherwise tell the job what it will get and cost.
         let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
@@ -534,11 +559,13 @@ impl KubernetesExecutor {
             (JOB_LABEL.to_owned(), job.payload.job.id.to_string()),
         ]
         .into();
+        let ownership = &owner;
         let spec_secret = |owner: Option<OwnerReference>| Secret {
             metadata: ObjectMeta {
                 name: Some(planned.spec_secret.clone()),
                 namespace: Some(namespace.clone()),
                 labels: Some(labels.clone()),
+                annotations: ownership.annotations(),
                 owner_references: owner.map(|o| vec![o]),
                 ..Default::default()
             },
@@ -557,6 +584,7 @@ impl KubernetesExecutor {
                 name: Some(name.clone()),
                 namespace: Some(namespace.clone()),
                 labels: Some(labels.clone()),
+                annotations: ownership.annotations(),
                 ..Default::default()
             },
             data: Some(
@@ -824,8 +852,9 @@ impl KubernetesExecutor {
 
     /// Adoption in one namespace.
     async fn adopt_in(&self, runner: &Arc<RunnerConfig>, namespace: String) -> Vec<AcceptedJob> {
+        // This pod's Lease first: from a restart of the same pod, it is taken back.
+        self.leases.ensure(&namespace).await;
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let selector = format!("{MANAGER_LABEL}={}", self.system_id);
         let calls = self.calls(runner);
         let params = kube::api::ListParams::default().labels(&selector);
@@ -843,73 +872,11 @@ impl KubernetesExecutor {
                 return Vec::new();
             }
         };
-        let states = self.states(&namespace);
         let mut jobs = Vec::new();
         for pod in pods {
-            let Some(pod_name) = pod.metadata.name.clone() else {
-                continue;
-            };
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
+            if let Some(job) = self.adopt_pod(runner, &namespace, pod, &calls).await {
+                jobs.push(job);
             }
-            let pod_state = states.subscribe(&pod_name);
-            states.update(&pod_name, Some(pod));
-            // The job, as this pod's agent has it.
-            let spec_name = format!("{pod_name}-spec");
-            let job = match calls
-                .run("read a job spec", || secrets_api.get(&spec_name))
-                .await
-            {
-                Ok(secret) => secret
-                    .data
-                    .and_then(|d| d.get("job.json").cloned())
-                    .and_then(|bytes| {
-                        serde_json::from_slice::<podrunner_agent::AgentSpec>(&bytes.0).ok()
-                    })
-                    .and_then(|spec| podrunner_gitlab::JobPayload::from_value(spec.job).ok()),
-                Err(_) => None,
-            };
-            let Some(payload) = job else {
-                Event::KubernetesProblem {
-                    doing: format!("adopting pod {namespace}/{pod_name}"),
-                    error: "its job spec Secret is missing or unreadable; the pod is deleted"
-                        .into(),
-                }
-                .emit();
-                states.forget(&pod_name);
-                let background = DeleteParams::background();
-                let _ = calls
-                    .run("delete Pod", || pods_api.delete(&pod_name, &background))
-                    .await;
-                continue;
-            };
-            let accepted = AcceptedJob {
-                runner: runner.clone(),
-                payload,
-                system_id: self.system_id.clone(),
-                concurrent_id: 0,
-            };
-            Event::PodAdopted {
-                job_id: accepted.payload.job.id,
-                namespace: namespace.clone(),
-                pod: pod_name.clone(),
-            }
-            .emit();
-            self.adopted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    accepted.payload.job.id,
-                    JobPod {
-                        namespace: namespace.clone(),
-                        name: pod_name,
-                        state: pod_state,
-                        orphan_secrets: Vec::new(),
-                        log: None,
-                        heard: Heard::Running,
-                    },
-                );
-            jobs.push(accepted);
         }
         jobs
     }
@@ -1297,7 +1264,7 @@ fn gone(error: kube::Error) -> Result<(), kube::Error> {
     }
 }
 
-fn api_error(error: &kube::Error) -> String {
+pub(crate) fn api_error(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
         other => other.to_string(),
@@ -1347,6 +1314,18 @@ impl Executor for KubernetesExecutor {
             self.after_job(&runner, job_id).await;
             end
         })
+    }
+
+    fn takeovers(
+        self: Arc<Self>,
+        runner: Arc<RunnerConfig>,
+        stop: CancellationToken,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<AcceptedJob>> {
+        Some(self.start_takeovers(runner, stop))
+    }
+
+    fn release(self: Arc<Self>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.leases.release().await })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod fargate;
 mod judge;
 mod namespaces;
+pub mod lease;
 pub mod plan;
 pub mod pod_security;
 mod pod_view;

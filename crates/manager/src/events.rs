@@ -210,6 +210,18 @@ pub enum Event {
         /// Its name.
         name: String,
     },
+    /// This manager took over the Lease of another whose Lease expired, and with it that
+    /// manager's job pods.
+    LeaseTakenOver {
+        /// The namespace of the Lease.
+        namespace: String,
+        /// The Lease's name.
+        lease: String,
+        /// The system ID of the manager that held it.
+        from: String,
+        /// How many job pods came with it.
+        pods: usize,
+    },
 }
 
 impl Event {
@@ -241,6 +253,7 @@ impl Event {
             | Event::JobFinished { .. }
             | Event::PodCreated { .. }
             | Event::PodAdopted { .. }
+            | Event::LeaseTakenOver { .. }
             | Event::PodRunning { .. }
             | Event::FargateCost { .. }
             | Event::ShuttingDown { .. }
@@ -400,6 +413,18 @@ impl Event {
                 namespace = namespace.as_str(),
                 name = name.as_str(),
                 "Deleted a stray object no job follows"
+            ),
+            Event::LeaseTakenOver {
+                namespace,
+                lease,
+                from,
+                pods,
+            } => record!(
+                namespace = namespace.as_str(),
+                lease = lease.as_str(),
+                from = from.as_str(),
+                pods = *pods as u64,
+                "Took over the Lease of a manager that stopped renewing it"
             ),
             Event::SweepFailed {
                 namespace,

@@ -77,6 +77,25 @@ pub trait Executor: Send + Sync {
         Box::pin(async { Vec::new() })
     }
 
+    /// Jobs of `runner` this executor takes over while the manager runs (another manager
+    /// stopped renewing its Lease), for [`Executor::resume`]; the manager counts them toward
+    /// `concurrent` and `limit` like [`Executor::leftovers`]. `stop` fires when the manager
+    /// drains: the executor takes over nothing more and closes the channel. None by default.
+    fn takeovers(
+        self: Arc<Self>,
+        runner: Arc<RunnerConfig>,
+        stop: CancellationToken,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<AcceptedJob>> {
+        let _ = (runner, stop);
+        None
+    }
+
+    /// Called once every job ended, before the manager exits: gives up what the executor
+    /// holds for its jobs (its Leases). Nothing by default.
+    fn release(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
+
     /// Follows a job of [`Executor::leftovers`] to its end, like [`Executor::run`].
     fn resume<'a>(
         &'a self,
@@ -216,6 +235,25 @@ impl Manager {
                     .and_then(|l| l.clone().try_acquire_owned().ok());
                 feeder.launch(job, None, global, local);
             }
+            // Jobs taken over from a manager that died: followed here from now on.
+            if let Some(mut taken) = feeder
+                .executor
+                .clone()
+                .takeovers(runner.clone(), requests.clone())
+            {
+                let feeder = feeder.clone();
+                let global = global.clone();
+                tracker.spawn(async move {
+                    while let Some(job) = taken.recv().await {
+                        let global = global.clone().try_acquire_owned().ok();
+                        let local = feeder
+                            .limit
+                            .as_ref()
+                            .and_then(|l| l.clone().try_acquire_owned().ok());
+                        feeder.launch(job, None, global, local);
+                    }
+                });
+            }
             let request_concurrency = runner.request_concurrency.clamp(1, 64) as usize;
             for _ in 0..request_concurrency {
                 feeders.push(tokio::spawn(feeder.clone().run()));
@@ -249,7 +287,13 @@ impl Manager {
             30
         });
         tokio::select! {
-            _ = tracker.wait() => { Event::Stopped { all_jobs_finished: true }.emit(); true }
+            _ = tracker.wait() => {
+                for executor in &self.options.executors {
+                    executor.clone().release().await;
+                }
+                Event::Stopped { all_jobs_finished: true }.emit();
+                true
+            }
             _ = async { shutdown.forceful.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
                 Event::Stopped { all_jobs_finished: false }.emit();
                 false

@@ -161,7 +161,23 @@ fn check_rbac(documents: &[(String, serde_yaml_ng::Value)], job_namespace: &str)
                 ]
             ),
             ("events".to_owned(), vec!["list".to_owned(), "watch".into()]),
+            (
+                "leases".to_owned(),
+                vec![
+                    "get".to_owned(),
+                    "create".into(),
+                    "update".into(),
+                    "list".into(),
+                    "delete".into()
+                ]
+            ),
         ]
+    );
+    let leases = &role["rules"].as_sequence().unwrap()[3];
+    assert_eq!(
+        leases["apiGroups"][0].as_str(),
+        Some("coordination.k8s.io"),
+        "{leases:?}"
     );
 }
 
@@ -211,28 +227,14 @@ fn default_values_render_valid_manifests() {
         !documents.iter().any(|(_, d)| kind(d) == "Secret"),
         "no token, no Secret"
     );
-    // A system ID per release, so a replacement runner pod adopts its predecessor's jobs.
-    let system_id = |rendered: &serde_json::Map<String, Value>| -> String {
-        let all = self::documents(rendered);
-        let (_, deployment) = all.iter().find(|(_, d)| kind(d) == "Deployment").unwrap();
-        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"].as_str() == Some("PODRUNNER_SYSTEM_ID"))
-            .and_then(|e| e["value"].as_str())
-            .expect("the chart sets the system ID")
-            .to_owned()
-    };
-    let id = system_id(&render("-", "gitlab"));
+    // No system ID per release: each pod derives its own from its UID (see
+    // `replicas_are_distinct_managers_with_lease_rbac_and_a_disruption_budget`).
+    let env = container["env"].as_sequence().unwrap();
     assert!(
-        id.len() == 14
-            && id.starts_with("s_")
-            && id[2..].bytes().all(|b| b.is_ascii_alphanumeric()),
-        "{id}"
+        !env.iter()
+            .any(|e| e["name"].as_str() == Some("PODRUNNER_SYSTEM_ID")),
+        "{env:?}"
     );
-    assert_eq!(id, system_id(&render("-", "gitlab")), "stable");
-    assert_ne!(id, system_id(&render("-", "other")), "one per release");
 }
 
 #[test]
@@ -405,7 +407,7 @@ fn the_chart_lints_clean_and_refuses_bad_values() {
 /// The official GitLab Runner chart's values: honoured where podrunner can (pull policy and
 /// secrets in its spelling, the deprecated IRSA annotations, envVars, hostAliases, probe
 /// timings, extraObjects, deployment labels), named with advice in NOTES.txt where it cannot,
-/// and unknown values named too; `replicas` above 1 is refused when rendered.
+/// and unknown values named too.
 #[test]
 fn the_official_charts_values_are_honoured_or_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,25 +516,135 @@ fn the_official_charts_values_are_honoured_or_reported() {
         !seed_notes.contains("IGNORED") && !seed_notes.contains("UNKNOWN"),
         "{seed_notes}"
     );
+}
 
+/// Renders `values` (YAML text) in namespace `gitlab`; the error text when Helm refuses them.
+fn render_text(values: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
     let python =
         std::env::var("PODRUNNER_CHART_PYTHON").expect("PODRUNNER_CHART_PYTHON is not set");
-    let two = dir.path().join("two.yaml");
-    std::fs::write(&two, "replicas: 2\n").unwrap();
     let output = Command::new(&python)
         .args([
             "chart/tests/helm.py",
             "render",
             "chart/podrunner",
-            two.to_str().unwrap(),
+            file.to_str().unwrap(),
             "gitlab",
         ])
         .current_dir(root())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .clone())
+}
+
+/// `replicas: 3`: each replica's system ID comes from its own pod's UID (the downward API,
+/// so it differs per pod and no value shared by the replicas names it), the Role lets each
+/// manager keep and take Leases and has no wildcard, the rollout starts the new manager before
+/// the old one drains, a PodDisruptionBudget lets one manager go at a time, and the zones
+/// option adds a podAntiAffinity over `topology.kubernetes.io/zone`. A shared system ID in
+/// extraEnv is refused.
+#[test]
+fn replicas_are_distinct_managers_with_lease_rbac_and_a_disruption_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = render_text("replicas: 3\nzoneAntiAffinity: preferred\naffinity:\n  nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]}]}}\n").unwrap();
+    let documents = documents(&rendered);
+    validate(&documents, dir.path());
+    check_rbac(&documents, "gitlab");
+    let deployment = find(&documents, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(3));
+    let strategy = &deployment["spec"]["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy["rollingUpdate"]["maxUnavailable"].as_i64(),
+        Some(0)
+    );
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"].as_i64(), Some(1));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_sequence().unwrap();
+    let uid = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("PODRUNNER_POD_UID"))
+        .expect("the pod's UID is passed to the manager");
+    assert_eq!(
+        uid["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.uid")
+    );
+    assert!(uid["value"].is_null(), "{uid:?}");
     assert!(
-        !output.status.success() && stderr.contains("replicas: 2 is not supported yet"),
-        "{stderr}"
+        !env.iter()
+            .any(|e| e["name"].as_str() == Some("PODRUNNER_SYSTEM_ID")),
+        "one system ID for every replica: {env:?}"
+    );
+    // The manager reads it, and distinct UIDs make distinct system IDs (its rule).
+    let help = Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("PODRUNNER_POD_UID"));
+    let a = podrunner_gitlab::system_id::from_pod_uid("6f1c0e52-0000-4000-8000-00000000000a");
+    let b = podrunner_gitlab::system_id::from_pod_uid("6f1c0e52-0000-4000-8000-00000000000b");
+    assert_ne!(a, b);
+    assert!(podrunner_gitlab::system_id::is_valid(&a), "{a}");
+    let affinity = &pod["affinity"];
+    assert!(
+        affinity["nodeAffinity"].is_mapping(),
+        "the user's affinity is kept"
+    );
+    let term = &affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"].as_str(),
+        Some("topology.kubernetes.io/zone")
+    );
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let budget = find(&documents, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"].as_i64(), Some(1));
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let notes = rendered["podrunner/templates/NOTES.txt"].as_str().unwrap();
+    assert!(
+        !notes.contains("replicas") && !notes.contains("zoneAntiAffinity"),
+        "{notes}"
+    );
+
+    // One replica: no budget (it would block every node drain).
+    let one = self::documents(&render_text("replicas: 1\n").unwrap());
+    assert!(!one.iter().any(|(_, d)| kind(d) == "PodDisruptionBudget"));
+    let required =
+        self::documents(&render_text("replicas: 2\nzoneAntiAffinity: required\n").unwrap());
+    assert!(
+        find(&required, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            [0]["topologyKey"]
+            == "topology.kubernetes.io/zone"
+    );
+    let refused =
+        render_text("replicas: 2\nextraEnv:\n  PODRUNNER_SYSTEM_ID: s_0123456789ab\n").unwrap_err();
+    assert!(
+        refused.contains("extraEnv.PODRUNNER_SYSTEM_ID: every replica"),
+        "{refused}"
+    );
+    let refused =
+        render_text("zoneAntiAffinity: preferred\naffinity: {podAntiAffinity: {}}\n").unwrap_err();
+    assert!(
+        refused.contains("zoneAntiAffinity and affinity.podAntiAffinity"),
+        "{refused}"
+    );
+    let user = self::documents(&render_text("strategy: {type: Recreate}\n").unwrap());
+    assert_eq!(
+        find(&user, "Deployment")["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
     );
 }

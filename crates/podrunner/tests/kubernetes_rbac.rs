@@ -238,6 +238,18 @@ impl Harness {
         (made, denied)
     }
 
+    /// SIGQUIT, and waits until the manager exited (it gives up its Lease on the way out).
+    async fn quit(&mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+
     async fn stop(mut self) {
         if let Some(pid) = self
             .child
@@ -362,6 +374,8 @@ async fn the_chart_role_grants_exactly_what_the_executor_does_and_the_sweep_work
         !log.contains("Sweep of stray pods and Secrets failed"),
         "{log}"
     );
+    // A clean exit deletes the manager's Lease: the last of the calls the Role allows.
+    h.quit().await;
     let (made, denied) = h.calls();
     assert!(denied.is_empty(), "denied: {denied:?}\n{log}");
     assert_eq!(

@@ -7,6 +7,7 @@
 //! and field selectors, across all namespaces too), merge patch, replace, and delete with a
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
 //! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
+//! Under `/apis/coordination.k8s.io/v1`: Leases with resourceVersion conflicts (module `leases`).
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
@@ -43,6 +44,7 @@ mod fargate_capacity;
 mod identity;
 mod kubelet_snapshot;
 mod namespaces;
+mod leases;
 mod rbac;
 mod simulated_kubelet;
 pub mod validation;
@@ -208,6 +210,8 @@ struct Inner {
     kubelet: kubelet_snapshot::KubeletSettings,
     /// The benchmark kubelet's containers, when it replaces the process kubelet.
     simulated: Option<SimulatedContainers>,
+    /// Leases by (namespace, name) (module `leases`).
+    leases: BTreeMap<(String, String), Value>,
 }
 
 #[derive(Clone)]
@@ -446,6 +450,7 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/eviction",
             axum::routing::post(eviction::evict),
         )
+        .merge(leases::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             rbac::filter,

@@ -36,10 +36,19 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "PODRUNNER_INIT_IMAGE", default_value = concat!("podrunner:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     init_image: String,
     /// This manager's system ID (`s_` or `r_` and 12 letters or digits) instead of the one kept
-    /// beside the configuration. The chart derives it from the release, so a replaced runner
-    /// pod keeps it and adopts (or sweeps) the job pods its predecessor left.
+    /// beside the configuration (or derived from --pod-uid).
     #[arg(long, env = "PODRUNNER_SYSTEM_ID", value_name = "ID", value_parser = parse_system_id)]
     system_id: Option<String>,
+    /// The UID of the pod this manager runs in (the chart passes `metadata.uid`): the system
+    /// ID is derived from it, so every replica is its own runner manager in GitLab, with one
+    /// ID for the life of its pod (container restarts included).
+    #[arg(long, env = "PODRUNNER_POD_UID", value_name = "UID")]
+    pod_uid: Option<String>,
+    /// How long this manager's Lease on its job pods lasts without renewal, in seconds; it is
+    /// renewed every quarter of that. Another manager takes the job pods over only once the
+    /// Lease expired.
+    #[arg(long, env = "PODRUNNER_LEASE_DURATION", value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration: u64,
     /// The manager's log level, over `log_level` of the configuration: debug, info, warn,
     /// error (fatal and panic log errors only).
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL", value_parser = parse_log_level)]
@@ -98,9 +107,11 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
         );
     }
     // The config may sit on a read-only mount (a ConfigMap): then the ID lives in /tmp.
-    let system_id = match &args.system_id {
-        Some(id) => Ok(id.clone()),
-        None => podrunner_gitlab::system_id::load_or_create(&path),
+    let pod_uid = args.pod_uid.as_deref().filter(|uid| !uid.trim().is_empty());
+    let system_id = match (&args.system_id, pod_uid) {
+        (Some(id), _) => Ok(id.clone()),
+        (None, Some(uid)) => Ok(podrunner_gitlab::system_id::from_pod_uid(uid)),
+        (None, None) => podrunner_gitlab::system_id::load_or_create(&path),
     }
     .or_else(|_| {
         podrunner_gitlab::system_id::load_or_create(
@@ -186,13 +197,20 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
                 let client = podrunner_kube::connect(runner)
                     .await
                     .with_context(|| format!("runners[{index}] in {}", path.display()))?;
-                let executor = Arc::new(podrunner_kube::KubernetesExecutor::new(
-                    client,
-                    args.init_image.clone(),
-                    env!("CARGO_PKG_VERSION").to_owned(),
-                    runner_info("kubernetes"),
-                    system_id.clone(),
-                ));
+                let executor = Arc::new(
+                    podrunner_kube::KubernetesExecutor::new(
+                        client,
+                        args.init_image.clone(),
+                        env!("CARGO_PKG_VERSION").to_owned(),
+                        runner_info("kubernetes"),
+                        system_id.clone(),
+                    )
+                    .with_lease_settings(
+                        podrunner_kube::lease::LeaseSettings {
+                            duration: std::time::Duration::from_secs(args.lease_duration),
+                        },
+                    ),
+                );
                 // The manager resumes the jobs whose pods an earlier run left behind.
                 executors.push(executor);
             }
