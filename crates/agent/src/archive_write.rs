@@ -171,7 +171,8 @@ fn read_chunk(path: &Path, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result
 /// final block when `last`.
 fn deflate(compress: &mut Compress, input: &[u8], last: bool) -> std::io::Result<Vec<u8>> {
     compress.reset();
-    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    // Room for the worst case, so the output is never reallocated.
+    let mut out = Vec::with_capacity(input.len() + input.len() / 8 + 4096);
     let flush = if last {
         FlushCompress::Finish
     } else {
@@ -196,11 +197,49 @@ fn deflate(compress: &mut Compress, input: &[u8], last: bool) -> std::io::Result
     Ok(out)
 }
 
+/// Bytes of a chunk deflated quickly to guess whether the chunk compresses at all.
+const PROBE: usize = 32 << 10;
+
+/// Whether the start of `input` does not shrink by 3% at deflate level 1: deflating the rest
+/// would spend time for nothing (archives, images, native modules). Small inputs are not
+/// probed; deflating them is cheap and a larger result is stored anyway.
+fn incompressible(probe: &mut Compress, input: &[u8]) -> bool {
+    if input.len() < 2 * PROBE {
+        return false;
+    }
+    probe.reset();
+    // Room for the worst case (literals of 9 bits), so one call always finishes.
+    let mut out = Vec::with_capacity(2 * PROBE + 4096);
+    match probe.compress_vec(&input[..PROBE], &mut out, FlushCompress::Finish) {
+        Ok(Status::StreamEnd) => out.len() * 100 > PROBE * 97,
+        _ => true,
+    }
+}
+
+/// `input` as stored (uncompressed) deflate blocks, the last one final when `last`: a piece
+/// of a deflate stream that starts and ends on a byte boundary.
+fn stored_blocks(input: &[u8], last: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 65_535 * 5 + 5);
+    let mut pieces = input.chunks(65_535).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[u8::from(last), 0, 0, 0xff, 0xff]);
+    }
+    while let Some(piece) = pieces.next() {
+        let final_block = last && pieces.peek().is_none();
+        let len = piece.len() as u16;
+        out.push(u8::from(final_block));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
 fn work(
     item: &Item,
     chunk: u32,
     level: Option<u32>,
-    compress: &mut Compress,
+    (compress, probe): (&mut Compress, &mut Compress),
     buf: &mut Vec<u8>,
 ) -> Result<Chunk, FilesError> {
     let mut crc = crc32fast::Hasher::new();
@@ -228,31 +267,30 @@ fn work(
             let raw = buf.len() as u64;
             let last = chunk + 1 == item.chunks;
             let single = item.chunks == 1;
+            let incompressible = level.is_some() && incompressible(probe, buf);
+            let stored = |data: Vec<u8>, stored: bool| Chunk {
+                data,
+                crc: crc.clone(),
+                raw,
+                stored,
+            };
             match level {
-                Some(_) if !(single && buf.is_empty()) => {
-                    let data = deflate(compress, buf, last).map_err(io(&item.path))?;
-                    if single && data.len() >= buf.len() {
-                        Ok(Chunk {
-                            data: std::mem::take(buf),
-                            crc,
-                            raw,
-                            stored: true,
-                        })
+                Some(_) if !(single && (buf.is_empty() || incompressible)) => {
+                    let data = if incompressible {
+                        stored_blocks(buf, last)
                     } else {
-                        Ok(Chunk {
-                            data,
-                            crc,
-                            raw,
-                            stored: false,
-                        })
+                        deflate(compress, buf, last).map_err(io(&item.path))?
+                    };
+                    if single && data.len() >= buf.len() {
+                        Ok(stored(std::mem::take(buf), true))
+                    } else if data.len() > buf.len() + buf.len() / 1000 + 64 {
+                        // Deflate made it larger: the same bytes as stored deflate blocks.
+                        Ok(stored(stored_blocks(buf, last), false))
+                    } else {
+                        Ok(stored(data, false))
                     }
                 }
-                _ => Ok(Chunk {
-                    data: std::mem::take(buf),
-                    crc,
-                    raw,
-                    stored: true,
-                }),
+                _ => Ok(stored(std::mem::take(buf), true)),
             }
         }
     }
@@ -294,6 +332,7 @@ pub fn write_zip_with(
             let (items, jobs, next, progress) = (&items, &jobs, &next, &progress);
             scope.spawn(move || {
                 let mut compress = Compress::new(Compression::new(level.unwrap_or(0)), false);
+                let mut probe = Compress::new(Compression::new(1), false);
                 let mut buf = Vec::new();
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +353,13 @@ pub fn write_zip_with(
                         break;
                     }
                     let (item, chunk) = jobs[index];
-                    let out = work(&items[item as usize], chunk, level, &mut compress, &mut buf);
+                    let out = work(
+                        &items[item as usize],
+                        chunk,
+                        level,
+                        (&mut compress, &mut probe),
+                        &mut buf,
+                    );
                     if tx.send((index, out)).is_err() {
                         break;
                     }
@@ -323,7 +368,11 @@ pub fn write_zip_with(
         }
         drop(tx);
         let result = write_in_order(&items, &jobs, file, target, &rx, &progress);
-        progress.stop.store(true, Ordering::Relaxed);
+        {
+            // Under the lock, so no worker checks `stop` and then misses the wake-up.
+            let _written = progress.written.lock().unwrap_or_else(|e| e.into_inner());
+            progress.stop.store(true, Ordering::Relaxed);
+        }
         progress.moved.notify_all();
         drop(rx);
         result

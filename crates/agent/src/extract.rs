@@ -577,13 +577,17 @@ impl std::io::Seek for SharedFile {
     }
 }
 
-/// How many workers write files: the cores, at most four.
+/// How many workers write files: twice the cores (creating small files mostly waits on the
+/// kernel), at most eight.
 fn workers() -> usize {
     std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .clamp(2, 8)
 }
+
+/// Entries a worker takes at once.
+const BATCH: usize = 16;
 
 /// Bytes one worker copies at a time.
 const COPY_BUFFER: usize = 256 << 10;
@@ -644,24 +648,29 @@ fn write(
                 use std::sync::atomic::Ordering::Relaxed;
                 let mut parent: Option<(Vec<String>, OwnedFd)> = None;
                 let mut buffer = vec![0u8; COPY_BUFFER];
-                loop {
-                    let index = next.fetch_add(1, Relaxed);
-                    if index >= leaves.len() || stop.load(Relaxed) {
-                        break;
+                // Runs of neighbours, so a worker mostly stays in one directory.
+                'work: loop {
+                    let start = next.fetch_add(BATCH, Relaxed);
+                    for &(parts, planned) in leaves.iter().skip(start).take(BATCH) {
+                        if stop.load(Relaxed) {
+                            break 'work;
+                        }
+                        match write_leaf(&mut zip, parts, planned, root, &mut parent, &mut buffer) {
+                            Ok(()) => {
+                                written.fetch_add(1, Relaxed);
+                            }
+                            Err(e) => {
+                                stop.store(true, Relaxed);
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                                break 'work;
+                            }
+                        }
                     }
-                    let (parts, planned) = leaves[index];
-                    match write_leaf(&mut zip, parts, planned, root, &mut parent, &mut buffer) {
-                        Ok(()) => {
-                            written.fetch_add(1, Relaxed);
-                        }
-                        Err(e) => {
-                            stop.store(true, Relaxed);
-                            failed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
-                            break;
-                        }
+                    if start + BATCH >= leaves.len() {
+                        break;
                     }
                 }
             });

@@ -296,6 +296,59 @@ fn compression_levels_store_or_deflate_as_fastzip() {
     assert!(sizes[0] > sizes[1] && sizes[1] >= sizes[2], "{sizes:?}");
 }
 
+#[test]
+fn incompressible_files_are_stored_in_place_and_never_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |len: usize| {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v.extend_from_slice(&seed.to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    };
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    // 2.5 MiB of noise, then text: chunks probed as noise become stored deflate blocks
+    // (the third, half noise, too), the last chunk of text is deflated.
+    let mut mixed = noise(5 << 19);
+    mixed.extend(b"text ".repeat(200_000));
+    std::fs::write(dir.path().join("bin/mixed.node"), &mixed).unwrap();
+    std::fs::write(dir.path().join("bin/small.png"), noise(100_000)).unwrap();
+    let entries = files::collect(dir.path(), &["bin".into()], &[], &[])
+        .unwrap()
+        .entries;
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("a.zip");
+    files::write_zip(dir.path(), &entries, &archive).unwrap();
+    let records = central(&std::fs::read(&archive).unwrap());
+    let mixed_record = records.iter().find(|r| r.name == "bin/mixed.node").unwrap();
+    assert_eq!(mixed_record.method, 8);
+    assert!(
+        (mixed_record.compressed as usize) < (5 << 19) + 600_000,
+        "noise stored, text deflated: {}",
+        mixed_record.compressed
+    );
+    let small = records.iter().find(|r| r.name == "bin/small.png").unwrap();
+    assert_eq!((small.method, small.compressed), (0, 100_000));
+    if let Ok(status) = std::process::Command::new("unzip")
+        .arg("-tqq")
+        .arg(&archive)
+        .status()
+    {
+        assert!(status.success(), "unzip -t");
+    }
+    let target = tempfile::tempdir().unwrap();
+    files::extract_zip(&archive, target.path()).unwrap();
+    assert_eq!(
+        std::fs::read(target.path().join("bin/mixed.node")).unwrap(),
+        mixed
+    );
+}
+
 /// One entry as Go's `archive/zip` writes it for gitlab-runner's `createZipEntry`.
 struct GoEntry<'a> {
     name: &'a str,

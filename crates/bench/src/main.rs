@@ -14,6 +14,8 @@
 //!     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p podrunner --target x86_64-unknown-linux-gnu
 //!     cargo run --release -p podrunner-bench -- kubernetes target/x86_64-unknown-linux-gnu/release/podrunner [PODS]
 
+mod archive;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +92,9 @@ fn now() -> f64 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(mode) = args.first().filter(|a| a.starts_with("archive")) {
+        return archive::main(mode, &args[1..]).await;
+    }
     if args.first().map(String::as_str) == Some("kubernetes") {
         let program = program(args.get(1));
         let pods = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
