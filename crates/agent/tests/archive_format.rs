@@ -318,6 +318,9 @@ fn incompressible_files_are_stored_in_place_and_never_grow() {
     mixed.extend(b"text ".repeat(200_000));
     std::fs::write(dir.path().join("bin/mixed.node"), &mixed).unwrap();
     std::fs::write(dir.path().join("bin/small.png"), noise(100_000)).unwrap();
+    // Noise to the end: the last stored block is the final one.
+    let wasm = noise(3 << 19);
+    std::fs::write(dir.path().join("bin/noise.wasm"), &wasm).unwrap();
     let entries = files::collect(dir.path(), &["bin".into()], &[], &[])
         .unwrap()
         .entries;
@@ -346,6 +349,16 @@ fn incompressible_files_are_stored_in_place_and_never_grow() {
     assert_eq!(
         std::fs::read(target.path().join("bin/mixed.node")).unwrap(),
         mixed
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("bin/noise.wasm")).unwrap(),
+        wasm
+    );
+    let wasm_record = records.iter().find(|r| r.name == "bin/noise.wasm").unwrap();
+    assert_eq!(wasm_record.method, 8);
+    assert!(
+        (wasm_record.compressed as usize) < (3 << 19) + 200,
+        "never grows"
     );
 }
 
