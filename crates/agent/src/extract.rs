@@ -10,7 +10,11 @@
 //!
 //! Writing then walks every entry down from the target directory one component at a time
 //! (`openat` with `O_NOFOLLOW`), so a link planted between the check and the write makes the
-//! write fail instead of following it. An entry over an existing link or file replaces it,
+//! write fail instead of following it. Directories are made first, in path order; files and
+//! links are then written by a few workers at once (each reading the archive at its own
+//! offset, a bounded buffer each), and directory modes and times are set last, deepest
+//! first. An entry that inflates to more than its declared size fails the extraction.
+//! Modification times are restored as [`crate::archive_format`] says. An entry over an existing link or file replaces it,
 //! as gitlab-runner's extractor does (`helpers/archives/zip_extract.go` in
 //! `gitlabhq/gitlab-runner` removes the path before creating the file or link), and modes
 //! are applied as permission bits only (`file.Mode().Perm()` there).
@@ -118,6 +122,8 @@ impl Kind {
 struct Planned {
     name: String,
     kind: Kind,
+    /// Unix seconds, from the extended timestamp or else the MS-DOS fields.
+    mtime: Option<i64>,
 }
 
 /// What is at a path of the target directory, found without following links.
@@ -137,10 +143,12 @@ pub fn extract_zip(archive: &Path, root: &Path) -> Result<u64, ExtractError> {
 
 /// Extracts `archive` into `root` within `limits`.
 pub fn extract_zip_with(archive: &Path, root: &Path, limits: &Limits) -> Result<u64, ExtractError> {
-    let file = std::fs::File::open(archive).map_err(|source| ExtractError::Open {
-        archive: archive.to_owned(),
-        source,
-    })?;
+    let file = std::fs::File::open(archive)
+        .and_then(SharedFile::new)
+        .map_err(|source| ExtractError::Open {
+            archive: archive.to_owned(),
+            source,
+        })?;
     let zip_error = |source| ExtractError::Zip {
         archive: archive.to_owned(),
         source,
@@ -160,7 +168,7 @@ pub fn extract_zip_with(archive: &Path, root: &Path, limits: &Limits) -> Result<
         source,
     })?;
     check_target(&plan, &root_fd, archive, root)?;
-    write(&mut zip, &plan, &root_fd).map_err(|(entry, source)| ExtractError::Write {
+    write(&zip, &plan, &root_fd).map_err(|(entry, source)| ExtractError::Write {
         archive: archive.to_owned(),
         root: root.to_owned(),
         entry,
@@ -287,7 +295,26 @@ fn check_archive<R: Read + std::io::Seek>(
                 format!("names the same path as the entry {:?}", earlier.name),
             ));
         }
-        plan.insert(parts, Planned { name, kind });
+        let mtime = entry
+            .extra_data_fields()
+            .find_map(|field| match field {
+                zip::extra_fields::ExtraField::ExtendedTimestamp(t) => t.mod_time(),
+                _ => None,
+            })
+            .map(i64::from)
+            .or_else(|| {
+                entry.last_modified().map(|t| {
+                    crate::archive_format::unix_from_dos(
+                        t.year(),
+                        t.month(),
+                        t.day(),
+                        t.hour(),
+                        t.minute(),
+                        t.second(),
+                    )
+                })
+            });
+        plan.insert(parts, Planned { name, kind, mtime });
     }
     let links: BTreeMap<&[String], &str> = plan
         .iter()
@@ -509,15 +536,88 @@ fn clear(dir: &impl AsFd, name: &str) -> std::io::Result<()> {
     }
 }
 
-fn write<R: Read + std::io::Seek>(
-    zip: &mut zip::ZipArchive<R>,
+/// The archive file, read at an offset of its own by each worker's clone.
+#[derive(Debug, Clone)]
+struct SharedFile {
+    file: std::sync::Arc<std::fs::File>,
+    position: u64,
+    len: u64,
+}
+
+impl SharedFile {
+    fn new(file: std::fs::File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(SharedFile {
+            file: std::sync::Arc::new(file),
+            position: 0,
+            len,
+        })
+    }
+}
+
+impl Read for SharedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.position)?;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for SharedFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let position = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        self.position = position.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.position)
+    }
+}
+
+/// How many workers write files: twice the cores (creating small files mostly waits on the
+/// kernel), at most eight.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .clamp(2, 8)
+}
+
+/// Entries a worker takes at once.
+const BATCH: usize = 16;
+
+/// Bytes one worker copies at a time.
+const COPY_BUFFER: usize = 256 << 10;
+
+type Failure = (String, std::io::Error);
+
+/// The modification time of `planned`, the access time left alone.
+fn times(planned: &Planned) -> Option<rustix::fs::Timestamps> {
+    planned.mtime.map(|mtime| rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+    })
+}
+
+/// Writes the checked plan: directories first (in path order, so an archive directory
+/// replaces a link before anything lands below it), then files and links on a few workers,
+/// then directory modes and times, deepest first.
+fn write(
+    zip: &zip::ZipArchive<SharedFile>,
     plan: &BTreeMap<Vec<String>, Planned>,
     root: &OwnedFd,
-) -> Result<u64, (String, std::io::Error)> {
-    let mut count = 0;
-    // Entries are in path order, so siblings share the parent opened last.
+) -> Result<u64, Failure> {
     let mut parent: Option<(Vec<String>, OwnedFd)> = None;
-    for (parts, planned) in plan {
+    for (parts, planned) in plan.iter().filter(|(_, p)| p.kind.is_dir()) {
         let fail = |e: std::io::Error| (planned.name.clone(), e);
         let (dirs, name) = parts.split_at(parts.len() - 1);
         let name = name[0].as_str();
@@ -525,60 +625,152 @@ fn write<R: Read + std::io::Seek>(
             Some((path, fd)) if path == dirs => fd,
             _ => walk(root, dirs).map_err(fail)?,
         };
-        match &planned.kind {
-            Kind::Dir { .. } => {
-                if existing(&dir, name).map_err(fail)? != Existing::Dir {
-                    clear(&dir, name).map_err(fail)?;
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))
-                        .map_err(|e| fail(e.into()))?;
-                }
-            }
-            Kind::Link { target } => {
-                clear(&dir, name).map_err(fail)?;
-                rustix::fs::symlinkat(target.as_str(), &dir, name).map_err(|e| fail(e.into()))?;
-                count += 1;
-            }
-            Kind::File { index, mode } => {
-                clear(&dir, name).map_err(fail)?;
-                // Without a mode in the archive the umask decides, as for any new file.
-                let created = if mode.is_some() { 0o600 } else { 0o666 };
-                let fd = rustix::fs::openat(
-                    &dir,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(created),
-                )
+        if existing(&dir, name).map_err(fail)? != Existing::Dir {
+            clear(&dir, name).map_err(fail)?;
+            rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))
                 .map_err(|e| fail(e.into()))?;
-                let mut output = std::fs::File::from(fd);
-                let mut entry = zip
-                    .by_index(*index)
-                    .map_err(|e| fail(std::io::Error::other(e)))?;
-                std::io::copy(&mut entry, &mut output).map_err(fail)?;
-                if let Some(mode) = mode {
-                    rustix::fs::fchmod(&output, Mode::from_raw_mode(mode & 0o777))
-                        .map_err(|e| fail(e.into()))?;
-                }
-                count += 1;
-            }
         }
         parent = Some((dirs.to_vec(), dir));
     }
     drop(parent);
-    // Directory modes last and deepest first, so a read-only directory does not stop its
-    // own entries.
+
+    let leaves: Vec<(&Vec<String>, &Planned)> =
+        plan.iter().filter(|(_, p)| !p.kind.is_dir()).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let failed: std::sync::Mutex<Option<Failure>> = std::sync::Mutex::new(None);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..workers().min(leaves.len()) {
+            let mut zip = zip.clone();
+            let (leaves, next, written, failed, stop) = (&leaves, &next, &written, &failed, &stop);
+            scope.spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut parent: Option<(Vec<String>, OwnedFd)> = None;
+                let mut buffer = vec![0u8; COPY_BUFFER];
+                // Runs of neighbours, so a worker mostly stays in one directory.
+                'work: loop {
+                    let start = next.fetch_add(BATCH, Relaxed);
+                    for &(parts, planned) in leaves.iter().skip(start).take(BATCH) {
+                        if stop.load(Relaxed) {
+                            break 'work;
+                        }
+                        match write_leaf(&mut zip, parts, planned, root, &mut parent, &mut buffer) {
+                            Ok(()) => {
+                                written.fetch_add(1, Relaxed);
+                            }
+                            Err(e) => {
+                                stop.store(true, Relaxed);
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                                break 'work;
+                            }
+                        }
+                    }
+                    if start + BATCH >= leaves.len() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(failure) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(failure);
+    }
+
     for (parts, planned) in plan.iter().rev() {
-        if let Kind::Dir { mode: Some(mode) } = planned.kind {
-            let fail = |e: std::io::Error| (planned.name.clone(), e);
-            let (dirs, name) = parts.split_at(parts.len() - 1);
-            let dir = walk(root, dirs).map_err(fail)?;
-            let fd = open_child_dir(&dir, &name[0]).map_err(fail)?;
+        let Kind::Dir { mode } = planned.kind else {
+            continue;
+        };
+        let times = times(planned);
+        if mode.is_none() && times.is_none() {
+            continue;
+        }
+        let fail = |e: std::io::Error| (planned.name.clone(), e);
+        let (dirs, name) = parts.split_at(parts.len() - 1);
+        let dir = walk(root, dirs).map_err(fail)?;
+        let fd = open_child_dir(&dir, &name[0]).map_err(fail)?;
+        if let Some(mode) = mode {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777))
                 .map_err(|e| fail(e.into()))?;
         }
+        if let Some(times) = times {
+            rustix::fs::futimens(&fd, &times).map_err(|e| fail(e.into()))?;
+        }
     }
-    Ok(count)
+    Ok(written.into_inner())
+}
+
+/// Writes one file or link below its (existing) directory, never through a link.
+fn write_leaf(
+    zip: &mut zip::ZipArchive<SharedFile>,
+    parts: &[String],
+    planned: &Planned,
+    root: &OwnedFd,
+    parent: &mut Option<(Vec<String>, OwnedFd)>,
+    buffer: &mut [u8],
+) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| (planned.name.clone(), e);
+    let (dirs, name) = parts.split_at(parts.len() - 1);
+    let name = name[0].as_str();
+    // Entries are handed out in path order, so siblings mostly share the parent opened last.
+    let dir = match parent.take() {
+        Some((path, fd)) if path == dirs => fd,
+        _ => walk(root, dirs).map_err(fail)?,
+    };
+    match &planned.kind {
+        Kind::Dir { .. } => {}
+        Kind::Link { target } => {
+            clear(&dir, name).map_err(fail)?;
+            rustix::fs::symlinkat(target.as_str(), &dir, name).map_err(|e| fail(e.into()))?;
+            if let Some(times) = times(planned) {
+                rustix::fs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| fail(e.into()))?;
+            }
+        }
+        Kind::File { index, mode } => {
+            clear(&dir, name).map_err(fail)?;
+            // Without a mode in the archive the umask decides, as for any new file.
+            let created = if mode.is_some() { 0o600 } else { 0o666 };
+            let fd = rustix::fs::openat(
+                &dir,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(created),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let mut output = std::fs::File::from(fd);
+            let mut entry = zip
+                .by_index(*index)
+                .map_err(|e| fail(std::io::Error::other(e)))?;
+            let declared = entry.size();
+            let mut copied = 0u64;
+            loop {
+                let n = match entry.read(buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(fail(e)),
+                };
+                copied += n as u64;
+                if copied > declared {
+                    return Err(fail(std::io::Error::other(format!(
+                        "the entry holds more than the {declared} bytes it declares"
+                    ))));
+                }
+                std::io::Write::write_all(&mut output, &buffer[..n]).map_err(fail)?;
+            }
+            if let Some(mode) = mode {
+                rustix::fs::fchmod(&output, Mode::from_raw_mode(mode & 0o777))
+                    .map_err(|e| fail(e.into()))?;
+            }
+            if let Some(times) = times(planned) {
+                rustix::fs::futimens(&output, &times).map_err(|e| fail(e.into()))?;
+            }
+        }
+    }
+    *parent = Some((dirs.to_vec(), dir));
+    Ok(())
 }

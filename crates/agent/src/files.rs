@@ -2,7 +2,6 @@
 //! project directory, git-untracked files, zip archives written and extracted safely.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
@@ -153,39 +152,28 @@ pub fn untracked(root: &Path) -> Vec<PathBuf> {
     }
 }
 
-/// Writes a zip of `entries` (relative to `root`) to `target`.
+pub use crate::archive_format::{CompressionLevel, InvalidLevel};
+pub use crate::archive_write::ZipOptions;
+
+/// Writes a zip of `entries` (relative to `root`) to `target` at the default level; returns
+/// how many entries it holds.
 pub fn write_zip(
     root: &Path,
     entries: &BTreeSet<PathBuf>,
     target: &Path,
 ) -> Result<u64, FilesError> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = std::fs::File::create(target).map_err(io(target))?;
-    let mut zip = zip::ZipWriter::new(file);
-    let mut count = 0;
-    for relative in entries {
-        let path = root.join(relative);
-        let metadata = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        let name = relative.to_string_lossy().replace('\\', "/");
-        let options = zip::write::SimpleFileOptions::default()
-            .unix_permissions(metadata.permissions().mode() & 0o7777);
-        if metadata.is_dir() {
-            zip.add_directory(format!("{name}/"), options)?;
-        } else if metadata.file_type().is_symlink() {
-            let link = std::fs::read_link(&path).map_err(io(&path))?;
-            zip.add_symlink(name, link.to_string_lossy(), options)?;
-        } else {
-            zip.start_file(
-                name,
-                options.compression_method(zip::CompressionMethod::Deflated),
-            )?;
-            let mut source = std::fs::File::open(&path).map_err(io(&path))?;
-            std::io::copy(&mut source, &mut zip).map_err(io(&path))?;
-        }
-        count += 1;
-    }
-    zip.finish()?.flush().map_err(io(target))?;
-    Ok(count)
+    write_zip_with(root, entries, target, &ZipOptions::default())
+}
+
+/// Writes a zip of `entries` (relative to `root`) to `target` with `options`, on every core
+/// and in bounded memory (see [`crate::archive_write`]); returns how many entries it holds.
+pub fn write_zip_with(
+    root: &Path,
+    entries: &BTreeSet<PathBuf>,
+    target: &Path,
+    options: &ZipOptions,
+) -> Result<u64, FilesError> {
+    crate::archive_write::write_zip_with(root, entries, target, options)
 }
 
 /// Gzips one file (the `gzip` artifact format).
@@ -206,6 +194,7 @@ pub fn extract_zip(archive: &Path, root: &Path) -> Result<u64, FilesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn tree(files: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -1012,7 +1012,11 @@ impl Job {
             let prepared = match format.as_str() {
                 "zip" => {
                     let archive = self.temp_dir.join("artifacts.zip");
-                    crate::files::write_zip(&self.project_dir, &collected.entries, &archive).map(|_| (archive, format!("{}.zip", if name.is_empty() { "artifacts" } else { &name })))
+                    let level = crate::files::CompressionLevel::from_name(self.variables.get("ARTIFACT_COMPRESSION_LEVEL").unwrap_or("")).unwrap_or_else(|e| {
+                        self.out.raw(&log::warning_line(&e.to_string()));
+                        crate::files::CompressionLevel::Default
+                    });
+                    crate::files::write_zip_with(&self.project_dir, &collected.entries, &archive, &crate::files::ZipOptions { level }).map(|_| (archive, format!("{}.zip", if name.is_empty() { "artifacts" } else { &name })))
                 }
                 "gzip" | "raw" if files.len() == 1 => {
                     let source = self.project_dir.join(files[0]);

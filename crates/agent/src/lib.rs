@@ -2,6 +2,8 @@
 //! GitLab itself. The shell executor starts it as a child process; in Kubernetes it is PID 1
 //! of the job's build container.
 
+pub mod archive_format;
+pub mod archive_write;
 mod builtin_git;
 pub mod cache_key;
 pub mod cache_plan;

@@ -16,6 +16,7 @@
 //!
 //! Scale (module `scale`): up to a thousand concurrent job pods on a simulating kubelet.
 
+mod archive;
 mod scale;
 
 use std::path::{Path, PathBuf};
@@ -94,6 +95,9 @@ fn now() -> f64 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(mode) = args.first().filter(|a| a.starts_with("archive")) {
+        return archive::main(mode, &args[1..]).await;
+    }
     if args.first().map(String::as_str) == Some("scale") {
         let pods = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
         scale::scale(&program(args.get(1)), pods).await;
