@@ -3,6 +3,7 @@
 //! of the job's build container.
 
 mod builtin_git;
+mod cache;
 pub mod cache_key;
 pub mod cache_plan;
 pub mod extract;
