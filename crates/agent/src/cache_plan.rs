@@ -73,6 +73,13 @@ pub struct CacheSettings {
     pub max_uploaded_archive_size: u64,
 }
 
+/// The job's variables as the agent will have them (predefined, the job's, the runner's
+/// `environment`): what keys, fallback keys and policies expand with.
+pub fn job_variables(spec: &crate::spec::AgentSpec, payload: &JobPayload) -> Variables {
+    let (project_dir, temp_dir) = crate::job::job_dirs(spec, payload);
+    crate::job::build_variables(spec, payload, &project_dir, &temp_dir)
+}
+
 /// The policies of gitlab-runner's `common.CachePolicy` (`common/build.go`, `CheckPolicy`):
 /// empty is `pull-push`.
 fn policy(expanded: &str) -> Result<(bool, bool), String> {

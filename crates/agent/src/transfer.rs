@@ -113,12 +113,15 @@ async fn download_once(
         request = request.header(name, value);
     }
     let response = request.send().await.map_err(request_error)?;
-    let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(TransferError::NotFound);
-    }
-    if !status.is_success() {
-        return Err(status_error(response).await);
+    if !response.status().is_success() {
+        return Err(match status_error(response).await {
+            // No such object: no cache yet. A missing bucket (`NoSuchBucket`) is a fault.
+            TransferError::Status {
+                status: 404,
+                reason,
+            } if reason == "NoSuchKey" || !reason.starts_with("NoSuch") => TransferError::NotFound,
+            other => other,
+        });
     }
     let io = |source| TransferError::Io {
         path: dest.display().to_string(),
