@@ -50,10 +50,14 @@ async fn s3_server(root: &Path) -> String {
     address
 }
 
-fn static_binary() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("PODRUNNER_STATIC_BINARY")?);
+fn static_binary() -> PathBuf {
+    let path = std::env::var_os("PODRUNNER_STATIC_BINARY")
+        .map(PathBuf::from)
+        .expect(
+            "PODRUNNER_STATIC_BINARY is not set: scripts/test builds the static binary and sets it",
+        );
     assert!(path.is_file(), "{} does not exist", path.display());
-    Some(path)
+    path
 }
 
 fn trace(view: &JobView) -> String {
@@ -109,10 +113,7 @@ fn cache_job(name: &str, script: &[&str], cache: Value) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn job_pods_share_the_cache_through_s3_and_hold_no_credential() {
-    let Some(binary) = static_binary() else {
-        eprintln!("PODRUNNER_STATIC_BINARY is not set (scripts/test sets it): skipped");
-        return;
-    };
+    let binary = static_binary();
     let dir = tempfile::tempdir().unwrap();
     let s3_root = dir.path().join("s3");
     let address = s3_server(&s3_root).await;

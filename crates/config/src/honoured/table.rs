@@ -274,11 +274,11 @@ pub const SETTINGS: &[Setting] = &[
     honoured("runners.cache.s3.Accelerate", "config.accelerate"),
     ignored(
         "runners.cache.s3.RoleARN",
-        "refused by config check: the manager signs each job's URLs with its own credentials; give its role access to the bucket",
+        "not applied: the manager signs each job's URLs with its own credentials and hands job pods no STS session; give the manager's role access to the bucket",
     ),
     ignored(
         "runners.cache.s3.UploadRoleARN",
-        "refused by config check: the manager signs each job's URLs with its own credentials; give its role access to the bucket",
+        "not applied: the manager signs each job's URLs with its own credentials and hands job pods no STS session; give the manager's role access to the bucket",
     ),
     ignored(
         "runners.cache.gcs",
