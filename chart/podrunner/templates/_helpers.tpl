@@ -88,7 +88,6 @@ each with what to do instead; and values neither chart knows. NOTES.txt prints b
   "runUntagged" "glrt- runner tokens: set it in the runner's settings in GitLab"
   "protected" "glrt- runner tokens: set it in the runner's settings in GitLab"
   "maximumTimeout" "glrt- runner tokens: set it in the runner's settings in GitLab"
-  "cache" "podrunner does not use [runners.cache] yet: jobs run without a shared cache"
 -}}
 {{- $ignoredRbac := dict
   "rules" "podrunner's Role grants exactly the calls its executor makes"

@@ -232,6 +232,30 @@ pub(crate) fn log_settings(
     }
 }
 
+/// The job's side of the cache code, borrowing only the fields it reads (so the log can be
+/// borrowed mutably next to it).
+macro_rules! cache_job {
+    ($job:expr) => {
+        crate::cache::CacheJob {
+            spec: &$job.spec,
+            payload: &$job.payload,
+            variables: &$job.variables,
+            project_dir: &$job.project_dir,
+            temp_dir: &$job.temp_dir,
+        }
+    };
+}
+
+impl crate::cache::CacheLog for Writers {
+    fn line(&mut self, text: &str) {
+        Writers::line(self, text);
+    }
+
+    fn warning(&mut self, text: &str) {
+        self.raw(&log::warning_line(text));
+    }
+}
+
 /// The runner's own lines, and the job's output (stdout and stderr as one stream, see
 /// [`crate::process`]).
 struct Writers {
@@ -650,134 +674,23 @@ impl Job {
         self.finish(outcome).await
     }
 
-    fn cache_file(&self, key: &str) -> PathBuf {
-        let project = self
-            .payload
-            .job
-            .job_info
-            .project_full_path
-            .trim_matches('/');
-        self.spec
-            .cache_dir
-            .join(if project.is_empty() {
-                "project"
-            } else {
-                project
-            })
-            .join(key)
-            .join("cache.zip")
-    }
-
-    /// The cache key after expansion (the job's `name/ref` when empty) and sanitation, or
-    /// `None` (with gitlab-runner's notice) when nothing is left of it.
-    fn cache_key(&mut self, raw: &str, action: &str) -> Option<String> {
-        let expanded = self.variables.expand(raw);
-        let key = if expanded.is_empty() {
-            format!(
-                "{}/{}",
-                self.payload.job.job_info.name, self.payload.job.git_info.git_ref
-            )
-        } else {
-            expanded
-        };
-        match crate::cache_key::sanitize(&key) {
-            Ok(sanitized) => {
-                if let Some(warning) = &sanitized.warning {
-                    self.out.raw(&log::warning_line(warning));
-                }
-                Some(sanitized.key)
-            }
-            Err(why) => {
-                self.out
-                    .line(&format!("Skipping cache {action} due to {why}"));
-                None
-            }
-        }
-    }
-
     async fn restore_cache(&mut self) {
-        let caches: Vec<_> = self
-            .payload
-            .job
-            .cache
-            .iter()
-            .filter(|c| !c.paths.is_empty() || c.untracked)
-            .cloned()
-            .collect();
-        let pulls = |policy: &str| matches!(policy, "" | "pull" | "pull-push");
-        if caches
-            .iter()
-            .all(|c| !pulls(self.variables.expand(&c.policy).trim()))
-        {
+        let entries = cache_job!(self).entries();
+        if !crate::cache::restores(&entries) {
             return;
         }
         self.section_start("restore_cache", "Restoring cache");
-        for cache in caches {
-            if !pulls(self.variables.expand(&cache.policy).trim()) {
-                continue;
-            }
-            let Some(key) = self.cache_key(&cache.key, "extraction") else {
-                continue;
-            };
-            let mut keys = vec![key];
-            for fallback in &cache.fallback_keys {
-                if self.variables.expand(fallback).is_empty() {
-                    continue;
-                }
-                if let Some(key) = self.cache_key(fallback, "extraction") {
-                    keys.push(key);
-                }
-            }
-            let mut restored = false;
-            for key in keys {
-                let file = self.cache_file(&key);
-                self.out.line(&format!("Checking cache for {key}..."));
-                if !file.is_file() {
-                    self.out.raw(&log::warning_line(&format!(
-                        "{}: file does not exist",
-                        file.display()
-                    )));
-                    continue;
-                }
-                match crate::files::extract_zip(&file, &self.project_dir) {
-                    Ok(_) => {
-                        self.out.line("Successfully extracted cache");
-                        restored = true;
-                        break;
-                    }
-                    Err(e) => self
-                        .out
-                        .raw(&log::warning_line(&format!("Failed to extract cache: {e}"))),
-                }
-            }
-            if !restored {
-                self.out.raw(&log::warning_line("Failed to extract cache"));
-            }
-        }
+        crate::cache::restore(&cache_job!(self), &entries, &mut self.out).await;
         self.section_end("restore_cache");
     }
 
     async fn archive_cache(&mut self, success: bool) {
-        let caches: Vec<_> = self
-            .payload
-            .job
-            .cache
-            .iter()
-            .filter(|c| !c.paths.is_empty() || c.untracked)
-            .filter(|c| {
-                matches!(
-                    self.variables.expand(&c.policy).trim(),
-                    "" | "push" | "pull-push"
-                )
-            })
-            .filter(|c| match c.when.as_str() {
-                "always" => true,
-                "on_failure" => !success,
-                _ => success,
-            })
+        let entries = cache_job!(self).entries();
+        let saved: Vec<_> = crate::cache::to_save(&cache_job!(self), &entries, success)
+            .into_iter()
             .cloned()
             .collect();
-        if caches.is_empty() {
+        if saved.is_empty() {
             return;
         }
         let (stage, description) = if success {
@@ -786,56 +699,8 @@ impl Job {
             ("archive_cache_on_failure", "Saving cache for failed job")
         };
         self.section_start(stage, description);
-        for cache in caches {
-            let Some(key) = self.cache_key(&cache.key, "archiving") else {
-                continue;
-            };
-            self.out.line(&format!("Creating cache {key}..."));
-            let untracked = if cache.untracked {
-                crate::files::untracked(&self.project_dir)
-            } else {
-                Vec::new()
-            };
-            let paths: Vec<String> = cache
-                .paths
-                .iter()
-                .map(|p| self.variables.expand(p))
-                .collect();
-            match crate::files::collect(&self.project_dir, &paths, &[], &untracked) {
-                Ok(collected) => {
-                    for (pattern, count) in &collected.per_pattern {
-                        self.out.line(&format!(
-                            "{pattern}: found {count} matching artifact files and directories"
-                        ));
-                    }
-                    let file = self.cache_file(&key);
-                    let written = file
-                        .parent()
-                        .map(std::fs::create_dir_all)
-                        .transpose()
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| {
-                            let partial = file.with_extension("zip.partial");
-                            crate::files::write_zip(
-                                &self.project_dir,
-                                &collected.entries,
-                                &partial,
-                            )
-                            .map_err(|e| e.to_string())?;
-                            std::fs::rename(&partial, &file).map_err(|e| e.to_string())
-                        });
-                    match written {
-                        Ok(()) => self.out.line("Created cache"),
-                        Err(e) => self
-                            .out
-                            .raw(&log::warning_line(&format!("Failed to create cache: {e}"))),
-                    }
-                }
-                Err(e) => self
-                    .out
-                    .raw(&log::warning_line(&format!("Failed to create cache: {e}"))),
-            }
-        }
+        let saved: Vec<_> = saved.iter().collect();
+        crate::cache::save(&cache_job!(self), &saved, &mut self.out).await;
         self.section_end(stage);
     }
 

@@ -5,6 +5,7 @@
 pub mod archive_format;
 pub mod archive_write;
 mod builtin_git;
+mod cache;
 pub mod cache_key;
 pub mod cache_plan;
 pub mod extract;

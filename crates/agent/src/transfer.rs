@@ -1,6 +1,8 @@
 //! Archives to and from a remote store through signed URLs: a GET streamed into a file, a PUT
 //! streamed from a file with its length (S3 refuses a PUT without `Content-Length`). Neither
-//! holds more than one network chunk in memory.
+//! holds more than one network chunk in memory. A request that gets no answer or a 5xx is
+//! tried again, as gitlab-runner's cache helpers do (`commands/helpers/cache_archiver.go`,
+//! `cache_extractor.go`: `retryHelper{Retry: 2, RetryTime: time.Second}`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +37,12 @@ pub enum TransferError {
     },
 }
 
+/// Tries after the first of a request that got no answer or a 5xx.
+pub const RETRIES: u32 = 2;
+
+/// The wait before each retry.
+pub const RETRY_WAIT: Duration = Duration::from_secs(1);
+
 /// One request's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct TransferOptions {
@@ -42,8 +50,58 @@ pub struct TransferOptions {
     pub timeout: Duration,
 }
 
+impl TransferError {
+    /// Worth another try: no answer, or the store's own failure.
+    fn retries(&self) -> bool {
+        match self {
+            TransferError::Request(_) => true,
+            TransferError::Status { status, .. } => *status >= 500,
+            TransferError::NotFound | TransferError::Io { .. } => false,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or [`RETRIES`] retries are spent.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, TransferError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TransferError>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(error) if error.retries() && tries < RETRIES => {
+                tries += 1;
+                tokio::time::sleep(RETRY_WAIT).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// GETs `url` into `dest` (created or truncated); returns the bytes written.
 pub async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    dest: &Path,
+    options: TransferOptions,
+) -> Result<u64, TransferError> {
+    with_retries(|| download_once(client, url, headers, dest, options)).await
+}
+
+/// PUTs the file `source` to `url` with its length; returns the bytes sent.
+pub async fn upload(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    source: &Path,
+    options: TransferOptions,
+) -> Result<u64, TransferError> {
+    with_retries(|| upload_once(client, url, headers, source, options)).await
+}
+
+async fn download_once(
     client: &reqwest::Client,
     url: &str,
     headers: &[(String, String)],
@@ -55,12 +113,15 @@ pub async fn download(
         request = request.header(name, value);
     }
     let response = request.send().await.map_err(request_error)?;
-    let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(TransferError::NotFound);
-    }
-    if !status.is_success() {
-        return Err(status_error(response).await);
+    if !response.status().is_success() {
+        return Err(match status_error(response).await {
+            // No such object: no cache yet. A missing bucket (`NoSuchBucket`) is a fault.
+            TransferError::Status {
+                status: 404,
+                reason,
+            } if reason == "NoSuchKey" || !reason.starts_with("NoSuch") => TransferError::NotFound,
+            other => other,
+        });
     }
     let io = |source| TransferError::Io {
         path: dest.display().to_string(),
@@ -78,8 +139,7 @@ pub async fn download(
     Ok(written)
 }
 
-/// PUTs the file `source` to `url` with its length; returns the bytes sent.
-pub async fn upload(
+async fn upload_once(
     client: &reqwest::Client,
     url: &str,
     headers: &[(String, String)],

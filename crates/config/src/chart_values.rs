@@ -81,10 +81,6 @@ pub const IGNORED_RUNNERS: &[(&str, &str)] = &[
         "maximumTimeout",
         "glrt- runner tokens: set it in the runner's settings in GitLab",
     ),
-    (
-        "cache",
-        "podrunner does not use [runners.cache] yet: jobs run without a shared cache",
-    ),
 ];
 
 /// `rbac.*` values of the official chart that podrunner's chart does not honour.

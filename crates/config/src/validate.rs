@@ -1,6 +1,8 @@
 //! Checks that go beyond types: contradictions, missing essentials, and settings that work
 //! but probably not as meant.
 
+mod cache;
+
 use std::collections::BTreeSet;
 
 use crate::diagnostics::{Diagnostic, KeyPath, Location, SourceText, SpanIndex};
@@ -194,6 +196,9 @@ fn check_runner(c: &mut Checker<'_>, config: &Config, path: &KeyPath, runner: &R
         &path.key("artifact").key("response_header_timeout"),
         Some(runner.artifact.response_header_timeout),
     );
+    if let Some(cache) = &runner.cache {
+        cache::check_cache(c, &path.key("cache"), cache);
+    }
     if let Some(kubernetes) = &runner.kubernetes {
         check_kubernetes(c, &path.key("kubernetes"), kubernetes);
         let flag = "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION";

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use podrunner_agent::cache_plan::{CacheEntry, CacheLocation, CacheObject};
-use podrunner_agent::variables::{Variable, Variables};
 use podrunner_gitlab::payload::{Cache, JobVariable};
 use serde_json::{Value, json};
 
@@ -112,7 +110,6 @@ impl AgentRunner {
         self.coordinator.register(id, &job.name, &token);
         let variables = self.variables(job, id, &input, dotenv_variables);
         let cache = caches(&job.cache);
-        let plan = cache_plan(&cache, &variables, &self.project_full_path());
         let payload = self.payload(job, id, &token, variables, &cache, dependencies);
         let spec = podrunner_agent::AgentSpec {
             gitlab: podrunner_agent::GitlabConnection {
@@ -130,7 +127,6 @@ impl AgentRunner {
             runner_short_token: "local".to_owned(),
             system_id: "r_localexec000".to_owned(),
             termination_report: Some(job_dir.join("report.json")),
-            caches: plan,
             ..Default::default()
         };
         let spec_path = job_dir.join("spec.json");
@@ -308,58 +304,6 @@ fn caches(cache: &[Cache]) -> Vec<Cache> {
         .collect()
 }
 
-/// The cache plan the manager makes for a runner without `[runners.cache]`: each key
-/// expanded against the job's variables and sanitized as gitlab-runner does, its archive at
-/// `<project path>/<key>/cache.zip` below `cache_dir` (where the agent looks when it plans
-/// for itself), fallback keys after it, and what the policy pulls or pushes.
-fn cache_plan(cache: &[Cache], variables: &[JobVariable], project: &str) -> Vec<CacheEntry> {
-    let mut expander = Variables::new();
-    for v in variables {
-        expander.push(Variable::from_payload(v));
-    }
-    let object = |raw: &str| -> Option<(CacheObject, Option<String>)> {
-        let key = podrunner_agent::cache_key::sanitize(&expander.expand(raw)).ok()?;
-        Some((
-            CacheObject {
-                key: key.key.clone(),
-                location: CacheLocation::Local(Path::new(project).join(&key.key).join("cache.zip")),
-            },
-            key.warning,
-        ))
-    };
-    let mut plan = Vec::new();
-    for (index, entry) in cache.iter().enumerate() {
-        let policy = expander.expand(&entry.policy);
-        let Some((main, warning)) = object(&entry.key) else {
-            continue;
-        };
-        let pulls = matches!(policy.trim(), "" | "pull" | "pull-push");
-        let pushes = matches!(policy.trim(), "" | "push" | "pull-push");
-        let mut restore = Vec::new();
-        if pulls {
-            restore.push(main.clone());
-            let fallbacks = entry
-                .fallback_keys
-                .iter()
-                .map(String::as_str)
-                .chain(expander.get("CACHE_FALLBACK_KEY"));
-            for fallback in fallbacks {
-                if let Some((object, _)) = object(fallback) {
-                    restore.push(object);
-                }
-            }
-        }
-        plan.push(CacheEntry {
-            index,
-            key: main.key.clone(),
-            restore,
-            save: pushes.then_some(main),
-            warnings: warning.into_iter().collect(),
-        });
-    }
-    plan
-}
-
 /// Writes `bytes` to a new file readable only by this user (the spec holds the job token).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
@@ -379,6 +323,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podrunner_agent::cache_plan::{CacheLocation, CacheObject};
+    use podrunner_agent::variables::{Variable, Variables};
 
     #[test]
     fn caches_default_to_the_shared_key_and_plan_local_archives() {
@@ -400,7 +346,20 @@ mod tests {
             variable("CI_JOB_NAME", "lint"),
             variable("CACHE_FALLBACK_KEY", "fb"),
         ];
-        let plan = cache_plan(&cache, &vars, "local/p");
+        // exec leaves `AgentSpec::caches` empty: the agent plans its local caches with the
+        // manager's planner, from the payload this module writes.
+        let payload = podrunner_gitlab::JobPayload::from_value(json!({
+            "id": 1, "token": "t",
+            "job_info": {"name": "lint", "project_full_path": "local/p"},
+            "git_info": {"ref": "main"},
+            "cache": cache,
+        }))
+        .unwrap();
+        let mut expander = Variables::new();
+        for v in &vars {
+            expander.push(Variable::from_payload(v));
+        }
+        let plan = podrunner_agent::cache_plan::plan(&payload, &expander);
         let path = |o: &CacheObject| match &o.location {
             CacheLocation::Local(p) => p.display().to_string(),
             CacheLocation::Remote { .. } => panic!("local only"),

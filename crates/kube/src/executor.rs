@@ -540,7 +540,8 @@ impl KubernetesExecutor {
             PathBuf::from(runner.cache_dir()),
             None,
             PathBuf::from("/dev/termination-log"),
-        );
+        )
+        .await;
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
         let mut log = self.gitlab_client(&job).and_then(|client| {
@@ -903,7 +904,8 @@ impl KubernetesExecutor {
                         PathBuf::from(runner.cache_dir()),
                         None,
                         PathBuf::from("/dev/termination-log"),
-                    );
+                    )
+                    .await;
                     pod.log = PodLog::resume(
                         &job,
                         &spec,

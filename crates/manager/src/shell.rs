@@ -32,7 +32,7 @@ pub struct ShellExecutor {
 }
 
 impl ShellExecutor {
-    fn spec(&self, job: &AcceptedJob, report: PathBuf) -> AgentSpec {
+    async fn spec(&self, job: &AcceptedJob, report: PathBuf) -> AgentSpec {
         let runner = &job.runner;
         let builds_dir = std::path::absolute(runner.builds_dir())
             .unwrap_or_else(|_| PathBuf::from(runner.builds_dir()));
@@ -64,6 +64,7 @@ impl ShellExecutor {
             Some(project_dir),
             report,
         )
+        .await
     }
 
     async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
@@ -88,7 +89,7 @@ impl ShellExecutor {
         };
         let report_path = dir.path().join("report.json");
         let spec_path = dir.path().join("spec.json");
-        let spec = self.spec(&job, report_path.clone());
+        let spec = self.spec(&job, report_path.clone()).await;
         if let Err(e) = write_private(&spec_path, &serde_json::to_vec(&spec).unwrap_or_default()) {
             return self
                 .fail(&job, &format!("cannot write the job spec: {e}"), Some(0))
@@ -183,7 +184,7 @@ impl ShellExecutor {
 
 /// The agent's spec for `job`: where GitLab is, the payload, the directories and the runner's
 /// settings that shape a job. The executor decides the layout.
-pub fn agent_spec(
+pub async fn agent_spec(
     job: &AcceptedJob,
     executor: &str,
     builds_dir: PathBuf,
@@ -192,7 +193,7 @@ pub fn agent_spec(
     termination_report: PathBuf,
 ) -> AgentSpec {
     let runner = &job.runner;
-    AgentSpec {
+    let mut spec = AgentSpec {
         gitlab: GitlabConnection {
             url: runner.url.clone().unwrap_or_default(),
             tls_ca_file: runner.tls_ca_file.clone().map(PathBuf::from),
@@ -230,7 +231,11 @@ pub fn agent_spec(
         notes: Vec::new(),
         caches: Vec::new(),
         cache_settings: Default::default(),
-    }
+    };
+    // The caches: keys resolved and, with a remote store, URLs signed (podrunner-cache).
+    (spec.caches, spec.cache_settings) =
+        podrunner_cache::resolve(runner, &spec, &job.payload).await;
+    spec
 }
 
 impl Executor for ShellExecutor {

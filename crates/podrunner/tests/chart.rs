@@ -432,6 +432,23 @@ fn the_official_charts_values_are_honoured_or_reported() {
             .any(|e| e["name"].as_str() == Some("RUNNER_X") && e["value"].as_str() == Some("1")),
         "envVars reach the container"
     );
+    // runners.cache.secretName: the static keys reach the manager only, as the official
+    // chart's entrypoint exports them (CACHE_S3_ACCESS_KEY from the key accesskey, ...).
+    for (name, key) in [
+        ("CACHE_S3_ACCESS_KEY", "accesskey"),
+        ("CACHE_S3_SECRET_KEY", "secretkey"),
+    ] {
+        assert!(
+            container["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"].as_str() == Some(name)
+                    && e["valueFrom"]["secretKeyRef"]["name"].as_str() == Some("s3access")
+                    && e["valueFrom"]["secretKeyRef"]["key"].as_str() == Some(key)),
+            "{name} from runners.cache.secretName"
+        );
+    }
     let liveness = &container["livenessProbe"];
     assert_eq!(liveness["initialDelaySeconds"].as_i64(), Some(5));
     assert_eq!(liveness["httpGet"]["path"].as_str(), Some("/healthz"));
@@ -464,7 +481,6 @@ fn the_official_charts_values_are_honoured_or_reported() {
         "IGNORED: unregisterRunners: ",
         "IGNORED: sessionServer: ",
         "IGNORED: livenessProbe.exec: ",
-        "IGNORED: runners.cache: ",
         "IGNORED: runners.tags: ",
         "UNKNOWN: someTypo: ",
     ] {
@@ -500,7 +516,6 @@ fn the_official_charts_values_are_honoured_or_reported() {
         "sessionServer: is not honoured by podrunner: ",
         "someTypo: is not a value of podrunner's chart nor of the official GitLab Runner chart",
         "runners.tags: is not honoured by podrunner: ",
-        "runners.cache: is not honoured by podrunner: ",
         "livenessProbe.exec: is not honoured by podrunner: ",
     ] {
         assert!(

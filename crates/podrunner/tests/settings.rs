@@ -31,10 +31,6 @@ const SILENT: &[(&str, &str)] = &[
         "no attach or exec strategy",
     ),
     ("runners[0].labels", "not used by podrunner"),
-    (
-        "runners[0].cache",
-        "podrunner does not use a distributed cache yet: jobs run without a shared cache",
-    ),
     ("runners[0].artifact.upload_timeout", "not applied"),
     ("runners[0].artifact.response_header_timeout", "not applied"),
     (
@@ -280,6 +276,8 @@ fn config_check_lists_every_silent_key_with_its_advice() {
         "allowed_groups",
         "node_tolerations_overwrite_allowed",
         "pod_spec",
+        "Shared",
+        "BucketName",
     ] {
         assert!(
             !lines.iter().any(|l| l.contains(&format!(".{honoured} — "))),

@@ -234,9 +234,59 @@ pub const SETTINGS: &[Setting] = &[
         "runners.custom_build_dir",
         "runner.custom_build_dir_enabled()",
     ),
+    honoured("runners.cache.Type", "match cache.cache_type"),
+    honoured(
+        "runners.cache.Path",
+        "cache.path.as_deref().unwrap_or(\"\")",
+    ),
+    honoured("runners.cache.Shared", "cache.shared"),
+    honoured(
+        "runners.cache.MaxUploadedArchiveSize",
+        "cache.max_uploaded_archive_size.max(0) as u64",
+    ),
+    honoured(
+        "runners.cache.s3.ServerAddress",
+        "config.server_address.as_deref().filter(|a| !a.is_empty())",
+    ),
+    honoured("runners.cache.s3.AccessKey", ".access_key"),
+    honoured("runners.cache.s3.SecretKey", ".secret_key"),
+    honoured("runners.cache.s3.SessionToken", ".session_token"),
+    honoured("runners.cache.s3.BucketName", ".bucket_name"),
+    honoured("runners.cache.s3.BucketLocation", ".bucket_location"),
+    honoured("runners.cache.s3.Insecure", "config.insecure"),
+    honoured(
+        "runners.cache.s3.AuthenticationType",
+        ".authentication_type",
+    ),
+    honoured(
+        "runners.cache.s3.ServerSideEncryption",
+        ".server_side_encryption",
+    ),
+    honoured(
+        "runners.cache.s3.ServerSideEncryptionKeyID",
+        ".server_side_encryption_key_id",
+    ),
+    honoured(
+        "runners.cache.s3.DualStack",
+        "config.dual_stack.unwrap_or(true)",
+    ),
+    honoured("runners.cache.s3.PathStyle", "match config.path_style"),
+    honoured("runners.cache.s3.Accelerate", "config.accelerate"),
     ignored(
-        "runners.cache",
-        "podrunner does not use a distributed cache yet: jobs run without a shared cache",
+        "runners.cache.s3.RoleARN",
+        "not applied: the manager signs each job's URLs with its own credentials and hands job pods no STS session; give the manager's role access to the bucket",
+    ),
+    ignored(
+        "runners.cache.s3.UploadRoleARN",
+        "not applied: the manager signs each job's URLs with its own credentials and hands job pods no STS session; give the manager's role access to the bucket",
+    ),
+    ignored(
+        "runners.cache.gcs",
+        "Google Cloud Storage is not supported yet (config check refuses Type = \"gcs\"): use an S3-compatible store",
+    ),
+    ignored(
+        "runners.cache.azure",
+        "Azure Blob Storage is not supported yet (config check refuses Type = \"azure\"): use an S3-compatible store",
     ),
     ignored(
         "runners.artifact.upload_timeout",

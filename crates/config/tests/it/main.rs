@@ -1,5 +1,6 @@
 //! Integration tests of the configuration loader, one binary for link speed.
 
+mod cache_section;
 mod defaults;
 mod errors;
 mod full_config;

@@ -30,7 +30,6 @@ fn an_ignored_table_is_listed_once_at_its_place() {
     assert_eq!(
         listed(text),
         [
-            "config.toml:4:3: runners[0].cache — podrunner does not use a distributed cache yet: jobs run without a shared cache",
             "config.toml:9:5: runners[0].kubernetes.helper_image — podrunner needs no helper image: the agent runs in the build container",
             "config.toml:11:26: runners[0].kubernetes.autoscaler — pause-pod pre-warming is not offered: for warm node capacity use your cluster autoscaler's over-provisioning",
         ]
@@ -59,7 +58,9 @@ fn the_full_config_lists_its_ignored_keys() {
         "user",
         "labels",
         "session_server",
-        "runners.cache",
+        "runners.cache.s3.RoleARN",
+        "runners.cache.gcs",
+        "runners.cache.azure",
         "runners.feature_flags.FF_PRINT_POD_EVENTS",
         "runners.kubernetes.helper_image",
         "runners.kubernetes.autoscaler",
