@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-pub use pipeline::{Pipeline, PipelineError, PipelineJob};
+pub use pipeline::PipelineError;
 pub use scheduler::{JobSummary, Outcome, Selection, SelectionError};
 pub use status::JobStatus;
 
