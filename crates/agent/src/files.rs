@@ -178,11 +178,27 @@ pub fn write_zip_with(
 
 /// Gzips one file (the `gzip` artifact format).
 pub fn write_gzip(source: &Path, target: &Path) -> Result<(), FilesError> {
-    let mut input = std::fs::File::open(source).map_err(io(source))?;
-    let output = std::fs::File::create(target).map_err(io(target))?;
-    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
-    std::io::copy(&mut input, &mut encoder).map_err(io(source))?;
-    encoder.finish().map_err(io(target))?;
+    write_gzip_members(&[source.to_owned()], target)
+}
+
+/// Writes each of `sources` as one gzip member, one after the other, into `target`: the
+/// `gzip` format with several files, as gitlab-runner's `CreateGzipArchive`
+/// (`helpers/archives/gzip_create.go`) writes it (GitLab reads every member of a dotenv
+/// report). A source that does not exist is skipped, as there.
+pub fn write_gzip_members(sources: &[PathBuf], target: &Path) -> Result<(), FilesError> {
+    let mut output = std::fs::File::create(target).map_err(io(target))?;
+    for source in sources {
+        let mut input = match std::fs::File::open(source) {
+            Ok(input) => input,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(source)(e)),
+        };
+        let mut encoder =
+            flate2::write::GzEncoder::new(&mut output, flate2::Compression::default());
+        std::io::copy(&mut input, &mut encoder).map_err(io(source))?;
+        encoder.finish().map_err(io(target))?;
+    }
+    std::io::Write::flush(&mut output).map_err(io(target))?;
     Ok(())
 }
 

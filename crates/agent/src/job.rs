@@ -883,6 +883,12 @@ impl Job {
                     });
                     crate::files::write_zip_with(&self.project_dir, &collected.entries, &archive, &crate::files::ZipOptions { level }).map(|_| (archive, format!("{}.zip", if name.is_empty() { "artifacts" } else { &name })))
                 }
+                "gzip" if files.len() > 1 => {
+                    let archive = self.temp_dir.join("artifacts.gz");
+                    let sources: Vec<PathBuf> = files.iter().map(|f| self.project_dir.join(f)).collect();
+                    let base = if name.is_empty() { "artifacts".to_owned() } else { name.clone() };
+                    crate::files::write_gzip_members(&sources, &archive).map(|_| (archive, format!("{base}.gz")))
+                }
                 "gzip" | "raw" if files.len() == 1 => {
                     let source = self.project_dir.join(files[0]);
                     let base = files[0].file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
@@ -893,7 +899,7 @@ impl Job {
                         Ok((source, base))
                     }
                 }
-                other => Err(crate::files::FilesError::Pattern { pattern: other.to_owned(), reason: "this artifact format needs exactly one file, or is not supported (zip, gzip, raw)".to_owned() }),
+                other => Err(crate::files::FilesError::Pattern { pattern: other.to_owned(), reason: "this artifact format needs files (raw: exactly one), or is not supported (zip, gzip, raw)".to_owned() }),
             };
             let (file, file_name) = match prepared {
                 Ok(prepared) => prepared,

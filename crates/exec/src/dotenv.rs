@@ -16,7 +16,8 @@ const VARIABLE_LIMIT: usize = 20;
 pub(crate) fn parse_upload(bytes: &[u8], gzip: bool) -> Result<Vec<(String, String)>, String> {
     let mut text = Vec::new();
     if gzip {
-        flate2::read::GzDecoder::new(bytes)
+        // Every member: a report of several files is one gzip member per file.
+        flate2::read::MultiGzDecoder::new(bytes)
             .take(SIZE_LIMIT as u64 + 1)
             .read_to_end(&mut text)
             .map_err(|e| format!("the dotenv report is not gzip: {e}"))?;

@@ -186,7 +186,15 @@ impl AgentRunner {
             variable("CI_PROJECT_NAME", &self.project_name),
             variable("CI_PROJECT_PATH", &self.project_full_path()),
         ];
-        out.extend(self.pipeline.predefined.iter().cloned());
+        // The project directory is the job's own tree, which the agent sets; the pipeline's
+        // is the user's checkout.
+        out.extend(
+            self.pipeline
+                .predefined
+                .iter()
+                .filter(|v| v.key != "CI_PROJECT_DIR")
+                .cloned(),
+        );
         out.extend([
             variable("CI_JOB_ID", &id.to_string()),
             variable("CI_JOB_NAME", &job.name),

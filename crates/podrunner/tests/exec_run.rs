@@ -359,3 +359,22 @@ fn the_command_line_runs_what_named_jobs_need_stages_and_limits_concurrency() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("--stage \"nope\": no job"), "{out}");
 }
+
+/// Artifact paths under `$CI_PROJECT_DIR` name the job's own tree (the agent's variable, not
+/// the user's checkout), and a dotenv report of several files is one gzip member per file.
+#[test]
+fn project_dir_artifact_paths_and_dotenv_reports_of_several_files() {
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join(".gitlab-ci.yml"),
+        "produce:\n  stage: build\n  script:\n    - mkdir -p path\n    - touch path/file1\n    - echo ONE=1 > a.env\n    - echo TWO=2 > b.env\n  artifacts:\n    paths: [$CI_PROJECT_DIR/path/]\n    reports:\n      dotenv: [a.env, b.env]\n\
+         consume:\n  stage: test\n  script:\n    - test -f path/file1\n    - echo \"got $ONE and $TWO\"\n",
+    )
+    .unwrap();
+    let artifacts = root.path().join("artifacts");
+    let (code, out) = exec(&["--artifacts-dir", artifacts.to_str().unwrap()], &project);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("got 1 and 2"), "{out}");
+}
