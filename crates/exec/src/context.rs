@@ -75,19 +75,7 @@ fn lines(text: Option<String>) -> Vec<String> {
 /// GitLab's slug (`Gitlab::Utils.slugify`): lowercase, anything but `a-z0-9` becomes `-`, at
 /// most 63 characters, no `-` at either end.
 pub fn slugify(text: &str) -> String {
-    let lowered: String = text
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let cut: String = lowered.chars().take(63).collect();
-    cut.trim_matches('-').to_owned()
+    crate::slug::job_name(text)
 }
 
 impl PushContext {

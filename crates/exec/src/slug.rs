@@ -7,10 +7,10 @@ use sha2::{Digest, Sha256};
 pub(crate) fn job_name(name: &str) -> String {
     let replaced: String = name
         .to_lowercase()
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_lowercase() || b.is_ascii_digit() {
-                b as char
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
             } else {
                 '-'
             }
@@ -62,7 +62,7 @@ fn generate(name: &str, suffix: &str) -> String {
 }
 
 /// The last 6 base-36 digits of `digest` read as a big-endian number.
-fn base36_tail(digest: &[u8]) -> String {
+pub(crate) fn base36_tail(digest: &[u8]) -> String {
     const MODULUS: u64 = 36u64.pow(6);
     let mut rest: u64 = 0;
     for byte in digest {

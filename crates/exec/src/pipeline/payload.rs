@@ -30,52 +30,9 @@ fn guess_tier(name: &str) -> &'static str {
     }
 }
 
-/// `CI_ENVIRONMENT_SLUG` (`lib/gitlab/slug/environment.rb`): lowercase letters, digits and
-/// single dashes, starting with a letter (else `env-`), at most 24 characters; when the name
-/// had to change, cut to 17 and suffixed with the last 6 base-36 digits of its SHA-256.
+/// `CI_ENVIRONMENT_SLUG`: one implementation for the builder and the runner ([`crate::slug`]).
 pub fn environment_slug(name: &str) -> String {
-    let mut slug: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if !slug.starts_with(|c: char| c.is_ascii_lowercase()) {
-        slug.insert_str(0, "env-");
-    }
-    while slug.contains("--") {
-        slug = slug.replace("--", "-");
-    }
-    if slug.len() > 24 || slug != name {
-        let mut cut: String = slug.chars().take(17).collect();
-        if !cut.ends_with('-') {
-            cut.push('-');
-        }
-        use sha2::Digest;
-        cut.push_str(&base36_tail(&sha2::Sha256::digest(name.as_bytes())));
-        cut
-    } else {
-        slug.trim_end_matches('-').to_owned()
-    }
-}
-
-/// The last 6 base-36 digits of a big-endian number (Ruby's `to_i(16).to_s(36).last(6)`).
-fn base36_tail(bytes: &[u8]) -> String {
-    const MODULUS: u64 = 36u64.pow(6);
-    let mut rest = bytes
-        .iter()
-        .fold(0u64, |acc, b| (acc * 256 + u64::from(*b)) % MODULUS);
-    let mut digits = Vec::new();
-    for _ in 0..6 {
-        digits.push(char::from_digit((rest % 36) as u32, 36).unwrap_or('0'));
-        rest /= 36;
-    }
-    digits.iter().rev().collect()
+    crate::slug::environment(name)
 }
 
 pub fn environment(
@@ -319,7 +276,7 @@ mod tests {
     #[test]
     fn environment_slugs_as_gitlab() {
         assert_eq!(
-            base36_tail(&[0xaa; 32]),
+            crate::slug::base36_tail(&[0xaa; 32]),
             "q517sa",
             "GitLab's own test vector"
         );
