@@ -125,6 +125,8 @@ mod tests {
         assert_eq!(
             budget,
             serde_json::json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
                 "metadata": {
                     "name": "runner-abc-project-1-concurrent-0-job-7-pdb",
                     "namespace": "ci",
