@@ -503,6 +503,12 @@ impl KubernetesConfig {
         self.print_pod_warning_events.unwrap_or(true)
     }
 
+    /// Whether each job pod gets a PodDisruptionBudget (default false, as gitlab-runner's
+    /// `GetPodDisruptionBudget` in `common/config.go`).
+    pub fn pod_disruption_budget(&self) -> bool {
+        self.pod_disruption_budget.unwrap_or(false)
+    }
+
     /// The resource setting of `role` and `kind` (`None` for pod-level ephemeral storage,
     /// which gitlab-runner does not have).
     pub fn resource(&self, role: ContainerRole, kind: ResourceKind) -> Option<ResourceSetting> {

@@ -673,7 +673,17 @@ impl KubernetesExecutor {
         let created_secret = calls
             .run("create Secret", || secrets_api.create(&post, &spec_secret))
             .await;
-        if let Err(e) = created_secret.map(|_| ()).or_else(already_exists) {
+        let refused = match created_secret.map(|_| ()).or_else(already_exists) {
+            Err(e) => Some(format!(
+                "cannot create Secret {namespace}/{}: {}",
+                planned.spec_secret,
+                api_error(&e)
+            )),
+            Ok(()) => crate::pdb::create(&runner, &self.client, &calls, &created, &owner)
+                .await
+                .err(),
+        };
+        if let Some(why) = refused {
             let pod = JobPod {
                 namespace: namespace.clone(),
                 name: pod_name.clone(),
@@ -682,12 +692,7 @@ impl KubernetesExecutor {
                 log: None,
                 heard: Heard::Running,
             };
-            // Nothing ran: the pod cannot start without its spec. Delete it, then fail.
-            let why = format!(
-                "cannot create Secret {namespace}/{}: {}",
-                planned.spec_secret,
-                api_error(&e)
-            );
+            // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
             self.discard(&job, pod).await;
             return self.fail(&job, &why, Some(0)).await;
         }
@@ -1250,7 +1255,7 @@ fn is_conflict(error: &kube::Error) -> bool {
 }
 
 /// Treats "already exists" as done.
-fn already_exists(error: kube::Error) -> Result<(), kube::Error> {
+pub(crate) fn already_exists(error: kube::Error) -> Result<(), kube::Error> {
     if is_conflict(&error) {
         Ok(())
     } else {

@@ -8,6 +8,7 @@ pub mod fargate;
 mod judge;
 pub mod lease;
 mod namespaces;
+mod pdb;
 pub mod plan;
 pub mod pod_security;
 mod pod_view;

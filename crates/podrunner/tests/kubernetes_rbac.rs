@@ -818,3 +818,92 @@ async fn a_job_in_a_restricted_namespace() {
     h.clean().await;
     h.stop().await;
 }
+
+/// With `pod_disruption_budget = true`, the chart's Role grants the budget's create, and the
+/// job's pod gets a PodDisruptionBudget (`<pod>-pdb`, `minAvailable: 1`, selecting that pod
+/// alone, owned by it) while it runs: an eviction (a node drain, Fargate's patching) is
+/// refused with 429 and the job goes on to succeed; the budget goes with the pod; no request
+/// is denied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
+    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+    let values = seed.replacen(
+        "      [runners.kubernetes]\n",
+        "      [runners.kubernetes]\n        pod_disruption_budget = true\n",
+        1,
+    );
+    assert_ne!(values, seed);
+    let h = Harness::with_values(&values, |_| {}).await;
+    assert!(
+        granted(&h.role).contains(&("create".to_owned(), "poddisruptionbudgets".to_owned())),
+        "{:#}",
+        h.role
+    );
+    let id = h
+        .gitlab
+        .enqueue(job("guarded", &["sleep 4", "echo guarded"]));
+    h.gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            String::from_utf8_lossy(&j.trace).contains("sleep 4")
+        })
+        .await;
+    let pod = h.kube.objects("Pod")[0].clone();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    let budgets = h.kube.disruption_budgets();
+    assert_eq!(budgets.len(), 1, "{budgets:#?}");
+    let budget = &budgets[0];
+    assert_eq!(budget["metadata"]["name"], format!("{pod_name}-pdb"));
+    assert_eq!(budget["metadata"]["namespace"], JOB_NAMESPACE);
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"],
+        json!({"matchLabels": {"job.runner.gitlab.com/pod":
+            pod["metadata"]["labels"]["job.runner.gitlab.com/pod"].clone()}})
+    );
+    assert_eq!(
+        budget["metadata"]["ownerReferences"][0]["uid"],
+        pod["metadata"]["uid"]
+    );
+    // EKS evicts as itself, not as the runner.
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod_name}/eviction",
+            h.kube.url()
+        ))
+        .bearer_auth("stand-in-token")
+        .json(&json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                      "metadata": {"name": pod_name, "namespace": JOB_NAMESPACE}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 429);
+    let status: Value = answer.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    assert_eq!(status["reason"], "TooManyRequests");
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    h.clean().await;
+    assert!(
+        h.kube.disruption_budgets().is_empty(),
+        "{:#?}",
+        h.kube.disruption_budgets()
+    );
+    let (made, denied) = h.calls();
+    assert!(denied.is_empty(), "denied: {denied:?}");
+    assert!(made.contains(&("create".to_owned(), "poddisruptionbudgets".to_owned())));
+    h.stop().await;
+}

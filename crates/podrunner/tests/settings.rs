@@ -88,10 +88,6 @@ const SILENT: &[(&str, &str)] = &[
     ("runners[0].kubernetes.logs_base_dir", "not applied"),
     ("runners[0].kubernetes.scripts_base_dir", "not applied"),
     (
-        "runners[0].kubernetes.pod_disruption_budget",
-        "PodDisruptionBudget",
-    ),
-    (
         "runners[0].kubernetes.suspend_pvc_size",
         "suspendable environments",
     ),

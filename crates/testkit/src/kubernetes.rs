@@ -8,6 +8,7 @@
 //! grace period; ownerReference garbage collection (Background); and pod logs. Every request
 //! is recorded so tests can count them. RBAC is enforced once a Role is loaded (module `rbac`).
 //! Under `/apis/coordination.k8s.io/v1`: Leases with resourceVersion conflicts (module `leases`).
+//! Under `/apis/policy/v1`: PodDisruptionBudgets, which the Eviction API respects (module `pdb`).
 //!
 //! The kubelet runs init containers in order, then the containers together. An image is
 //! either the host's root (read-only), or an empty root holding named host files (a
@@ -45,6 +46,7 @@ mod identity;
 mod kubelet_snapshot;
 mod leases;
 mod namespaces;
+mod pdb;
 mod rbac;
 mod simulated_kubelet;
 pub mod validation;
@@ -108,6 +110,8 @@ enum Kind {
     Event,
     /// Cluster-scoped: stored under the namespace `""` (module `namespaces`).
     Namespace,
+    /// `policy/v1`, served by module `pdb` only.
+    PodDisruptionBudget,
 }
 
 impl Kind {
@@ -127,6 +131,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Event => "Event",
             Kind::Namespace => "Namespace",
+            Kind::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 }
@@ -451,6 +456,7 @@ fn router(shared: Shared) -> Router {
             axum::routing::post(eviction::evict),
         )
         .merge(leases::routes())
+        .merge(pdb::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             rbac::filter,
@@ -653,6 +659,10 @@ async fn create(
             serde_json::from_value::<k8s_openapi::api::core::v1::Namespace>(object.clone())
                 .map(|_| ())
         }
+        Kind::PodDisruptionBudget => serde_json::from_value::<
+            k8s_openapi::api::policy::v1::PodDisruptionBudget,
+        >(object.clone())
+        .map(|_| ()),
     };
     if let Err(e) = typed {
         return status(

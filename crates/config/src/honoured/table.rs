@@ -631,9 +631,9 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.print_pod_warning_events",
         "k.print_pod_warning_events()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.pod_disruption_budget",
-        "not created yet: to keep voluntary evictions (node drains, Fargate patching) off running jobs, create one PodDisruptionBudget in the job namespace with maxUnavailable: 0 and a selector on the label podrunner.io/manager (operator Exists), which every job pod carries",
+        "if !runner.kubernetes_or_default().pod_disruption_budget()",
     ),
     ignored("runners.kubernetes.suspend_pvc_size", SUSPEND),
     ignored("runners.kubernetes.suspend_pvc_storage_class", SUSPEND),

@@ -67,7 +67,6 @@ fn the_full_config_lists_its_ignored_keys() {
         "runners.kubernetes.suspend_pvc_size",
         "runners.kubernetes.services.suspend_data_path",
         "runners.kubernetes.bearer_token_overwrite_allowed",
-        "runners.kubernetes.pod_disruption_budget",
     ] {
         assert!(
             keys.contains(&expected),
@@ -84,6 +83,7 @@ fn the_full_config_lists_its_ignored_keys() {
         "log_format",
         "concurrent",
         "runners.kubernetes.pod_spec",
+        "runners.kubernetes.pod_disruption_budget",
         "runners.kubernetes.allowed_users",
         "runners.kubernetes.allowed_groups",
         "runners.kubernetes.node_tolerations_overwrite_allowed",
@@ -95,15 +95,13 @@ fn the_full_config_lists_its_ignored_keys() {
 
 #[test]
 fn helm_values_report_the_first_runner_of_runners_config_with_its_place() {
-    let text = "gitlabUrl: https://gitlab.example.com\nrunners:\n  config: |\n    [[runners]]\n      [runners.kubernetes]\n        namespace = \"ci\"\n        pod_disruption_budget = true\n    [[runners]]\n      [runners.kubernetes]\n        helper_image = \"x\"\n";
+    let text = "gitlabUrl: https://gitlab.example.com\nrunners:\n  config: |\n    [[runners]]\n      [runners.kubernetes]\n        namespace = \"ci\"\n        logs_base_dir = \"/tmp\"\n    [[runners]]\n      [runners.kubernetes]\n        helper_image = \"x\"\n";
     let loaded =
         load_helm_values("values.yaml", text, &test_env(), &HelmOptions::default()).unwrap();
     let listed: Vec<String> = loaded.not_honoured.iter().map(|s| s.to_string()).collect();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert!(
-        listed[0].starts_with(
-            "values.yaml:7:9: runners[0].kubernetes.pod_disruption_budget — not created yet"
-        ),
+        listed[0].starts_with("values.yaml:7:9: runners[0].kubernetes.logs_base_dir — not applied"),
         "{listed:#?}"
     );
     // The chart's own default runners.config sets nothing podrunner ignores.

@@ -5,8 +5,10 @@
 //! otherwise the pod first gets the condition `DisruptionTarget` (status `True`, reason
 //! `EvictionByEvictionAPI`, message "Eviction API: evicting"; `addConditionAndDeletePod`) and
 //! is then deleted with the eviction's `deleteOptions` (the pod's own grace period when none
-//! is given). The answer is 201 with a `Success` Status. PodDisruptionBudgets are not
-//! modelled: the stand-in has none, so no eviction is refused with 429.
+//! is given). The answer is 201 with a `Success` Status. Before that, unless the pod is
+//! terminal, being deleted, or pending unscheduled (`canIgnorePDB`), the PodDisruptionBudget
+//! that selects it is checked (`checkAndDecrement`): one that allows no disruption refuses
+//! the eviction with 429 `TooManyRequests` (module `pdb`).
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -37,6 +39,16 @@ pub(super) async fn evict(
             pod["status"]["phase"].as_str(),
             Some("Succeeded" | "Failed")
         );
+        let unscheduled = pod["status"]["phase"] == "Pending" && pod["spec"]["nodeName"].is_null();
+        if !terminal
+            && !unscheduled
+            && pod["metadata"]["deletionTimestamp"].is_null()
+            && let Some(refused) = super::pdb::refusal(&inner, &namespace, &pod)
+        {
+            drop(inner);
+            super::record(&shared, &method, &uri);
+            return refused;
+        }
         if !terminal && pod["metadata"]["deletionTimestamp"].is_null() {
             let mut conditions: Vec<Value> = pod["status"]["conditions"]
                 .as_array()
