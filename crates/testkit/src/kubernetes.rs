@@ -47,6 +47,7 @@ mod kubelet_snapshot;
 mod leases;
 mod namespaces;
 mod pdb;
+mod plain_list;
 mod rbac;
 mod simulated_kubelet;
 pub mod validation;

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{ListQuery, Selector, Shared, now, record, valid_name};
+use super::{ListQuery, Shared, now, record, valid_name};
 
 const GROUP: &str = "coordination.k8s.io";
 const QUALIFIED: &str = "leases.coordination.k8s.io";
@@ -215,33 +215,19 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Response {
     record(&shared, &method, &uri);
-    if matches!(query.watch.as_deref(), Some("true" | "1")) {
-        return super::status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the stand-in does not serve watches of leases",
-        );
-    }
-    let labels = match Selector::parse(query.label_selector.as_deref()) {
-        Ok(labels) => labels,
-        Err(e) => return super::status(StatusCode::BAD_REQUEST, "BadRequest", &e),
-    };
     let inner = shared.lock();
-    let items: Vec<Value> = inner
+    let objects = inner
         .leases
         .iter()
         .filter(|((ns, _), _)| *ns == namespace)
-        .filter(|(_, lease)| {
-            labels.matches(|key| lease["metadata"]["labels"][key].as_str().map(str::to_owned))
-        })
-        .map(|(_, lease)| lease.clone())
-        .collect();
-    axum::Json(json!({
-        "kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
-        "metadata": {"resourceVersion": inner.resource_version.to_string()},
-        "items": items,
-    }))
-    .into_response()
+        .map(|(_, lease)| lease);
+    super::plain_list::answer(
+        &query,
+        "leases",
+        ("LeaseList", "coordination.k8s.io/v1"),
+        inner.resource_version,
+        objects,
+    )
 }
 
 async fn update(

@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{Inner, Kind, ListQuery, Selector, Shared, commit, now, record, valid_name};
+use super::{Inner, Kind, ListQuery, Shared, commit, now, record, valid_name};
 
 const QUALIFIED: &str = "poddisruptionbudgets.policy";
 
@@ -205,28 +205,14 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Response {
     record(&shared, &method, &uri);
-    if matches!(query.watch.as_deref(), Some("true" | "1")) {
-        return super::status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the stand-in does not serve watches of poddisruptionbudgets",
-        );
-    }
-    let labels = match Selector::parse(query.label_selector.as_deref()) {
-        Ok(labels) => labels,
-        Err(e) => return super::status(StatusCode::BAD_REQUEST, "BadRequest", &e),
-    };
     let inner = shared.lock();
-    let items: Vec<Value> = budgets_in(&inner, &namespace)
-        .filter(|b| labels.matches(|key| b["metadata"]["labels"][key].as_str().map(str::to_owned)))
-        .cloned()
-        .collect();
-    axum::Json(json!({
-        "kind": "PodDisruptionBudgetList", "apiVersion": "policy/v1",
-        "metadata": {"resourceVersion": inner.resource_version.to_string()},
-        "items": items,
-    }))
-    .into_response()
+    super::plain_list::answer(
+        &query,
+        "poddisruptionbudgets",
+        ("PodDisruptionBudgetList", "policy/v1"),
+        inner.resource_version,
+        budgets_in(&inner, &namespace),
+    )
 }
 
 async fn delete(
