@@ -312,11 +312,11 @@ async fn namespace_per_job_makes_and_deletes_each_jobs_namespace_and_adopts_acro
     .await;
 
     // A job running when the manager is killed, and a namespace a crash left empty.
-    let second = h.gitlab.enqueue(job("second", &["sleep 6", "echo second"]));
+    let second = h.gitlab.enqueue(job("second", &["sleep 15", "echo second"]));
     let second_namespace = format!("ci-job-{second}");
     h.gitlab
         .wait_for_job(second, Duration::from_secs(60), |j| {
-            String::from_utf8_lossy(&j.trace).contains("sleep 6")
+            String::from_utf8_lossy(&j.trace).contains("sleep 15")
         })
         .await;
     h.create_as_admin(
@@ -374,14 +374,14 @@ async fn a_pod_in_an_overwritten_namespace_is_adopted_and_a_stray_one_swept_afte
     let system_id = h.system_id().await;
     let id = h
         .gitlab
-        .enqueue(job("elsewhere", &["sleep 6", "echo elsewhere"]).variable(
+        .enqueue(job("elsewhere", &["sleep 15", "echo elsewhere"]).variable(
             "KUBERNETES_NAMESPACE_OVERWRITE",
             "ci-other",
             false,
         ));
     h.gitlab
         .wait_for_job(id, Duration::from_secs(60), |j| {
-            String::from_utf8_lossy(&j.trace).contains("sleep 6")
+            String::from_utf8_lossy(&j.trace).contains("sleep 15")
         })
         .await;
     assert!(has_pod_in(&h.kube, "ci-other"), "{}", h.manager_log());
