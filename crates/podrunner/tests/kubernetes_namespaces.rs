@@ -312,7 +312,9 @@ async fn namespace_per_job_makes_and_deletes_each_jobs_namespace_and_adopts_acro
     .await;
 
     // A job running when the manager is killed, and a namespace a crash left empty.
-    let second = h.gitlab.enqueue(job("second", &["sleep 15", "echo second"]));
+    let second = h
+        .gitlab
+        .enqueue(job("second", &["sleep 15", "echo second"]));
     let second_namespace = format!("ci-job-{second}");
     h.gitlab
         .wait_for_job(second, Duration::from_secs(60), |j| {
