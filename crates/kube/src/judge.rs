@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use podrunner_agent::TerminationReport;
 
 use crate::executor::Outcome;
@@ -278,174 +278,88 @@ pub(crate) fn scheduling_message(pod: &Pod, fargate: &FargateSignals) -> Option<
         .and_then(|c| c.message.clone())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+/// Fargate placed the pod: it carries `CapacityProvisioned`, or its node is a `fargate-` node
+/// (awsdocs/amazon-eks-user-guide, "Fargate pod configuration").
+pub(crate) fn on_fargate(pod: &Pod) -> bool {
+    capacity_provisioned(pod).is_some()
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| n.starts_with("fargate-"))
+}
 
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
-    }
+/// The size Fargate gave the pod, from its `CapacityProvisioned` annotation ("0.25vCPU
+/// 0.5GB"; awsdocs/amazon-eks-user-guide, "Fargate pod configuration"), as written.
+pub(crate) fn capacity_provisioned(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get("CapacityProvisioned")
+        .map(String::as_str)
+}
 
-    /// The verdict as text: `None`, `failed: …` or `ended: …`.
-    fn verdict(pod: &Pod, fargate: &FargateSignals) -> String {
-        match judge(pod, fargate, &mut None) {
-            None => "none".into(),
-            Some(Outcome::Failed(why)) => format!("failed: {why}"),
-            Some(Outcome::BuildEnded { why, .. }) => format!("ended: {why}"),
-            Some(Outcome::Stopped(stop)) => format!("stopped: {stop:?}"),
-        }
-    }
-
-    #[test]
-    fn verdicts() {
-        let pending = json!({"phase": "Pending"});
-        let none = FargateSignals::default();
-        let unsupported = |m: &str| FargateSignals {
-            unsupported: Some(m.to_owned()),
-            capacity: None,
-        };
-        let privileged = "Pod not supported on Fargate: invalid SecurityContext fields: Privileged";
-        let cases: Vec<(&str, serde_json::Value, FargateSignals, &str)> = vec![
-            ("pending", pending.clone(), none.clone(), "none"),
-            (
-                "condition",
-                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
-                        "reason": "POD_UNSUPPORTED_ON_FARGATE", "message": privileged}]}),
-                none.clone(),
-                "failed: Fargate cannot run this pod: Pod not supported on Fargate: invalid SecurityContext fields: Privileged (Fargate runs no privileged containers, so docker-in-docker cannot work: build images with kaniko or buildah, or route the job to EC2 nodes)",
-            ),
-            (
-                "event only, privileged",
-                pending.clone(),
-                unsupported(privileged),
-                "failed: Fargate cannot run this pod: Pod not supported on Fargate: invalid SecurityContext fields: Privileged (Fargate runs no privileged containers, so docker-in-docker cannot work: build images with kaniko or buildah, or route the job to EC2 nodes)",
-            ),
-            (
-                "event only, hostPath",
-                pending.clone(),
-                unsupported("Pod not supported on Fargate: volumes not supported: docker-sock"),
-                "failed: Fargate cannot run this pod: Pod not supported on Fargate: volumes not supported: docker-sock",
-            ),
-            (
-                "capacity waits",
-                pending.clone(),
-                FargateSignals {
-                    unsupported: None,
-                    capacity: Some("Capacity is unavailable at this time.".into()),
-                },
-                "none",
-            ),
-            (
-                "config error",
-                json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
-                        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"x\" not found"}}}]}),
-                none.clone(),
-                "failed: container build cannot be created: secret \"x\" not found",
-            ),
-            (
-                "create error waits",
-                json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
-                        "state": {"waiting": {"reason": "CreateContainerError", "message": "context deadline exceeded"}}}]}),
-                none.clone(),
-                "none",
-            ),
-            (
-                "oom",
-                json!({"phase": "Failed", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
-                        "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}),
-                none.clone(),
-                "ended: the build container was killed for using more memory than its limit (OOMKilled, exit code 137)",
-            ),
-        ];
-        let eviction = json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
-                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]});
-        let cases = cases.into_iter().chain([
-            ("eviction elsewhere", eviction.clone(), none.clone(),
-             "failed: pod /p was evicted through the Eviction API (a node drain or scale-down); retry the job"),
-            ("preemption is not eviction",
-             json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
-                     "reason": "PreemptionByScheduler"}]}),
-             none.clone(), "none"),
-        ]);
-        for (name, status, fargate, expected) in cases {
-            assert_eq!(verdict(&pod(status), &fargate), expected, "case {name}");
-        }
-    }
-
-    #[test]
-    fn a_fargate_eviction_is_patching() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "ci"},
-            "spec": {"schedulerName": "fargate-scheduler", "containers": []},
-            "status": {"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
-                       "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]},
-        }))
-        .unwrap();
-        assert_eq!(
-            verdict(&pod, &FargateSignals::default()),
-            "failed: pod ci/p was evicted by Fargate (patching); retry the job"
-        );
-    }
-
-    #[test]
-    fn only_the_fargate_schedulers_failed_scheduling_events_are_signals() {
-        let read = FargateEvent::read;
-        let unsupported = "Pod not supported on Fargate: fields not supported: HostNetwork";
-        assert_eq!(
-            read(
-                Some("FailedScheduling"),
-                Some("fargate-scheduler"),
-                unsupported
-            ),
-            Some(FargateEvent::Unsupported(unsupported.into()))
-        );
-        assert_eq!(
-            read(
-                Some("FailedScheduling"),
-                Some("default-scheduler"),
-                unsupported
-            ),
-            None
-        );
-        assert_eq!(
-            read(Some("Scheduled"), Some("fargate-scheduler"), unsupported),
-            None
-        );
-        let capacity = "Capacity is unavailable at this time. Please try again later or in a different availability zone";
-        assert_eq!(
-            read(
-                Some("FailedScheduling"),
-                Some("fargate-scheduler"),
-                capacity
-            ),
-            Some(FargateEvent::Capacity(capacity.into()))
-        );
-        let mut signals = FargateSignals::default();
-        signals.apply(FargateEvent::Capacity(capacity.into()));
-        let pending = pod(json!({"phase": "Pending"}));
-        assert_eq!(
-            scheduling_message(&pending, &signals).as_deref(),
-            Some(format!("Fargate capacity shortage: {capacity}").as_str())
-        );
-        assert_eq!(
-            scheduling_message(&pending, &FargateSignals::default()),
-            None
-        );
-    }
-
-    #[test]
-    fn a_waiting_pod_says_what_it_waits_for() {
-        let waiting = pod(
-            json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "alpine", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "CreateContainerError", "message": "context deadline exceeded"}}}]}),
-        );
-        assert_eq!(
-            waiting_message(&waiting).as_deref(),
-            Some("container build: CreateContainerError: context deadline exceeded")
-        );
-        assert!(!has_run(&waiting));
-        assert!(has_run(&pod(json!({"phase": "Running"}))));
-        assert!(has_run(&pod(json!({"phase": "Failed"}))));
+/// Why pod `namespace/name` failed to run within `poll_timeout` (`seconds`): what its
+/// containers wait for once it is scheduled, else why it is not scheduled yet.
+pub(crate) fn not_running(
+    pod: &Pod,
+    fargate: &FargateSignals,
+    namespace: &str,
+    name: &str,
+    seconds: u64,
+) -> String {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some();
+    if scheduled {
+        let why = waiting_message(pod)
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        format!(
+            "pod {namespace}/{name} was scheduled but not running within poll_timeout ({seconds}s){why}"
+        )
+    } else {
+        let why = scheduling_message(pod, fargate)
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        format!("pod {namespace}/{name} was not scheduled within poll_timeout ({seconds}s){why}")
     }
 }
+
+/// What one Warning event says about the pod it involves.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PodWarning {
+    /// The pod's name (empty when the event names none).
+    pub(crate) pod: String,
+    /// What it tells of Fargate's scheduling of the pod, if anything.
+    pub(crate) fargate: Option<FargateEvent>,
+    /// The message for the job log while the pod waits, if it is news.
+    pub(crate) message: Option<String>,
+}
+
+/// Reads a Warning event about a pod. The reporting component is `reportingComponent`, else
+/// the older `source.component` (kubernetes `pkg/apis/core/types.go`, `Event`).
+pub(crate) fn read_warning(event: &Event) -> PodWarning {
+    let pod = event.involved_object.name.clone().unwrap_or_default();
+    let message = event.message.clone().unwrap_or_default();
+    let component = event
+        .reporting_component
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .or_else(|| event.source.as_ref().and_then(|s| s.component.as_deref()));
+    let fargate = FargateEvent::read(event.reason.as_deref(), component, &message);
+    // The spec Secret is created just after its pod: a kubelet that looked before then
+    // retries; that is not news for the job log.
+    let own_spec = format!("secret \"{pod}-spec\" not found");
+    let message = (!message.is_empty() && !message.contains(&own_spec)).then_some(message);
+    PodWarning {
+        pod,
+        fargate,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

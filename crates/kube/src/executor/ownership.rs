@@ -8,15 +8,19 @@
 //! follows each pod (the manager counts it toward `concurrent`) and then deletes the Lease.
 //! If it dies half-way, the Lease it took expires in turn and the next manager finishes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use podrunner_manager::Event;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::*;
 use crate::lease::{
     self, LEASE_ANNOTATION, LEASE_LABEL, LEASE_LABEL_VALUE, Observed, Taken, owner_of,
 };
+use crate::plan::MANAGER_LABEL;
 
 /// How this manager marks what it makes in one namespace.
 pub(super) struct Ownership {

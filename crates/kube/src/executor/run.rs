@@ -1,0 +1,402 @@
+//! One job of this run, from plan to final state: create the pod and its Secrets, hand the
+//! trace prelude over, follow the pod, delete it, and make sure GitLab has the job's end.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
+use podrunner_agent::TRACE_PRELUDE_ANNOTATION;
+use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job};
+use tokio_util::sync::CancellationToken;
+
+use super::secrets::JobSecrets;
+use super::{JobPod, KubernetesExecutor, Outcome, already_exists, api_error, is_conflict};
+use crate::calls::ApiCalls;
+use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
+use crate::prelude::{Heard, PodLog};
+
+impl KubernetesExecutor {
+    pub(super) async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
+        let runner = job.runner.clone();
+        let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
+        let context = PlanContext {
+            system_id: &self.system_id,
+            init_image: &self.init_image,
+            runner_short_token: &short,
+        };
+        let mut planned = match plan(&runner, &job.payload, &context) {
+            Ok(planned) => planned,
+            Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
+        };
+        let namespace = planned.namespace.clone();
+        let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
+        // Owned through this manager's Lease, made before its first pod in the namespace.
+        let owner = self.ownership(&namespace).await;
+        owner.mark(&mut planned.pod.metadata);
+        // Fargate: refuse before creating anything when a declared profile takes the pod and
+        // Fargate cannot run it; otherwise tell the job what it will get and cost.
+        let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
+        let prediction = crate::fargate::predict(&planned.pod, fargate, false);
+        if let (Some(prediction), Some(config)) = (&prediction, fargate)
+            && config.reject_unsupported
+            && !prediction.problems.is_empty()
+        {
+            return self
+                .fail(
+                    &job,
+                    &format!(
+                        "Fargate profile {} takes this job's pod, but Fargate cannot run it: {} (nothing was created; set reject_unsupported = false in [runners.kubernetes.fargate] to try anyway)",
+                        prediction.profile.as_deref().unwrap_or("(assumed)"),
+                        prediction.problems.join("; ")
+                    ),
+                    Some(0),
+                )
+                .await;
+        }
+        let poll_timeout = Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs());
+        if let Err(why) = crate::namespaces::prepare(
+            &self.client,
+            &self.calls(&runner),
+            &runner,
+            &self.namespaces,
+            &self.system_id,
+            job.payload.job.id,
+            &namespace,
+            poll_timeout,
+        )
+        .await
+        {
+            return self.fail(&job, &why, Some(0)).await;
+        }
+        let mut notes: Vec<String> = planned
+            .warnings
+            .iter()
+            .map(|w| format!("WARNING: {w}"))
+            .collect();
+        if let Some(warning) = crate::fargate::unmatched_profile_warning(&planned.pod, fargate) {
+            Event::KubernetesProblem {
+                doing: format!("planning the pod of job {}", job.payload.job.id),
+                error: warning.clone(),
+            }
+            .emit();
+            notes.push(format!("WARNING: {warning}"));
+        }
+        if let Some(prediction) = &prediction {
+            notes.push(format!(
+                "Fargate: profile {}, pod sized {}vCPU {}GB (requests {} vCPU, {:.2} GB), ${:.6}/h",
+                prediction.profile.as_deref().unwrap_or("(assumed)"),
+                prediction.vcpu,
+                prediction.memory_gb,
+                prediction.requested_vcpu,
+                prediction.requested_memory_gb,
+                prediction.usd_per_hour
+            ));
+            notes.extend(prediction.warnings.iter().map(|w| format!("WARNING: {w}")));
+        }
+        let mut spec = agent_spec(
+            &job,
+            "kubernetes",
+            PathBuf::from(runner.builds_dir()),
+            PathBuf::from(runner.cache_dir()),
+            None,
+            PathBuf::from("/dev/termination-log"),
+        )
+        .await;
+        spec.notes = notes;
+        // The log starts here, written by the manager until the agent takes it over.
+        let mut log = self.gitlab_client(&job).and_then(|client| {
+            PodLog::open(&job, &spec, client, self.calls(&runner), self.info.clone())
+        });
+        if let Some(log) = &log {
+            planned
+                .pod
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
+        }
+        let secrets = JobSecrets::new(
+            &namespace,
+            &self.system_id,
+            job.payload.job.id,
+            owner.annotations(),
+        );
+        let registry_secret = planned
+            .registry_secret
+            .as_ref()
+            .map(|name| secrets.registry(name, &job));
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let calls = self.calls(&runner);
+        let states = self.states(&namespace);
+        let pod_state = states.subscribe(&pod_name);
+        let post = PostParams::default();
+
+        // The registry Secret first: the kubelet needs it as soon as it pulls the image.
+        let unowned: Vec<Secret> = registry_secret.into_iter().collect();
+        for secret in &unowned {
+            let created = calls
+                .run("create Secret", || secrets_api.create(&post, secret))
+                .await;
+            // 409 after a retry: the lost answer's create went through (names are per job).
+            if let Err(e) = created.map(|_| ()).or_else(already_exists) {
+                states.forget(&pod_name);
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot create Secret {namespace}/{}: {}",
+                            secret.metadata.name.as_deref().unwrap_or_default(),
+                            api_error(&e)
+                        ),
+                        Some(0),
+                    )
+                    .await;
+            }
+        }
+        let created = match calls
+            .run("create Pod", || pods_api.create(&post, &planned.pod))
+            .await
+        {
+            Ok(pod) => Ok(pod),
+            // 409 after a retry: the lost answer's create went through; find that pod.
+            Err(e) if is_conflict(&e) => self.find_job_pod(&calls, &pods_api, &job).await.ok_or(e),
+            Err(e) => Err(e),
+        };
+        let created = match created {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.delete_secrets(&calls, &secrets_api, &unowned).await;
+                states.forget(&pod_name);
+                return self
+                    .fail(
+                        &job,
+                        &format!(
+                            "cannot create pod {namespace}/{pod_name}: {}",
+                            api_error(&e)
+                        ),
+                        Some(0),
+                    )
+                    .await;
+            }
+        };
+        Event::PodCreated {
+            job_id: job.payload.job.id,
+            namespace: namespace.clone(),
+            pod: pod_name.clone(),
+        }
+        .emit();
+        // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
+        // kubelet mounts it once it exists.
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod_name.clone(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+            block_owner_deletion: Some(true),
+            controller: None,
+        };
+        let spec_secret = secrets.spec(&planned.spec_secret, &spec, owner.clone());
+        let created_secret = calls
+            .run("create Secret", || secrets_api.create(&post, &spec_secret))
+            .await;
+        let refused = match created_secret.map(|_| ()).or_else(already_exists) {
+            Err(e) => Some(format!(
+                "cannot create Secret {namespace}/{}: {}",
+                planned.spec_secret,
+                api_error(&e)
+            )),
+            Ok(()) => crate::pdb::create(&runner, &self.client, &calls, &created, &owner)
+                .await
+                .err(),
+        };
+        if let Some(why) = refused {
+            let pod = JobPod {
+                namespace: namespace.clone(),
+                name: pod_name.clone(),
+                state: pod_state,
+                orphan_secrets: unowned,
+                log: None,
+                heard: Heard::Running,
+            };
+            // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
+            self.discard(&job, pod).await;
+            return self.fail(&job, &why, Some(0)).await;
+        }
+        // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
+        let mut heard = Heard::Running;
+        if let Some(log) = &mut log {
+            heard = log.send().await;
+        }
+        let still_unowned = self
+            .own_secrets(&calls, &secrets_api, &owner, unowned)
+            .await;
+
+        let pod = JobPod {
+            namespace,
+            name: pod_name,
+            state: pod_state,
+            orphan_secrets: still_unowned,
+            log,
+            heard,
+        };
+        // Only what follows the pod stays for the job's life, not the plan and payloads.
+        drop((planned, spec, spec_secret, secrets, created));
+        self.finish(&job, pod, &abort).await
+    }
+
+    /// Deletes a pod that never ran its job, and the Secrets it does not own.
+    pub(super) async fn discard(&self, job: &AcceptedJob, pod: JobPod) {
+        let calls = self.calls(&job.runner);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &pod.namespace);
+        self.states(&pod.namespace).forget(&pod.name);
+        let params = DeleteParams::background();
+        let _ = calls
+            .run("delete Pod", || pods_api.delete(&pod.name, &params))
+            .await;
+        self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
+            .await;
+    }
+
+    /// Follows a created pod to its end, deletes it (and the Secrets it does not own), and
+    /// makes sure GitLab has the job's final state.
+    pub(super) async fn finish(
+        &self,
+        job: &AcceptedJob,
+        mut pod: JobPod,
+        abort: &CancellationToken,
+    ) -> JobEnd {
+        let runner = job.runner.clone();
+        let (namespace, pod_name) = (pod.namespace.clone(), pod.name.clone());
+        let (namespace, pod_name) = (namespace.as_str(), pod_name.as_str());
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let mut provisioned = None;
+        let outcome = self
+            .follow(
+                &runner,
+                job.payload.job.id,
+                &mut pod,
+                abort,
+                &mut provisioned,
+            )
+            .await;
+        if let Some((capacity, since)) = provisioned
+            && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
+        {
+            let prices = runner
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.fargate.clone())
+                .unwrap_or_default();
+            let price =
+                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
+            let seconds = since.elapsed().as_secs_f64();
+            Event::FargateCost {
+                job_id: job.payload.job.id,
+                capacity,
+                seconds,
+                usd_per_hour: price.usd_per_hour,
+                usd: price.cost(seconds),
+            }
+            .emit();
+        }
+        self.states(namespace).forget(pod_name);
+        let grace = runner
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.cleanup_grace_period_seconds)
+            .map(|s| s.max(0) as u32);
+        let calls = self.calls(&runner);
+        let delete = DeleteParams {
+            grace_period_seconds: grace,
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let _ = calls
+            .run("delete Pod", || pods_api.delete(pod_name, &delete))
+            .await;
+        self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
+            .await;
+        match outcome {
+            Outcome::BuildEnded {
+                report: Some(report),
+                ..
+            } if report.final_update_delivered || report.aborted => JobEnd {
+                final_update_delivered: report.final_update_delivered,
+                state: report.state,
+                failure_reason: report.failure_reason,
+            },
+            Outcome::BuildEnded { report, why } => {
+                self.fail(job, &why, report.map(|r| r.trace_bytes_sent))
+                    .await
+            }
+            // Whether the agent wrote anything is unknown: GitLab says where the log ends.
+            Outcome::Failed(why) => self.fail(job, &why, None).await,
+            Outcome::Stopped(stop) => {
+                Event::JobFailedByManager {
+                    job_id: job.payload.job.id,
+                    reason: format!("{} while its pod waited to start", stop.describe()),
+                }
+                .emit();
+                let delivered = match pod.log.as_mut() {
+                    Some(log) => log.end_stopped(&stop).await,
+                    None => false,
+                };
+                JobEnd {
+                    final_update_delivered: delivered,
+                    state: "failed".to_owned(),
+                    failure_reason: Some("job_canceled".to_owned()),
+                }
+            }
+        }
+    }
+
+    /// This manager's pod of `job`, found by its labels.
+    pub(super) async fn find_job_pod(
+        &self,
+        calls: &ApiCalls,
+        api: &Api<Pod>,
+        job: &AcceptedJob,
+    ) -> Option<Pod> {
+        let selector = format!(
+            "{MANAGER_LABEL}={},{JOB_LABEL}={}",
+            self.system_id, job.payload.job.id
+        );
+        let params = kube::api::ListParams::default().labels(&selector);
+        let list = calls
+            .run("find the job's Pod", || api.list(&params))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
+    }
+
+    pub(super) async fn fail(
+        &self,
+        job: &AcceptedJob,
+        reason: &str,
+        trace_end: Option<u64>,
+    ) -> JobEnd {
+        Event::JobFailedByManager {
+            job_id: job.payload.job.id,
+            reason: reason.to_owned(),
+        }
+        .emit();
+        let delivered = Box::pin(fail_job(
+            job,
+            &self.info,
+            &self.podrunner_version,
+            reason,
+            trace_end,
+        ))
+        .await;
+        JobEnd {
+            final_update_delivered: delivered,
+            state: "failed".to_owned(),
+            failure_reason: Some("runner_system_failure".to_owned()),
+        }
+    }
+}
