@@ -50,7 +50,10 @@ impl ServiceAccount {
     pub fn new(email: &str, pem: &str) -> Result<Self, String> {
         use rsa::pkcs1::DecodeRsaPrivateKey;
         use rsa::pkcs8::DecodePrivateKey;
-        let pem = pem.trim();
+        // A key copied from a JSON key file may keep its `\n` escapes (the official chart's
+        // entrypoint expands them with `echo -e`); PEM has no backslashes otherwise.
+        let pem = pem.trim().replace("\\n", "\n");
+        let pem = pem.as_str();
         let key = PrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| PrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| {
@@ -93,11 +96,16 @@ impl ServiceAccount {
         config: &podrunner_config::CacheGcsConfig,
         env: &dyn Env,
     ) -> Result<Self, String> {
+        // From the environment (the chart's mounted key), only when the file is there, as
+        // the official chart's entrypoint tests for it before exporting the variable.
         let file = config
             .credentials_file
             .clone()
             .filter(|f| !f.is_empty())
-            .or_else(|| env.var("GOOGLE_APPLICATION_CREDENTIALS"));
+            .or_else(|| {
+                env.var("GOOGLE_APPLICATION_CREDENTIALS")
+                    .filter(|f| std::path::Path::new(f).is_file())
+            });
         let access_id = config
             .access_id
             .clone()

@@ -139,4 +139,6 @@ fn key_files_must_be_service_accounts() {
     let err = ServiceAccount::from_json(&user.to_string()).unwrap_err();
     assert!(err.contains("\"authorized_user\""), "{err}");
     assert!(ServiceAccount::new(EMAIL, "not a key").is_err());
+    // As a key is written in a JSON key file, or in the chart's gcs-private-key.
+    assert!(ServiceAccount::new(EMAIL, &KEY.replace('\n', "\\n")).is_ok());
 }

@@ -101,10 +101,15 @@ fn check_gcs(c: &mut Checker<'_>, path: &KeyPath, gcs: &CacheGcsConfig) {
             "is missing: name the bucket the cache goes to",
         );
     }
-    if given(
-        gcs.credentials_file.as_deref(),
-        "GOOGLE_APPLICATION_CREDENTIALS",
-    ) {
+    // The chart names its mounted key file in the environment; it counts when it is there.
+    let key_file = std::env::var("GOOGLE_APPLICATION_CREDENTIALS")
+        .is_ok_and(|f| std::path::Path::new(&f).is_file());
+    if gcs
+        .credentials_file
+        .as_deref()
+        .is_some_and(|f| !f.is_empty())
+        || key_file
+    {
         return;
     }
     let id = given(gcs.access_id.as_deref(), "CACHE_GCS_ACCESS_ID");
