@@ -2,7 +2,9 @@
 //! (`podrunner_agent::cache_plan`) with every archive placed in the runner's store
 //! (`[runners.cache]`) through URLs signed here. The job pod gets URLs, never credentials.
 
+pub mod azure;
 pub mod credentials;
+pub mod gcs;
 pub mod names;
 pub mod s3;
 
@@ -15,7 +17,7 @@ use podrunner_gitlab::{JobPayload, Secret};
 
 use crate::credentials::{AwsCredentials, Env, ProcessEnv};
 
-/// The longest a presigned S3 URL may live (SigV4: seven days).
+/// The longest a signed URL may live (S3 SigV4 and GCS V4: seven days).
 const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The job's caches and the runner's cache settings, for its spec.
@@ -45,23 +47,29 @@ pub async fn resolve_with(
     if entries.is_empty() {
         return (entries, settings);
     }
-    match cache.cache_type {
-        None => {}
-        Some(CacheType::S3) => {
-            if let Err(why) = place_s3(cache, spec, payload, env, &mut entries).await {
-                for entry in &mut entries {
-                    entry.warnings.push(format!("Cache store: {why}"));
-                    entry.restore.clear();
-                    entry.save = None;
-                }
-            }
-        }
-        Some(other) => {
+    let store = match cache.cache_type {
+        None => return (entries, settings),
+        Some(CacheType::S3) => s3_store(cache, env).await,
+        Some(CacheType::Gcs) => cache
+            .gcs
+            .as_ref()
+            .ok_or_else(|| "Type \"gcs\" needs [runners.cache.gcs]".to_owned())
+            .and_then(|gcs| gcs::GcsStore::new(gcs, settings.max_uploaded_archive_size, env))
+            .map(Store::Gcs),
+        Some(CacheType::Azure) => cache
+            .azure
+            .as_ref()
+            .ok_or_else(|| "Type \"azure\" needs [runners.cache.azure]".to_owned())
+            .and_then(|azure| azure::AzureStore::new(azure, env))
+            .map(Store::Azure),
+    };
+    match store {
+        Ok(store) => place(&store, cache, spec, payload, &mut entries),
+        Err(why) => {
             for entry in &mut entries {
-                entry.warnings.push(format!(
-                    "[runners.cache] Type {:?} is not supported by podrunner: this job's cache stays in the pod",
-                    other.as_str()
-                ));
+                entry.warnings.push(format!("Cache store: {why}"));
+                entry.restore.clear();
+                entry.save = None;
             }
         }
     }
@@ -122,13 +130,32 @@ fn http() -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn place_s3(
-    cache: &CacheConfig,
-    spec: &AgentSpec,
-    payload: &JobPayload,
-    env: &dyn Env,
-    entries: &mut [CacheEntry],
-) -> Result<(), String> {
+/// A store to sign for, with what it signs with.
+enum Store {
+    S3(s3::S3Store, AwsCredentials),
+    Gcs(gcs::GcsStore),
+    Azure(azure::AzureStore),
+}
+
+impl Store {
+    fn get(&self, name: &str, expires: Duration) -> s3::Signed {
+        match self {
+            Store::S3(store, credentials) => store.get(credentials, name, expires),
+            Store::Gcs(store) => store.get(name, expires),
+            Store::Azure(store) => store.get(name, expires),
+        }
+    }
+
+    fn put(&self, name: &str, expires: Duration) -> s3::Signed {
+        match self {
+            Store::S3(store, credentials) => store.put(credentials, name, expires),
+            Store::Gcs(store) => store.put(name, expires),
+            Store::Azure(store) => store.put(name, expires),
+        }
+    }
+}
+
+async fn s3_store(cache: &CacheConfig, env: &dyn Env) -> Result<Store, String> {
     let s3 = cache
         .s3
         .as_ref()
@@ -139,6 +166,16 @@ async fn place_s3(
     let (_, credentials) = credentials::resolve(keys, iam, env, &http()?)
         .await
         .map_err(|e| e.to_string())?;
+    Ok(Store::S3(store, credentials))
+}
+
+fn place(
+    store: &Store,
+    cache: &CacheConfig,
+    spec: &AgentSpec,
+    payload: &JobPayload,
+    entries: &mut [CacheEntry],
+) {
     // The upload comes at the end of the job: the URLs live as long as the job may, plus
     // an hour for after_script and the transfers (temporary credentials may end sooner).
     let expires =
@@ -151,24 +188,18 @@ async fn place_s3(
         let mut restore = Vec::new();
         for object in &entry.restore {
             match name(&object.key) {
-                Ok(name) => {
-                    let signed = store.get(&credentials, &name, expires);
-                    restore.push(remote(&object.key, signed));
-                }
+                Ok(name) => restore.push(remote(&object.key, store.get(&name, expires))),
                 Err(why) => entry.warnings.push(why),
             }
         }
         entry.restore = restore;
         if let Some(save) = entry.save.take() {
             match name(&save.key) {
-                Ok(name) => {
-                    entry.save = Some(remote(&save.key, store.put(&credentials, &name, expires)))
-                }
+                Ok(name) => entry.save = Some(remote(&save.key, store.put(&name, expires))),
                 Err(why) => entry.warnings.push(why),
             }
         }
     }
-    Ok(())
 }
 
 fn remote(key: &str, signed: s3::Signed) -> CacheObject {

@@ -437,6 +437,10 @@ fn the_official_charts_values_are_honoured_or_reported() {
     for (name, key) in [
         ("CACHE_S3_ACCESS_KEY", "accesskey"),
         ("CACHE_S3_SECRET_KEY", "secretkey"),
+        ("CACHE_GCS_ACCESS_ID", "gcs-access-id"),
+        ("CACHE_GCS_PRIVATE_KEY", "gcs-private-key"),
+        ("CACHE_AZURE_ACCOUNT_NAME", "azure-account-name"),
+        ("CACHE_AZURE_ACCOUNT_KEY", "azure-account-key"),
     ] {
         assert!(
             container["env"]
@@ -449,6 +453,29 @@ fn the_official_charts_values_are_honoured_or_reported() {
             "{name} from runners.cache.secretName"
         );
     }
+    // The GCS key file of the same Secret, at the path GOOGLE_APPLICATION_CREDENTIALS names.
+    assert!(
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(
+                |e| e["name"].as_str() == Some("GOOGLE_APPLICATION_CREDENTIALS")
+                    && e["value"].as_str()
+                        == Some("/etc/podrunner-cache/gcs-application-credentials-file")
+            ),
+        "GOOGLE_APPLICATION_CREDENTIALS names the mounted key file"
+    );
+    assert!(
+        pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"].as_str() == Some("cache-secret")
+                && v["secret"]["secretName"].as_str() == Some("s3access")
+                && v["secret"]["optional"].as_bool() == Some(true)),
+        "the cache Secret is mounted, optionally"
+    );
     let liveness = &container["livenessProbe"];
     assert_eq!(liveness["initialDelaySeconds"].as_i64(), Some(5));
     assert_eq!(liveness["httpGet"]["path"].as_str(), Some("/healthz"));

@@ -280,13 +280,19 @@ pub const SETTINGS: &[Setting] = &[
         "runners.cache.s3.UploadRoleARN",
         "not applied: the manager signs each job's URLs with its own credentials and hands job pods no STS session; give the manager's role access to the bucket",
     ),
-    ignored(
-        "runners.cache.gcs",
-        "Google Cloud Storage is not supported yet (config check refuses Type = \"gcs\"): use an S3-compatible store",
+    honoured("runners.cache.gcs.CredentialsFile", ".credentials_file"),
+    honoured("runners.cache.gcs.AccessID", ".access_id"),
+    honoured("runners.cache.gcs.PrivateKey", ".private_key"),
+    honoured("runners.cache.gcs.BucketName", ".bucket_name"),
+    honoured("runners.cache.azure.AccountName", "&config.account_name"),
+    honoured("runners.cache.azure.AccountKey", ".account_key"),
+    honoured(
+        "runners.cache.azure.ContainerName",
+        "&config.container_name",
     ),
-    ignored(
-        "runners.cache.azure",
-        "Azure Blob Storage is not supported yet (config check refuses Type = \"azure\"): use an S3-compatible store",
+    honoured(
+        "runners.cache.azure.StorageDomain",
+        "&config.storage_domain",
     ),
     ignored(
         "runners.artifact.upload_timeout",

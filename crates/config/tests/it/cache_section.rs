@@ -1,6 +1,6 @@
 //! `[runners.cache]` refused by `config check` where podrunner cannot do what it says.
 
-use crate::errors;
+use crate::{errors, warnings};
 
 fn runner(cache: &str) -> String {
     format!(
@@ -13,7 +13,7 @@ fn a_bad_cache_section_is_refused_at_its_place() {
     assert_eq!(
         errors(&runner("    Type = \"gcs\"\n")),
         [
-            "config.toml:7:12: runners[0].cache.Type: \"gcs\" is not supported by podrunner yet; use Type = \"s3\" (Amazon S3 or an S3-compatible store)"
+            "config.toml:7:12: runners[0].cache.Type: \"gcs\" needs [runners.cache.gcs] with BucketName and a service account key"
         ]
     );
     assert_eq!(
@@ -48,4 +48,53 @@ fn a_bad_cache_section_is_refused_at_its_place() {
         bad[4].contains("ServerSideEncryption: \"ROT13\" is not"),
         "{bad:#?}"
     );
+}
+
+#[test]
+fn gcs_without_a_key_and_azure_without_an_account_key_are_refused() {
+    let gcs = errors(&runner(
+        "    Type = \"gcs\"\n    [runners.cache.gcs]\n      BucketName = \"b\"\n",
+    ));
+    assert_eq!(gcs.len(), 1, "{gcs:#?}");
+    assert!(
+        gcs[0].starts_with("config.toml:8:5: runners[0].cache.gcs: has no service account key: podrunner does not sign URLs through the metadata server or IAM signBlob; set CredentialsFile"),
+        "{gcs:#?}"
+    );
+    let half = errors(&runner(
+        "    Type = \"gcs\"\n    [runners.cache.gcs]\n      BucketName = \"b\"\n      AccessID = \"sa@p.iam.gserviceaccount.com\"\n",
+    ));
+    assert!(
+        half[0].starts_with(
+            "config.toml:10:18: runners[0].cache.gcs.AccessID: is set without PrivateKey"
+        ),
+        "{half:#?}"
+    );
+    for ok in [
+        "      CredentialsFile = \"/etc/gcs/key.json\"\n",
+        "      AccessID = \"sa@p.iam.gserviceaccount.com\"\n      PrivateKey = \"-----BEGIN PRIVATE KEY-----\"\n",
+    ] {
+        let text =
+            format!("    Type = \"gcs\"\n    [runners.cache.gcs]\n      BucketName = \"b\"\n{ok}");
+        warnings(&runner(&text));
+    }
+
+    let azure = errors(&runner(
+        "    Type = \"azure\"\n    [runners.cache.azure]\n      AccountName = \"acct\"\n      StorageDomain = \"https://blob.core.windows.net\"\n",
+    ));
+    assert_eq!(azure.len(), 3, "{azure:#?}");
+    assert!(
+        azure[0].contains("runners[0].cache.azure.AccountKey: is missing: podrunner signs SAS URLs with the storage account key only"),
+        "{azure:#?}"
+    );
+    assert!(
+        azure[1].contains("runners[0].cache.azure.ContainerName: is missing"),
+        "{azure:#?}"
+    );
+    assert!(
+        azure[2].starts_with("config.toml:10:23: runners[0].cache.azure.StorageDomain: \"https://blob.core.windows.net\" is a URL"),
+        "{azure:#?}"
+    );
+    warnings(&runner(
+        "    Type = \"azure\"\n    [runners.cache.azure]\n      AccountName = \"acct\"\n      AccountKey = \"a2V5\"\n      ContainerName = \"cache\"\n",
+    ));
 }

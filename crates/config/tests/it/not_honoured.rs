@@ -59,8 +59,6 @@ fn the_full_config_lists_its_ignored_keys() {
         "labels",
         "session_server",
         "runners.cache.s3.RoleARN",
-        "runners.cache.gcs",
-        "runners.cache.azure",
         "runners.feature_flags.FF_PRINT_POD_EVENTS",
         "runners.kubernetes.helper_image",
         "runners.kubernetes.autoscaler",
