@@ -39,6 +39,11 @@ impl Ownership {
         }
     }
 
+    /// Whether what it marks is owned through this manager's Lease.
+    pub(super) fn leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// The annotations of a Secret of the job.
     pub(super) fn annotations(&self) -> Option<BTreeMap<String, String>> {
         self.lease
@@ -85,6 +90,7 @@ impl KubernetesExecutor {
         let states = self.states(namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let leased = owned_through(&pod.metadata, &self.leases.name());
         let pod_state = states.subscribe(&pod_name);
         states.update(&pod_name, Some(pod));
         // The job, as this pod's agent has it.
@@ -139,9 +145,50 @@ impl KubernetesExecutor {
                     orphan_secrets: Vec::new(),
                     log: None,
                     heard: Heard::Running,
+                    leased,
                 },
             );
         Some(accepted)
+    }
+
+    /// Whether this manager lost the Lease a pod in `namespace` is owned through (`leased`):
+    /// asked before anything only the job's owner may do ([`crate::lease::OwnLeases::confirm`]).
+    pub(super) async fn lost_lease(&self, namespace: &str, leased: bool) -> bool {
+        leased && self.leases.confirm(namespace).await == Standing::Lost
+    }
+
+    /// [`Self::lost_lease`] for a job's pod.
+    pub(super) async fn taken_from_me(&self, pod: &JobPod) -> bool {
+        self.lost_lease(&pod.namespace, pod.leased).await
+    }
+
+    /// Lets go of a job whose pod another manager took over: no pod deleted, no Secret, no
+    /// word to GitLab (the taker follows and reports it), and its namespace stays.
+    pub(super) fn let_go(&self, job_id: i64, pod: &JobPod) -> podrunner_manager::JobEnd {
+        self.states(&pod.namespace).forget(&pod.name);
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id);
+        Event::JobHandedOver {
+            job_id,
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+        }
+        .emit();
+        podrunner_manager::JobEnd {
+            final_update_delivered: false,
+            state: "handed over".to_owned(),
+            failure_reason: None,
+        }
+    }
+
+    /// Whether job `job_id` was let go of ([`Self::let_go`]); forgets it.
+    pub(super) fn was_handed_over(&self, job_id: i64) -> bool {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job_id)
     }
 
     /// Starts looking for expired Leases in `runner`'s namespace; the jobs taken over come
