@@ -78,6 +78,9 @@ pub struct KubernetesExecutor {
     namespaces: crate::namespaces::JobNamespaces,
     /// This manager's Leases: which job pods are its own ([`crate::lease`]).
     leases: crate::lease::OwnLeases,
+    /// Jobs let go of because another manager took their pods ([`Outcome::HandedOver`]):
+    /// their namespaces are not this manager's to delete.
+    handed_over: Mutex<std::collections::HashSet<i64>>,
     cancel: CancellationToken,
 }
 
@@ -189,6 +192,7 @@ impl KubernetesExecutor {
             watches: Mutex::new(HashMap::new()),
             limit: Arc::new(RateLimit::default()),
             adopted: Mutex::new(HashMap::new()),
+            handed_over: Mutex::default(),
             gitlab_clients: Mutex::new(HashMap::new()),
             namespaces: Default::default(),
             cancel,
@@ -300,7 +304,9 @@ impl Executor for KubernetesExecutor {
         let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
         Box::pin(async move {
             let end = self.run_job(job, abort).await;
-            self.after_job(&runner, job_id).await;
+            if !self.was_handed_over(job_id) {
+                self.after_job(&runner, job_id).await;
+            }
             end
         })
     }
@@ -320,7 +326,9 @@ impl Executor for KubernetesExecutor {
         let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
         Box::pin(async move {
             let end = self.resume_job(job, abort).await;
-            self.after_job(&runner, job_id).await;
+            if !self.was_handed_over(job_id) {
+                self.after_job(&runner, job_id).await;
+            }
             end
         })
     }
@@ -350,4 +358,6 @@ struct JobPod {
     log: Option<PodLog>,
     /// What GitLab said to the manager's first patch, before `follow` took over.
     heard: Heard,
+    /// Owned through this manager's Lease (marked with it): another manager may take it.
+    leased: bool,
 }

@@ -13,13 +13,15 @@
 //! unconditional updates: `pkg/registry/coordination/lease/strategy.go`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use podrunner_manager::Event;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -131,10 +133,18 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Whether `lease` is expired: free (no holder), or unchanged for its whole duration
-    /// since this observer first saw this record.
-    pub fn expired(&mut self, lease: &Lease, now: Instant) -> bool {
-        let name = lease.metadata.name.clone().unwrap_or_default();
+    /// How a Lease is known here: Leases of one manager in several namespaces share a name.
+    pub fn key(namespace: &str, lease: &Lease) -> String {
+        format!(
+            "{namespace}/{}",
+            lease.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Whether `lease` (listed in `namespace`) is expired: free (no holder), or unchanged for
+    /// its whole duration since this observer first saw this record.
+    pub fn expired(&mut self, namespace: &str, lease: &Lease, now: Instant) -> bool {
+        let name = Self::key(namespace, lease);
         let version = lease.metadata.resource_version.clone().unwrap_or_default();
         let spec = lease.spec.clone().unwrap_or_default();
         if spec
@@ -153,10 +163,24 @@ impl Observed {
         now.duration_since(entry.1) >= duration
     }
 
-    /// Forgets Leases no longer listed.
+    /// Forgets Leases no longer listed (by [`Observed::key`]).
     pub fn retain(&mut self, listed: &std::collections::HashSet<String>) {
         self.seen.retain(|name, _| listed.contains(name));
     }
+}
+
+/// Where this manager stands with its Lease in one namespace, as [`OwnLeases::confirm`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// It holds the Lease (renewed recently, or just now): nobody took its pods over.
+    Held,
+    /// Another manager took the Lease (or may have: it was gone after renewals had lapsed for
+    /// long enough that another manager could have taken it over and deleted it). Its pods
+    /// there are the taker's: this manager must not touch them or report on their jobs.
+    Lost,
+    /// There is no Lease in that namespace (it could not be made: no RBAC for Leases), so its
+    /// pods carry no [`LEASE_ANNOTATION`] and nobody else ever takes them.
+    Unleased,
 }
 
 /// This manager's own Leases, one per namespace it runs jobs in, each renewed by a task of its
@@ -165,10 +189,8 @@ pub struct OwnLeases {
     client: kube::Client,
     system_id: String,
     settings: LeaseSettings,
-    /// Namespaces where the Lease is held (`true`) or could not be made (`false`).
-    held: tokio::sync::Mutex<HashMap<String, bool>>,
-    /// The last written Lease of each held namespace, for renewals and release.
-    current: Arc<Mutex<HashMap<String, Lease>>>,
+    /// The keeper of each namespace's Lease, or `None` where it could not be made.
+    keepers: tokio::sync::Mutex<HashMap<String, Option<Arc<Keeper>>>>,
     cancel: CancellationToken,
 }
 
@@ -184,8 +206,7 @@ impl OwnLeases {
             client,
             system_id,
             settings,
-            held: tokio::sync::Mutex::new(HashMap::new()),
-            current: Arc::new(Mutex::new(HashMap::new())),
+            keepers: tokio::sync::Mutex::new(HashMap::new()),
             cancel,
         }
     }
@@ -200,31 +221,43 @@ impl OwnLeases {
         lease_name(&self.system_id)
     }
 
-    /// Makes sure this manager holds its Lease in `namespace` (made, or taken back after a
+    /// Makes sure this manager has its Lease in `namespace` (made, or taken back after a
     /// restart of the same pod, on first use; renewed from then on). Returns whether it does:
     /// without it (no RBAC for Leases) job pods are made without [`LEASE_ANNOTATION`], so no
     /// other manager ever takes them.
     pub async fn ensure(&self, namespace: &str) -> bool {
-        let mut held = self.held.lock().await;
-        if let Some(known) = held.get(namespace) {
-            return *known;
+        self.keeper(namespace).await.is_some()
+    }
+
+    /// The keeper of `namespace`'s Lease, made (and its renewals started) on first use.
+    async fn keeper(&self, namespace: &str) -> Option<Arc<Keeper>> {
+        let mut keepers = self.keepers.lock().await;
+        match keepers.get(namespace) {
+            Some(Some(keeper)) if keeper.retired.load(Ordering::Relaxed) => {}
+            Some(known) => return known.clone(),
+            None => {}
         }
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
-        let result = self.acquire(&api).await;
-        let ok = match result {
+        let keeper = Keeper {
+            api: Api::namespaced(self.client.clone(), namespace),
+            namespace: namespace.to_owned(),
+            system_id: self.system_id.clone(),
+            settings: self.settings,
+            state: tokio::sync::Mutex::new(Kept {
+                lease: None,
+                renewed: Instant::now(),
+            }),
+            lapses: watch::channel(0).0,
+            retired: AtomicBool::new(false),
+        };
+        let made = match keeper.acquire().await {
             Ok(lease) => {
-                self.current
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(namespace.to_owned(), lease);
-                tokio::spawn(renew_forever(
-                    api,
-                    namespace.to_owned(),
-                    self.current.clone(),
-                    self.settings,
-                    self.cancel.clone(),
-                ));
-                true
+                *keeper.state.lock().await = Kept {
+                    lease: Some(lease),
+                    renewed: Instant::now(),
+                };
+                let keeper = Arc::new(keeper);
+                tokio::spawn(keeper.clone().renew_forever(self.cancel.clone()));
+                Some(keeper)
             }
             Err(e) => {
                 Event::KubernetesProblem {
@@ -235,19 +268,92 @@ impl OwnLeases {
                     error: e,
                 }
                 .emit();
-                false
+                None
             }
         };
-        held.insert(namespace.to_owned(), ok);
-        ok
+        keepers.insert(namespace.to_owned(), made.clone());
+        made
     }
 
-    /// Creates the Lease, or takes it back when it exists: it bears this system ID, so it is
-    /// this pod's own from before a container restart (or a Lease that someone took over and
-    /// has not deleted yet: then taking it back is the same compare-and-swap).
-    async fn acquire(&self, api: &Api<Lease>) -> Result<Lease, String> {
-        let text = |e: kube::Error| crate::executor::api_error(&e);
-        let lease = Lease {
+    /// Whether this manager still holds its Lease in `namespace`, asked before anything that
+    /// only the owner of a job may do (make a pod owned through the Lease, write to a job's
+    /// log, delete a job's pod, report its end). Costs nothing while the last renewal is
+    /// recent (less than half a lease duration ago: nobody can have taken the Lease since);
+    /// otherwise the Lease is renewed now, which tells.
+    pub async fn confirm(&self, namespace: &str) -> Standing {
+        match self.keepers.lock().await.get(namespace).cloned().flatten() {
+            Some(keeper) => keeper.confirm().await,
+            None => Standing::Unleased,
+        }
+    }
+
+    /// Counts the times this manager lost its Lease in `namespace`: a follower waits on it to
+    /// let go of its job at once ([`Standing::Lost`]). `None` without a Lease there.
+    pub async fn lapses(&self, namespace: &str) -> Option<watch::Receiver<u64>> {
+        let keepers = self.keepers.lock().await;
+        let keeper = keepers.get(namespace)?.as_ref()?;
+        Some(keeper.lapses.subscribe())
+    }
+
+    /// Gives up every Lease held: deleted (with the `resourceVersion` last written as a
+    /// precondition), so that nobody waits a Lease duration for a manager that has no pods.
+    pub async fn release(&self) {
+        self.cancel.cancel();
+        let keepers: Vec<Arc<Keeper>> = self
+            .keepers
+            .lock()
+            .await
+            .drain()
+            .filter_map(|(_, k)| k)
+            .collect();
+        for keeper in keepers {
+            let Some(lease) = keeper.state.lock().await.lease.take() else {
+                continue;
+            };
+            if let Err(e) = delete(&keeper.api, &lease).await {
+                Event::KubernetesProblem {
+                    doing: format!(
+                        "deleting this manager's Lease {} in {} at exit (it expires by itself)",
+                        self.name(),
+                        keeper.namespace
+                    ),
+                    error: crate::executor::api_error(&e),
+                }
+                .emit();
+            }
+        }
+    }
+}
+
+/// One namespace's Lease of this manager, and its renewals.
+struct Keeper {
+    api: Api<Lease>,
+    namespace: String,
+    system_id: String,
+    settings: LeaseSettings,
+    /// Held across a renewal, so that followers asking at once wait for one renewal.
+    state: tokio::sync::Mutex<Kept>,
+    /// Bumped each time the Lease is found lost.
+    lapses: watch::Sender<u64>,
+    /// Set once the namespace is gone: the renewals stop, and a later use starts afresh.
+    retired: AtomicBool,
+}
+
+/// The last written Lease (`None` while lost and not yet made again), and when the write
+/// that made it was sent.
+struct Kept {
+    lease: Option<Lease>,
+    renewed: Instant,
+}
+
+impl Keeper {
+    fn name(&self) -> String {
+        lease_name(&self.system_id)
+    }
+
+    /// The Lease as this manager makes it, new.
+    fn fresh(&self) -> Lease {
+        Lease {
             metadata: ObjectMeta {
                 name: Some(self.name()),
                 labels: Some(BTreeMap::from([
@@ -264,17 +370,27 @@ impl OwnLeases {
                 lease_transitions: Some(0),
                 ..Default::default()
             }),
-        };
-        match api.create(&PostParams::default(), &lease).await {
+        }
+    }
+
+    /// Creates the Lease, or takes it back when it exists: it bears this system ID, so it is
+    /// this pod's own from before a container restart (or a Lease that someone took over and
+    /// has not deleted yet: then taking it back is the same compare-and-swap).
+    async fn acquire(&self) -> Result<Lease, String> {
+        let text = |e: kube::Error| crate::executor::api_error(&e);
+        match self.api.create(&PostParams::default(), &self.fresh()).await {
             Ok(created) => return Ok(created),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(text(e)),
         }
         for _ in 0..3 {
-            let mut existing = api.get(&self.name()).await.map_err(text)?;
+            let mut existing = self.api.get(&self.name()).await.map_err(text)?;
             let spec = existing.spec.get_or_insert_default();
             spec.lease_duration_seconds = Some(self.settings.duration_seconds());
-            match take(api, &existing, &self.system_id).await.map_err(text)? {
+            match take(&self.api, &existing, &self.system_id)
+                .await
+                .map_err(text)?
+            {
                 Taken::Won(lease) => return Ok(*lease),
                 Taken::Lost => continue,
             }
@@ -282,28 +398,196 @@ impl OwnLeases {
         Err("the Lease kept changing while this manager took it back (409 three times)".into())
     }
 
-    /// Gives up every Lease held: deleted (with the `resourceVersion` last written as a
-    /// precondition), so that nobody waits a Lease duration for a manager that has no pods.
-    pub async fn release(&self) {
-        let current: Vec<(String, Lease)> = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        self.cancel.cancel();
-        for (namespace, lease) in current {
-            let api: Api<Lease> = Api::namespaced(self.client.clone(), &namespace);
-            if let Err(e) = delete(&api, &lease).await {
+    /// See [`OwnLeases::confirm`].
+    async fn confirm(&self) -> Standing {
+        let mut kept = self.state.lock().await;
+        if kept.lease.is_some() && kept.renewed.elapsed() < self.settings.duration / 2 {
+            return Standing::Held;
+        }
+        self.renew(&mut kept).await
+    }
+
+    /// Renews the Lease now (or, while lost, makes it again once the taker deleted it).
+    async fn renew(&self, kept: &mut Kept) -> Standing {
+        let Some(lease) = kept.lease.clone() else {
+            return self.make_again(kept).await;
+        };
+        let name = self.name();
+        let namespace = &self.namespace;
+        let doing = || format!("renewing this manager's Lease {name} in {namespace}");
+        let sent = Instant::now();
+        let mut renewed = lease.clone();
+        renewed.spec.get_or_insert_default().renew_time = Some(now());
+        let error = match self
+            .api
+            .replace(&name, &PostParams::default(), &renewed)
+            .await
+        {
+            Ok(written) => {
+                *kept = Kept {
+                    lease: Some(written),
+                    renewed: sent,
+                };
+                return Standing::Held;
+            }
+            Err(e) => e,
+        };
+        // Read again: a 409 is this manager's own write whose answer was lost, a taker, or
+        // the Lease deleted (by hand, or by a taker once it had taken the pods over).
+        let fresh = match &error {
+            kube::Error::Api(s) if s.code == 404 => Ok(None),
+            _ => match self.api.get(&name).await {
+                Ok(fresh) => Ok(Some(fresh)),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        let since = kept.renewed.elapsed();
+        match fresh {
+            Ok(Some(fresh)) => {
+                let holder = fresh.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                if holder.as_deref() == Some(self.system_id.as_str()) {
+                    // Its own write went through (or its own Lease, rewritten by hand).
+                    *kept = Kept {
+                        lease: Some(fresh),
+                        renewed: sent,
+                    };
+                    return Standing::Held;
+                }
+                self.lost(
+                    kept,
+                    format!(
+                        "manager {} took it over (this manager's renewals had failed or it was paused for {:.0} s, past the lease duration): its job pods here are followed there now, and this manager lets go of their jobs without touching them",
+                        holder.unwrap_or_default(),
+                        since.as_secs_f64()
+                    ),
+                );
+                Standing::Lost
+            }
+            Ok(None) if since < self.settings.duration / 2 => {
+                // Deleted by hand while this manager lived: nobody can have taken it (that
+                // takes a whole lease duration without renewal). Made again; jobs stay.
+                match self.api.create(&PostParams::default(), &self.fresh()).await {
+                    Ok(created) => {
+                        Event::LeaseLost {
+                            namespace: namespace.clone(),
+                            lease: name.clone(),
+                            why: "it was deleted (not by a manager taking it over: it was renewed moments ago); made again, this manager's jobs stay its own".into(),
+                        }
+                        .emit();
+                        *kept = Kept {
+                            lease: Some(created),
+                            renewed: sent,
+                        };
+                        Standing::Held
+                    }
+                    // The namespace is gone or going (a per-job namespace deleted after its
+                    // job): nothing is left here to own; the renewals stop.
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+                        self.retire(kept);
+                        Standing::Unleased
+                    }
+                    Err(e) => {
+                        Event::KubernetesProblem {
+                            doing: format!("making this manager's Lease {name} in {namespace} again after it was deleted"),
+                            error: crate::executor::api_error(&e),
+                        }
+                        .emit();
+                        // Still this manager's: no one else can take a Lease that is absent.
+                        Standing::Held
+                    }
+                }
+            }
+            Ok(None) => {
+                self.lost(
+                    kept,
+                    format!(
+                        "it is gone and this manager had not renewed it for {:.0} s (past half the lease duration): another manager may have taken its pods over and deleted it, so it lets go of its jobs here without touching them",
+                        since.as_secs_f64()
+                    ),
+                );
+                self.make_again(kept).await;
+                Standing::Lost
+            }
+            Err(e) => {
+                Event::KubernetesProblem {
+                    doing: doing(),
+                    error: format!(
+                        "{}; reading it back: {}",
+                        crate::executor::api_error(&error),
+                        crate::executor::api_error(&e)
+                    ),
+                }
+                .emit();
+                // Unknown: it still counts as held (nothing here is done without the API).
+                Standing::Held
+            }
+        }
+    }
+
+    /// Stops keeping the Lease of a namespace that is gone.
+    fn retire(&self, kept: &mut Kept) {
+        kept.lease = None;
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Says why the Lease is lost, forgets it and tells the followers.
+    fn lost(&self, kept: &mut Kept, why: String) {
+        Event::LeaseLost {
+            namespace: self.namespace.clone(),
+            lease: self.name(),
+            why,
+        }
+        .emit();
+        kept.lease = None;
+        self.lapses.send_modify(|n| *n += 1);
+    }
+
+    /// While lost: a fresh Lease of this manager's own once the taker deleted the one it
+    /// took (until then, new pods here carry no Lease annotation).
+    async fn make_again(&self, kept: &mut Kept) -> Standing {
+        let sent = Instant::now();
+        match self.api.create(&PostParams::default(), &self.fresh()).await {
+            Ok(created) => {
+                *kept = Kept {
+                    lease: Some(created),
+                    renewed: sent,
+                };
+                Standing::Held
+            }
+            // The taker still holds it: it deletes it once it took every pod over.
+            Err(kube::Error::Api(s)) if s.code == 409 => Standing::Lost,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {
+                self.retire(kept);
+                Standing::Lost
+            }
+            Err(e) => {
                 Event::KubernetesProblem {
                     doing: format!(
-                        "deleting this manager's Lease {} in {namespace} at exit (it expires by itself)",
-                        self.name()
+                        "making a fresh Lease {} in {} after losing the last one",
+                        self.name(),
+                        self.namespace
                     ),
                     error: crate::executor::api_error(&e),
                 }
                 .emit();
+                Standing::Lost
             }
+        }
+    }
+
+    /// Renews every [`LeaseSettings::renew_every`] until `cancel`.
+    async fn renew_forever(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.settings.renew_every()) => {}
+            }
+            let mut kept = self.state.lock().await;
+            if cancel.is_cancelled() || self.retired.load(Ordering::Relaxed) {
+                return;
+            }
+            self.renew(&mut kept).await;
         }
     }
 }
@@ -322,78 +606,6 @@ pub async fn delete(api: &Api<Lease>, lease: &Lease) -> Result<(), kube::Error> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// Renews the Lease of `namespace` every [`LeaseSettings::renew_every`] until `cancel`.
-async fn renew_forever(
-    api: Api<Lease>,
-    namespace: String,
-    current: Arc<Mutex<HashMap<String, Lease>>>,
-    settings: LeaseSettings,
-    cancel: CancellationToken,
-) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(settings.renew_every()) => {}
-        }
-        let Some(mut lease) = current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&namespace)
-            .cloned()
-        else {
-            return;
-        };
-        let name = lease.metadata.name.clone().unwrap_or_default();
-        lease.spec.get_or_insert_default().renew_time = Some(now());
-        match api.replace(&name, &PostParams::default(), &lease).await {
-            Ok(written) => {
-                failing = false;
-                if cancel.is_cancelled() {
-                    return;
-                }
-                current
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(namespace.clone(), written);
-            }
-            Err(e) => {
-                // Read again: a 409 is either this manager's own write whose answer was
-                // lost, or a taker.
-                if !failing || matches!(&e, kube::Error::Api(s) if s.code == 409) {
-                    Event::KubernetesProblem {
-                        doing: format!("renewing this manager's Lease {name} in {namespace}"),
-                        error: crate::executor::api_error(&e),
-                    }
-                    .emit();
-                }
-                failing = true;
-                let me = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
-                if let Ok(fresh) = api.get(&name).await {
-                    let holder = fresh.spec.as_ref().and_then(|s| s.holder_identity.clone());
-                    if holder != me {
-                        // Taken: its pods are the taker's now. Fighting back would have two
-                        // managers follow them; this one stops renewing instead.
-                        Event::KubernetesProblem {
-                            doing: format!("renewing this manager's Lease {name} in {namespace}"),
-                            error: format!(
-                                "manager {} took it over after renewals failed for a whole lease duration; its pods are followed there now",
-                                holder.unwrap_or_default()
-                            ),
-                        }
-                        .emit();
-                        return;
-                    }
-                    current
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(namespace.clone(), fresh);
-                }
-            }
-        }
     }
 }
 
@@ -437,13 +649,13 @@ mod tests {
         let mut observed = Observed::default();
         let start = Instant::now();
         let s = Duration::from_secs(1);
-        assert!(!observed.expired(&lease("1", Some("s_a"), 3), start));
-        assert!(!observed.expired(&lease("1", Some("s_a"), 3), start + 2 * s));
+        assert!(!observed.expired("ns", &lease("1", Some("s_a"), 3), start));
+        assert!(!observed.expired("ns", &lease("1", Some("s_a"), 3), start + 2 * s));
         // Renewed: the clock starts again.
-        assert!(!observed.expired(&lease("2", Some("s_a"), 3), start + 2 * s));
-        assert!(!observed.expired(&lease("2", Some("s_a"), 3), start + 4 * s));
-        assert!(observed.expired(&lease("2", Some("s_a"), 3), start + 5 * s));
-        assert!(observed.expired(&lease("3", None, 3), start + 5 * s));
+        assert!(!observed.expired("ns", &lease("2", Some("s_a"), 3), start + 2 * s));
+        assert!(!observed.expired("ns", &lease("2", Some("s_a"), 3), start + 4 * s));
+        assert!(observed.expired("ns", &lease("2", Some("s_a"), 3), start + 5 * s));
+        assert!(observed.expired("ns", &lease("3", None, 3), start + 5 * s));
     }
 
     #[test]

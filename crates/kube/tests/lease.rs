@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use podrunner_kube::lease::{LeaseSettings, OwnLeases, Taken, lease_name, take};
+use podrunner_kube::lease::{LeaseSettings, OwnLeases, Standing, Taken, lease_name, take};
 use podrunner_testkit::KubernetesStandIn;
 use tokio_util::sync::CancellationToken;
 
@@ -82,4 +82,97 @@ async fn exactly_one_of_two_takers_wins() {
     // A clean exit deletes it.
     again.release().await;
     assert!(kube.leases().is_empty(), "{:?}", kube.leases());
+}
+
+async fn holder(api: &Api<Lease>, name: &str) -> Option<String> {
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+/// A manager whose Lease another took (it did not renew in time) finds out at its next
+/// renewal: the Lease is lost, its followers are told at once, and nothing it asks about
+/// counts as held until it has a fresh Lease of its own, made once the taker deleted the one
+/// it took.
+#[tokio::test]
+async fn a_taken_lease_is_lost_at_the_next_renewal_and_made_fresh_after() {
+    let kube = KubernetesStandIn::start(1, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&kube, dir.path()).await;
+    let settings = LeaseSettings {
+        duration: std::time::Duration::from_secs(2),
+    };
+    let me = "s_0000000000a1";
+    let name = lease_name(me);
+    let leases = OwnLeases::new(
+        client.clone(),
+        me.into(),
+        settings,
+        CancellationToken::new(),
+    );
+    assert!(leases.ensure("jobs").await);
+    assert_eq!(leases.confirm("jobs").await, Standing::Held);
+    let mut lapses = leases.lapses("jobs").await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client.clone(), "jobs");
+    let read = api.get(&name).await.unwrap();
+    assert!(matches!(
+        take(&api, &read, "s_0000000000b1").await.unwrap(),
+        Taken::Won(_)
+    ));
+    // The next renewal (a second later) finds the holder changed.
+    tokio::time::timeout(std::time::Duration::from_secs(5), lapses.changed())
+        .await
+        .expect("the loss is told to the followers")
+        .unwrap();
+    assert_eq!(leases.confirm("jobs").await, Standing::Lost);
+    assert_eq!(
+        holder(&api, &name).await.as_deref(),
+        Some("s_0000000000b1"),
+        "the loser does not fight back"
+    );
+    // The taker deletes it once it has the pods: the loser makes a fresh one.
+    let taken = api.get(&name).await.unwrap();
+    podrunner_kube::lease::delete(&api, &taken).await.unwrap();
+    assert_eq!(leases.confirm("jobs").await, Standing::Held);
+    assert_eq!(holder(&api, &name).await.as_deref(), Some(me));
+    leases.release().await;
+}
+
+/// `kubectl delete lease` on a live manager's Lease: the manager makes it again at its next
+/// renewal (it was renewed moments ago, so no other manager can have taken it) and loses
+/// nothing: its followers are not told of any loss.
+#[tokio::test]
+async fn a_hand_deleted_lease_is_made_again_and_loses_nothing() {
+    let kube = KubernetesStandIn::start(1, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(&kube, dir.path()).await;
+    let settings = LeaseSettings {
+        duration: std::time::Duration::from_secs(4),
+    };
+    let me = "s_0000000000a2";
+    let name = lease_name(me);
+    let leases = OwnLeases::new(
+        client.clone(),
+        me.into(),
+        settings,
+        CancellationToken::new(),
+    );
+    assert!(leases.ensure("jobs").await);
+    let lapses = leases.lapses("jobs").await.unwrap();
+    let api: Api<Lease> = Api::namespaced(client.clone(), "jobs");
+    assert!(kube.delete_lease("jobs", &name));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while holder(&api, &name).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Lease was not made again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(holder(&api, &name).await.as_deref(), Some(me));
+    assert_eq!(*lapses.borrow(), 0, "a hand-deleted Lease is no loss");
+    assert_eq!(leases.confirm("jobs").await, Standing::Held);
+    leases.release().await;
 }

@@ -222,6 +222,25 @@ pub enum Event {
         /// How many job pods came with it.
         pods: usize,
     },
+    /// This manager found its own Lease taken or gone at a renewal.
+    LeaseLost {
+        /// The namespace of the Lease.
+        namespace: String,
+        /// The Lease's name.
+        lease: String,
+        /// What happened and what this manager does about it.
+        why: String,
+    },
+    /// This manager let go of a job whose pod another manager took over (its Lease was
+    /// taken): nothing of the job is touched or reported from here.
+    JobHandedOver {
+        /// The job's ID.
+        job_id: i64,
+        /// The namespace of its pod.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
 }
 
 impl Event {
@@ -246,6 +265,8 @@ impl Event {
             | Event::KubernetesRetry { .. }
             | Event::KubernetesProblem { .. }
             | Event::StrayDeleted { .. }
+            | Event::LeaseLost { .. }
+            | Event::JobHandedOver { .. }
             | Event::ConfigWarning { .. }
             | Event::TokenCheckRetry { .. } => Level::WARN,
             Event::Started { .. }
@@ -425,6 +446,26 @@ impl Event {
                 from = from.as_str(),
                 pods = *pods as u64,
                 "Took over the Lease of a manager that stopped renewing it"
+            ),
+            Event::LeaseLost {
+                namespace,
+                lease,
+                why,
+            } => record!(
+                namespace = namespace.as_str(),
+                lease = lease.as_str(),
+                why = why.as_str(),
+                "Lost this manager's Lease"
+            ),
+            Event::JobHandedOver {
+                job_id,
+                namespace,
+                pod,
+            } => record!(
+                job = *job_id,
+                namespace = namespace.as_str(),
+                pod = pod.as_str(),
+                "Let go of a job another manager took over"
             ),
             Event::SweepFailed {
                 namespace,

@@ -205,3 +205,230 @@ async fn a_rolling_update_loses_repeats_and_fails_no_job() {
     assert_eq!(holders[0].1, new.system_id);
     new.stop().await;
 }
+
+/// The final updates GitLab got for job `id` that failed it.
+fn failed_updates(cluster: &Cluster, id: i64) -> usize {
+    cluster
+        .gitlab
+        .job(id)
+        .map(|j| j.updates.iter().filter(|u| u["state"] == "failed").count())
+        .unwrap_or_default()
+}
+
+/// Split brain: manager a is frozen (SIGSTOP) past its Lease while its 2 jobs run, and b
+/// takes them over. Thawed (SIGCONT), a finds its Lease taken at its next renewal and lets go
+/// of both jobs at once, touching neither pod and telling GitLab nothing about them: each
+/// job's log has its lines once, GitLab never hears the job failed, each pod is deleted once
+/// (by b), nothing is swept as stray; a says why, and then makes a fresh Lease of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_thawed_after_its_lease_was_taken_lets_go_of_its_jobs() {
+    let cluster = Cluster::start().await;
+    let a = cluster.manager("a", 2, 3);
+    let jobs: Vec<i64> = (0..2)
+        .map(|n| cluster.gitlab.enqueue(long_job(n, 20)))
+        .collect();
+    for (n, id) in jobs.iter().enumerate() {
+        cluster
+            .trace_contains(*id, &format!("start-{n}-mark"))
+            .await;
+    }
+    let b = cluster.manager("b", 2, 3);
+    until(Duration::from_secs(20), "b verified", || {
+        cluster.gitlab.managers().len() == 2
+    })
+    .await;
+    let of_a = cluster.pods_of(&a);
+    assert_eq!(of_a.len(), 2, "{of_a:?}");
+
+    a.pause();
+    until(Duration::from_secs(30), "b takes both of a's jobs", || {
+        b.log().contains("Took over the Lease")
+    })
+    .await;
+    assert_eq!(count(&b.log(), "Pod adopted"), 2, "{}", b.log());
+    a.resume();
+    until(Duration::from_secs(20), "a lets go of both", || {
+        count(&a.log(), "Let go of a job another manager took over") == 2
+    })
+    .await;
+    // Taken (409, another holder) or already deleted by b after a long silence: both say
+    // why.
+    assert!(
+        a.log().contains("Lost this manager's Lease")
+            && (a.log().contains("took it over") || a.log().contains("may have taken")),
+        "{}",
+        a.log()
+    );
+
+    for (n, id) in jobs.iter().enumerate() {
+        let view = cluster.finished(*id).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        assert_eq!(
+            view.status,
+            "success",
+            "job {n}: {trace}\na: {}\nb: {}",
+            a.log(),
+            b.log()
+        );
+        assert_eq!(count(&trace, &format!("start-{n}-mark\n")), 1, "{trace}");
+        assert_eq!(count(&trace, &format!("end-{n}-mark\n")), 1, "{trace}");
+        assert_eq!(failed_updates(&cluster, *id), 0, "{:?}", view.updates);
+    }
+    cluster.clean().await;
+    for pod in &of_a {
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{pod}");
+        let deletes = cluster
+            .kube
+            .requests()
+            .iter()
+            .filter(|r| r.method == "DELETE" && r.uri.split('?').next() == Some(path.as_str()))
+            .count();
+        assert_eq!(deletes, 1, "{pod} deleted {deletes} times");
+    }
+    for log in [a.log(), b.log()] {
+        assert!(!log.contains("Deleted a stray object"), "{log}");
+        assert!(!log.contains("Job failed by the manager"), "{log}");
+    }
+    // A fresh Lease of its own, once b deleted the one it took.
+    until(Duration::from_secs(10), "a holds a fresh Lease", || {
+        cluster
+            .lease_holders()
+            .iter()
+            .any(|(_, holder)| *holder == a.system_id)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `kubectl delete lease` on a live manager's Lease: in the gap the other manager sees no
+/// Lease, so it takes nothing (take-over starts from an expired Lease, never from pods alone);
+/// the owner makes the Lease again at its next renewal and follows its jobs to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_deleted_lease_is_made_again_and_nobody_takes_the_jobs() {
+    let cluster = Cluster::start().await;
+    let a = cluster.manager("a", 2, 3);
+    let jobs: Vec<i64> = (0..2)
+        .map(|n| cluster.gitlab.enqueue(long_job(n, 8)))
+        .collect();
+    for (n, id) in jobs.iter().enumerate() {
+        cluster
+            .trace_contains(*id, &format!("start-{n}-mark"))
+            .await;
+    }
+    let b = cluster.manager("b", 2, 3);
+    until(Duration::from_secs(20), "b verified", || {
+        cluster.gitlab.managers().len() == 2
+    })
+    .await;
+    let (name, _) = cluster
+        .lease_holders()
+        .into_iter()
+        .find(|(_, holder)| *holder == a.system_id)
+        .expect("a holds a Lease");
+    assert!(cluster.kube.delete_lease(NAMESPACE, &name));
+    until(Duration::from_secs(5), "a makes its Lease again", || {
+        cluster
+            .lease_holders()
+            .iter()
+            .any(|(lease, holder)| *lease == name && *holder == a.system_id)
+    })
+    .await;
+    for (n, id) in jobs.iter().enumerate() {
+        let view = cluster.finished(*id).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        assert_eq!(view.status, "success", "job {n}: {trace}\na: {}", a.log());
+        assert_eq!(count(&trace, &format!("end-{n}-mark\n")), 1, "{trace}");
+    }
+    cluster.clean().await;
+    assert!(
+        a.log()
+            .contains("it was deleted (not by a manager taking it over"),
+        "{}",
+        a.log()
+    );
+    assert!(!a.log().contains("Let go of a job"), "{}", a.log());
+    assert_eq!(count(&a.log(), "Pod created"), 2, "{}", a.log());
+    for log in [a.log(), b.log()] {
+        assert!(!log.contains("Took over the Lease"), "{log}");
+        assert!(!log.contains("Pod adopted"), "{log}");
+        assert!(!log.contains("Deleted a stray object"), "{log}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `namespace_per_job`: a's jobs run in `ci-job-<ID>` namespaces, each with a's Lease there.
+/// Killed, a leaves them to b, which finds those Leases with one cluster-wide list (not only
+/// in the configured namespace), takes them once expired, follows the jobs to the end and
+/// deletes their namespaces.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_managers_jobs_in_per_job_namespaces_are_taken_over() {
+    let cluster = Cluster::start().await;
+    let per_job = "    namespace_per_job = true\n";
+    let mut a = cluster.manager_with("a", 2, 3, per_job);
+    let jobs: Vec<i64> = (0..2)
+        .map(|n| cluster.gitlab.enqueue(long_job(n, 10)))
+        .collect();
+    for (n, id) in jobs.iter().enumerate() {
+        cluster
+            .trace_contains(*id, &format!("start-{n}-mark"))
+            .await;
+    }
+    let b = cluster.manager_with("b", 2, 3, per_job);
+    until(Duration::from_secs(20), "b verified", || {
+        cluster.gitlab.managers().len() == 2
+    })
+    .await;
+    let namespaces: Vec<String> = cluster
+        .kube
+        .objects("Pod")
+        .iter()
+        .map(|p| {
+            p["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for id in &jobs {
+        assert!(
+            namespaces.contains(&format!("ci-job-{id}")),
+            "{namespaces:?}"
+        );
+    }
+    a.kill().await;
+    for (n, id) in jobs.iter().enumerate() {
+        let view = cluster.finished(*id).await;
+        let trace = String::from_utf8_lossy(&view.trace).into_owned();
+        assert_eq!(view.status, "success", "job {n}: {trace}\nb: {}", b.log());
+        assert_eq!(count(&trace, &format!("start-{n}-mark\n")), 1, "{trace}");
+        assert_eq!(count(&trace, &format!("end-{n}-mark\n")), 1, "{trace}");
+    }
+    cluster.clean().await;
+    let log = b.log();
+    for id in &jobs {
+        assert_eq!(
+            log.lines()
+                .filter(
+                    |l| l.contains("Pod adopted") && l.contains(&format!("namespace=ci-job-{id}"))
+                )
+                .count(),
+            1,
+            "{log}"
+        );
+    }
+    until(
+        Duration::from_secs(20),
+        "the job namespaces are deleted",
+        || {
+            !cluster.kube.objects("Namespace").iter().any(|n| {
+                n["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with("ci-job-"))
+            })
+        },
+    )
+    .await;
+    b.stop().await;
+}

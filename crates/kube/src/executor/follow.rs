@@ -10,6 +10,21 @@ use podrunner_manager::Event;
 use tokio_util::sync::CancellationToken;
 
 use super::{JobPod, KubernetesExecutor, Outcome};
+
+/// What following a pod came to.
+pub(super) enum Followed {
+    /// The pod's job ended, or cannot go on, as [`Outcome`] says.
+    Ended(Outcome),
+    /// Another manager took the pod over (this manager's Lease was taken): nothing of the
+    /// job is touched or reported from here.
+    HandedOver,
+}
+
+impl From<Outcome> for Followed {
+    fn from(outcome: Outcome) -> Self {
+        Followed::Ended(outcome)
+    }
+}
 use crate::judge::{capacity_provisioned, has_run, judge, not_running, on_fargate};
 use crate::prelude::{Heard, PodLog, build_started};
 
@@ -26,10 +41,16 @@ impl KubernetesExecutor {
         job_pod: &mut JobPod,
         abort: &CancellationToken,
         provisioned: &mut Option<(String, tokio::time::Instant)>,
-    ) -> Outcome {
+    ) -> Followed {
         if let Heard::Stop(stop) = std::mem::replace(&mut job_pod.heard, Heard::Running) {
-            return Outcome::Stopped(stop);
+            return Outcome::Stopped(stop).into();
         }
+        // Told at once when this manager loses the Lease its pod is owned through.
+        let mut lapses = match job_pod.leased {
+            true => self.leases.lapses(&job_pod.namespace).await,
+            false => None,
+        };
+        let leased = job_pod.leased;
         let (namespace, pod_name) = (job_pod.namespace.as_str(), job_pod.name.as_str());
         let state = &mut job_pod.state;
         let log = &mut job_pod.log;
@@ -49,7 +70,8 @@ impl KubernetesExecutor {
                 None if seen => {
                     return Outcome::Failed(format!(
                         "pod {namespace}/{pod_name} was deleted before the job finished"
-                    ));
+                    ))
+                    .into();
                 }
                 None => {}
                 Some(pod) => {
@@ -75,14 +97,18 @@ impl KubernetesExecutor {
                     }
                     let fargate = self.states(namespace).fargate_of(pod_name);
                     if let Some(outcome) = judge(pod, &fargate, &mut pull_error_since) {
-                        return outcome;
+                        return outcome.into();
                     }
                     if let Some(open) = log.as_mut() {
+                        // The job's log is its owner's to write.
+                        if self.lost_lease(namespace, leased).await {
+                            return Followed::HandedOver;
+                        }
                         let warnings = self.states(namespace).warnings_of(pod_name);
                         if let Heard::Stop(stop) =
                             open.observe(&pods_api, pod, &warnings, runner).await
                         {
-                            return Outcome::Stopped(stop);
+                            return Outcome::Stopped(stop).into();
                         }
                         if !open.listening() {
                             // The agent has the log and answers for the job now.
@@ -99,27 +125,33 @@ impl KubernetesExecutor {
                             namespace,
                             pod_name,
                             poll_timeout.as_secs(),
-                        ));
+                        ))
+                        .into();
                     }
                 }
             }
             // Not kept while the follower waits: the watch keeps the latest.
             drop(pod);
             if stopping.is_some_and(|since| since.elapsed() >= AGENT_STOP_GRACE) {
-                return Outcome::Failed("the job was interrupted by the runner's shutdown".into());
+                return Outcome::Failed("the job was interrupted by the runner's shutdown".into())
+                    .into();
             }
             let contact_at = log.as_ref().and_then(PodLog::next_contact);
             tokio::select! {
                 changed = state.changed() => {
                     if changed.is_err() {
-                        return Outcome::Failed("the pod watch ended".into());
+                        return Outcome::Failed("the pod watch ended".into()).into();
                     }
                 }
+                Some(()) = lapsed(&mut lapses) => return Followed::HandedOver,
                 () = tokio::time::sleep_until(contact_at.unwrap_or_else(tokio::time::Instant::now)), if contact_at.is_some() => {
+                    if self.lost_lease(namespace, leased).await {
+                        return Followed::HandedOver;
+                    }
                     if let Some(open) = log.as_mut()
                         && let Heard::Stop(stop) = open.contact().await
                     {
-                        return Outcome::Stopped(stop);
+                        return Outcome::Stopped(stop).into();
                     }
                 }
                 // Clocks run only for a pod that has not run, a pull error's grace and a stop;
@@ -133,5 +165,13 @@ impl KubernetesExecutor {
                 }
             }
         }
+    }
+}
+
+/// Waits for the next loss of the Lease (`None` once nothing can tell of one).
+async fn lapsed(lapses: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match lapses {
+        Some(lapses) => lapses.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }

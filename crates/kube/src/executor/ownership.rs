@@ -8,7 +8,7 @@
 //! follows each pod (the manager counts it toward `concurrent`) and then deletes the Lease.
 //! If it dies half-way, the Lease it took expires in turn and the next manager finishes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::*;
 use crate::lease::{
-    self, LEASE_ANNOTATION, LEASE_LABEL, LEASE_LABEL_VALUE, Observed, Taken, owner_of,
+    self, LEASE_ANNOTATION, LEASE_LABEL, LEASE_LABEL_VALUE, Observed, Standing, Taken, owner_of,
 };
 use crate::plan::MANAGER_LABEL;
 
@@ -37,6 +37,11 @@ impl Ownership {
                 .get_or_insert_default()
                 .insert(LEASE_ANNOTATION.to_owned(), lease.clone());
         }
+    }
+
+    /// Whether what it marks is owned through this manager's Lease.
+    pub(super) fn leased(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// The annotations of a Secret of the job.
@@ -59,7 +64,10 @@ fn owned_through(metadata: &ObjectMeta, lease: &str) -> bool {
 impl KubernetesExecutor {
     /// How objects made in `namespace` are marked; makes this manager's Lease there first.
     pub(super) async fn ownership(&self, namespace: &str) -> Ownership {
-        let held = self.leases.ensure(namespace).await;
+        // Held now, not only once: a manager that lost its Lease marks nothing with it until
+        // it has a fresh one (the taker could take a pod made meanwhile).
+        let held = self.leases.ensure(namespace).await
+            && self.leases.confirm(namespace).await == Standing::Held;
         Ownership {
             lease: held.then(|| self.leases.name()),
         }
@@ -82,6 +90,7 @@ impl KubernetesExecutor {
         let states = self.states(namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let leased = owned_through(&pod.metadata, &self.leases.name());
         let pod_state = states.subscribe(&pod_name);
         states.update(&pod_name, Some(pod));
         // The job, as this pod's agent has it.
@@ -136,9 +145,50 @@ impl KubernetesExecutor {
                     orphan_secrets: Vec::new(),
                     log: None,
                     heard: Heard::Running,
+                    leased,
                 },
             );
         Some(accepted)
+    }
+
+    /// Whether this manager lost the Lease a pod in `namespace` is owned through (`leased`):
+    /// asked before anything only the job's owner may do ([`crate::lease::OwnLeases::confirm`]).
+    pub(super) async fn lost_lease(&self, namespace: &str, leased: bool) -> bool {
+        leased && self.leases.confirm(namespace).await == Standing::Lost
+    }
+
+    /// [`Self::lost_lease`] for a job's pod.
+    pub(super) async fn taken_from_me(&self, pod: &JobPod) -> bool {
+        self.lost_lease(&pod.namespace, pod.leased).await
+    }
+
+    /// Lets go of a job whose pod another manager took over: no pod deleted, no Secret, no
+    /// word to GitLab (the taker follows and reports it), and its namespace stays.
+    pub(super) fn let_go(&self, job_id: i64, pod: &JobPod) -> podrunner_manager::JobEnd {
+        self.states(&pod.namespace).forget(&pod.name);
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id);
+        Event::JobHandedOver {
+            job_id,
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+        }
+        .emit();
+        podrunner_manager::JobEnd {
+            final_update_delivered: false,
+            state: "handed over".to_owned(),
+            failure_reason: None,
+        }
+    }
+
+    /// Whether job `job_id` was let go of ([`Self::let_go`]); forgets it.
+    pub(super) fn was_handed_over(&self, job_id: i64) -> bool {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job_id)
     }
 
     /// Starts looking for expired Leases in `runner`'s namespace; the jobs taken over come
@@ -159,27 +209,72 @@ impl KubernetesExecutor {
         jobs: UnboundedSender<AcceptedJob>,
         stop: CancellationToken,
     ) {
-        let namespace = runner
-            .kubernetes
-            .as_ref()
-            .map(|k| k.namespace().to_owned())
-            .unwrap_or_else(|| "default".to_owned());
+        let config = runner.kubernetes_or_default();
+        let home = config.namespace().to_owned();
+        // With namespace_per_job or namespace_overwrite_allowed, jobs (and so the Leases
+        // owning them) may be in any namespace: one cluster-wide list finds them all.
+        let everywhere = crate::namespaces::spans_namespaces(&config);
         let calls = self.calls(&runner);
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), &namespace);
         let mut observed = Observed::default();
+        let mut refused = false;
         // Without a Lease of its own this manager takes nothing: what it took would look
         // like nobody's.
-        while self.leases.ensure(&namespace).await {
-            self.scan(
-                &runner,
-                &namespace,
-                &api,
-                &calls,
-                &mut observed,
-                &jobs,
-                &stop,
-            )
-            .await;
+        while self.leases.ensure(&home).await {
+            let listed = match everywhere {
+                true => match self.list_leases(None, &calls).await {
+                    Ok(leases) => {
+                        refused = false;
+                        Ok(leases)
+                    }
+                    Err(e) => {
+                        if !refused {
+                            Event::KubernetesProblem {
+                                doing: format!(
+                                    "listing the managers' Leases in all namespaces (namespace_per_job or namespace_overwrite_allowed put jobs outside {home}: a dead manager's jobs there are taken over once this works; grant list on leases.coordination.k8s.io at the cluster scope, rbac.clusterWideAccess: true in the chart); looking in {home} only"
+                                ),
+                                error: api_error(&e),
+                            }
+                            .emit();
+                        }
+                        refused = true;
+                        self.list_leases(Some(&home), &calls).await
+                    }
+                },
+                false => self.list_leases(Some(&home), &calls).await,
+            };
+            match listed {
+                Ok(leases) => {
+                    let mut by_namespace: BTreeMap<String, Vec<Lease>> = BTreeMap::new();
+                    for lease in leases {
+                        let namespace = lease
+                            .metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| home.clone());
+                        by_namespace.entry(namespace).or_default().push(lease);
+                    }
+                    observed.retain(
+                        &by_namespace
+                            .iter()
+                            .flat_map(|(ns, leases)| leases.iter().map(move |l| Observed::key(ns, l)))
+                            .collect(),
+                    );
+                    for (namespace, leases) in by_namespace {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        self.scan(&runner, &namespace, leases, &calls, &mut observed, &jobs, &stop)
+                            .await;
+                    }
+                }
+                Err(e) => Event::KubernetesProblem {
+                    doing: format!(
+                        "listing the managers' Leases in {home} (jobs of a manager that died are taken over once this works)"
+                    ),
+                    error: api_error(&e),
+                }
+                .emit(),
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.cancel.cancelled() => return,
@@ -188,56 +283,55 @@ impl KubernetesExecutor {
         }
     }
 
-    /// One look at the managers' Leases in `namespace`: each expired one is taken.
+    /// The managers' Leases in `namespace`, or in every namespace.
+    async fn list_leases(
+        &self,
+        namespace: Option<&str>,
+        calls: &ApiCalls,
+    ) -> Result<Vec<Lease>, kube::Error> {
+        let api: Api<Lease> = match namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let params =
+            kube::api::ListParams::default().labels(&format!("{LEASE_LABEL}={LEASE_LABEL_VALUE}"));
+        let list = calls.run("list Leases", || api.list(&params)).await?;
+        Ok(list.items)
+    }
+
+    /// One look at the managers' Leases listed in `namespace`: each expired one is taken.
     #[allow(clippy::too_many_arguments)]
     async fn scan(
         &self,
         runner: &Arc<RunnerConfig>,
         namespace: &str,
-        api: &Api<Lease>,
+        leases: Vec<Lease>,
         calls: &ApiCalls,
         observed: &mut Observed,
         jobs: &UnboundedSender<AcceptedJob>,
         stop: &CancellationToken,
     ) {
-        let params =
-            kube::api::ListParams::default().labels(&format!("{LEASE_LABEL}={LEASE_LABEL_VALUE}"));
-        let leases = match calls.run("list Leases", || api.list(&params)).await {
-            Ok(list) => list.items,
-            Err(e) => {
-                return Event::KubernetesProblem {
-                    doing: format!(
-                        "listing the managers' Leases in {namespace} (jobs of a manager that died are taken over once this works)"
-                    ),
-                    error: api_error(&e),
-                }
-                .emit();
-            }
-        };
-        let listed: HashSet<String> = leases
-            .iter()
-            .filter_map(|l| l.metadata.name.clone())
-            .collect();
-        observed.retain(&listed);
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
         let now = tokio::time::Instant::now();
         let mine = self.leases.name();
         for found in leases {
             if found.metadata.name.as_deref() == Some(mine.as_str())
-                || !observed.expired(&found, now)
+                || !observed.expired(namespace, &found, now)
             {
                 continue;
             }
-            if stop.is_cancelled() {
+            // What it takes is marked with this manager's Lease there, which must exist.
+            if stop.is_cancelled() || !self.leases.ensure(namespace).await {
                 return;
             }
             match calls
                 .run("take over a Lease", || {
-                    lease::take(api, &found, &self.system_id)
+                    lease::take(&api, &found, &self.system_id)
                 })
                 .await
             {
                 Ok(Taken::Won(taken)) => {
-                    self.take_over(runner, namespace, api, *taken, calls, jobs)
+                    self.take_over(runner, namespace, &api, *taken, calls, jobs)
                         .await
                 }
                 Ok(Taken::Lost) => {}

@@ -11,6 +11,7 @@ use podrunner_agent::TRACE_PRELUDE_ANNOTATION;
 use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job};
 use tokio_util::sync::CancellationToken;
 
+use super::follow::Followed;
 use super::secrets::JobSecrets;
 use super::{JobPod, KubernetesExecutor, Outcome, already_exists, api_error, is_conflict};
 use crate::calls::ApiCalls;
@@ -32,9 +33,6 @@ impl KubernetesExecutor {
         };
         let namespace = planned.namespace.clone();
         let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
-        // Owned through this manager's Lease, made before its first pod in the namespace.
-        let owner = self.ownership(&namespace).await;
-        owner.mark(&mut planned.pod.metadata);
         // Fargate: refuse before creating anything when a declared profile takes the pod and
         // Fargate cannot run it; otherwise tell the job what it will get and cost.
         let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
@@ -70,6 +68,11 @@ impl KubernetesExecutor {
         {
             return self.fail(&job, &why, Some(0)).await;
         }
+        // Owned through this manager's Lease, made (in a namespace that exists now) before
+        // its first pod there.
+        let owner = self.ownership(&namespace).await;
+        owner.mark(&mut planned.pod.metadata);
+        let leased = owner.leased();
         let mut notes: Vec<String> = planned
             .warnings
             .iter()
@@ -220,6 +223,7 @@ impl KubernetesExecutor {
                 orphan_secrets: unowned,
                 log: None,
                 heard: Heard::Running,
+                leased,
             };
             // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
             self.discard(&job, pod).await;
@@ -241,6 +245,7 @@ impl KubernetesExecutor {
             orphan_secrets: still_unowned,
             log,
             heard,
+            leased,
         };
         // Only what follows the pod stays for the job's life, not the plan and payloads.
         drop((planned, spec, spec_secret, secrets, created));
@@ -284,6 +289,12 @@ impl KubernetesExecutor {
                 &mut provisioned,
             )
             .await;
+        // Whatever the pod looked like from here, another manager may have it now: then
+        // nothing of it is this manager's to delete or report.
+        let outcome = match outcome {
+            Followed::Ended(outcome) if !self.taken_from_me(&pod).await => outcome,
+            _ => return self.let_go(job.payload.job.id, &pod),
+        };
         if let Some((capacity, since)) = provisioned
             && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
         {

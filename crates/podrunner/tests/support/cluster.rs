@@ -43,6 +43,9 @@ impl Cluster {
         gitlab.add_runner_token(TOKEN);
         gitlab.set_long_poll(Duration::from_secs(2));
         let kube = KubernetesStandIn::start(2, 8.0).await;
+        // The configured namespace exists, as on a real cluster (per-job namespaces turn
+        // the stand-in's NamespaceLifecycle admission on).
+        kube.add_namespace(NAMESPACE, &[]);
         kube.map_image(
             INIT_IMAGE,
             Image::Files(vec![(static_binary(), "/podrunner".into())]),
@@ -60,13 +63,24 @@ impl Cluster {
 
     /// Starts manager `name` with `concurrent` and a `lease_seconds` Lease.
     pub fn manager(&self, name: &str, concurrent: u32, lease_seconds: u32) -> Manager {
+        self.manager_with(name, concurrent, lease_seconds, "")
+    }
+
+    /// [`Cluster::manager`] with `extra` lines in `[runners.kubernetes]`.
+    pub fn manager_with(
+        &self,
+        name: &str,
+        concurrent: u32,
+        lease_seconds: u32,
+        extra: &str,
+    ) -> Manager {
         let home = self.dir.path().join(name);
         std::fs::create_dir_all(&home).unwrap();
         let config = home.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "concurrent = {concurrent}\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"{NAMESPACE}\"\n    image = \"alpine:3.20\"\n    poll_timeout = 20\n"
+                "concurrent = {concurrent}\ncheck_interval = 1\n[[runners]]\n  name = \"k8s\"\n  executor = \"kubernetes\"\n  [runners.kubernetes]\n    namespace = \"{NAMESPACE}\"\n    image = \"alpine:3.20\"\n    poll_timeout = 20\n{extra}"
             ),
         )
         .unwrap();
@@ -148,7 +162,7 @@ impl Cluster {
         );
     }
 
-    /// The Lease names in the job namespace.
+    /// The Lease names and holders, in every namespace.
     pub fn lease_holders(&self) -> Vec<(String, String)> {
         self.kube
             .leases()
@@ -189,6 +203,17 @@ impl Manager {
     pub async fn kill(&mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
+    }
+
+    /// SIGSTOP: the process is frozen (a paused container, a partitioned node), timers and
+    /// all, until [`Manager::resume`].
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`Manager::pause`].
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
     }
 
     /// SIGQUIT: stop taking jobs, finish the running ones.

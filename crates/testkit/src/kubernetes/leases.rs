@@ -21,6 +21,12 @@
 //! - `resourceVersion`s come from the one counter every object of the stand-in shares, as
 //!   etcd's revision is shared.
 //!
+//! - Creation goes through NamespaceLifecycle admission like every other kind (module
+//!   `namespaces`): 404 in a namespace that does not exist, 403 in one being terminated.
+//! - The list is served per namespace and across all namespaces.
+//!
+//! Not modelled: the namespace controller deleting a terminating namespace's Leases (they
+//! stay in the stand-in after their namespace is gone).
 //! Not served: watch (podrunner does not watch Leases; a watch request is refused with 405 so
 //! that a test relying on one fails loudly), patch, deletecollection.
 
@@ -38,6 +44,17 @@ const GROUP: &str = "coordination.k8s.io";
 const QUALIFIED: &str = "leases.coordination.k8s.io";
 
 impl super::KubernetesStandIn {
+    /// Deletes Lease `namespace/name` as `kubectl delete lease` does (an unconditional
+    /// delete); whether it was there.
+    pub fn delete_lease(&self, namespace: &str, name: &str) -> bool {
+        let mut inner = self.shared.lock();
+        inner.resource_version += 1;
+        inner
+            .leases
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .is_some()
+    }
+
     /// Every Lease stored, in all namespaces.
     pub fn leases(&self) -> Vec<Value> {
         self.shared.lock().leases.values().cloned().collect()
@@ -47,6 +64,7 @@ impl super::KubernetesStandIn {
 /// The Lease routes, merged into the stand-in's router.
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
+        .route("/apis/coordination.k8s.io/v1/leases", get(list_all))
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
             get(list).post(create),
@@ -171,6 +189,9 @@ async fn create(
         .to_owned();
     let uid = {
         let mut inner = shared.lock();
+        if let Some(refused) = super::namespaces::admit(&inner, &namespace, QUALIFIED, &name) {
+            return refused;
+        }
         if inner
             .leases
             .contains_key(&(namespace.clone(), name.clone()))
@@ -214,15 +235,37 @@ async fn list(
     UrlPath(namespace): UrlPath<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    record(&shared, &method, &uri);
+    answer_list(&shared, &method, &uri, Some(&namespace), &query)
+}
+
+/// The cluster-scoped list, `GET /apis/coordination.k8s.io/v1/leases`: every namespace's,
+/// as for any namespaced resource (`staging/src/k8s.io/apiserver/pkg/endpoints/installer.go`
+/// registers the list without a namespace for namespace-scoped kinds).
+async fn list_all(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    answer_list(&shared, &method, &uri, None, &query)
+}
+
+fn answer_list(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    namespace: Option<&str>,
+    query: &ListQuery,
+) -> Response {
+    record(shared, method, uri);
     let inner = shared.lock();
     let objects = inner
         .leases
         .iter()
-        .filter(|((ns, _), _)| *ns == namespace)
+        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
         .map(|(_, lease)| lease);
     super::plain_list::answer(
-        &query,
+        query,
         "leases",
         ("LeaseList", "coordination.k8s.io/v1"),
         inner.resource_version,
