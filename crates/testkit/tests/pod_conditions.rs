@@ -285,7 +285,7 @@ async fn the_kubelet_keeps_the_conditions_it_does_not_own() {
         json!([
             container(
                 "quits",
-                "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+                "trap 'exit 0' TERM; echo trapped; while true; do sleep 0.1; done"
             ),
             container("lingers", "while true; do sleep 0.1; done"),
         ]),
@@ -299,6 +299,10 @@ async fn the_kubelet_keeps_the_conditions_it_does_not_own() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        kube.logs(NS, "evicted", "quits").contains("trapped"),
+        "the container never set its trap"
+    );
     let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction",
                           "metadata": {"name": "evicted", "namespace": NS}});
     assert_eq!(client.create("pods/evicted/eviction", eviction).await, 201);
