@@ -50,7 +50,7 @@ async fn a_killed_managers_jobs_are_taken_over_once_after_its_lease_expired() {
     );
 
     let jobs: Vec<i64> = (0..8)
-        .map(|n| cluster.gitlab.enqueue(long_job(n, 8)))
+        .map(|n| cluster.gitlab.enqueue(long_job(n, 15)))
         .collect();
     for (n, id) in jobs.iter().enumerate() {
         cluster

@@ -842,12 +842,21 @@ async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
     let id = h
         .gitlab
         .enqueue(job("guarded", &["sleep 4", "echo guarded"]));
-    h.gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            String::from_utf8_lossy(&j.trace).contains("sleep 4")
-        })
-        .await;
-    let pod = h.kube.objects("Pod")[0].clone();
+    // The pod runs (its log may reach GitLab only later: the agent catches up with the
+    // manager's last prelude lines first).
+    let mut running = None;
+    for _ in 0..600 {
+        running = h
+            .kube
+            .objects("Pod")
+            .into_iter()
+            .find(|p| p["status"]["phase"] == "Running");
+        if running.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pod = running.unwrap_or_else(|| panic!("the job's pod never ran: {}", h.manager_log()));
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
     let budgets = h.kube.disruption_budgets();
     assert_eq!(budgets.len(), 1, "{budgets:#?}");

@@ -16,6 +16,8 @@
 //! `secret` and `downwardAPI` volumes are bind-mounted at their `mountPath` (downward-API
 //! values come from the kubelet's copy of the pod: `kubernetes/kubelet_snapshot.rs`);
 //! `terminationMessagePath` is a file whose contents become the termination message.
+//! Every status it writes carries the pod conditions a kubelet reports (module
+//! `pod_conditions`), so `kubectl wait --for=condition=Ready` works.
 //! Containers run as their image's USER or security context, Secret files are owned as the
 //! kubelet makes them (module `identity`). OOM kills and evictions can be injected, and
 //! `activeDeadlineSeconds` is enforced.
@@ -52,6 +54,7 @@ mod namespaces;
 mod objects;
 mod pdb;
 mod plain_list;
+mod pod_conditions;
 mod rbac;
 mod sandbox;
 mod scheduler;
@@ -69,7 +72,7 @@ pub use watch_history::WatchOutage;
 
 // The names the concern modules reach as `super::…`.
 use api::{QueuedFault, json_body, not_found, record, router, status};
-use kubelet::{PodRuntime, container_status, field_value, finish_pod, prepare_volumes};
+use kubelet::{PodRuntime, container_status, field_value, finish_pod, prepare_volumes, set_status};
 use objects::{DeleteQuery, delete, merge_patch, valid_name};
 use sandbox::{log_path, signal};
 use store::{Inner, Kind, Shared, commit, event, now, pod_gone_or_deleting, remove, update_pod};

@@ -1,8 +1,8 @@
 //! A client written by others against the Kubernetes stand-in: kubectl's everyday commands
 //! (`get`, `describe`, `logs`, `exec`, `wait`, `label`, `annotate`, `apply`, `delete`,
-//! `get -w`) with a kubeconfig the test writes. kubectl is `PODRUNNER_KUBECTL`, else the
-//! first `kubectl` on `PATH` (`scripts/test` installs one when none is there); without any the
-//! test says so and skips.
+//! `get -w`, `wait --for=condition=Ready`) with a kubeconfig the test writes. kubectl is
+//! `PODRUNNER_KUBECTL`, else the first `kubectl` on `PATH` (`scripts/test` installs one when
+//! none is there); without any the test says so and skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -195,4 +195,113 @@ async fn kubectl_works_against_the_stand_in() {
     );
     assert!(watched.contains("MODIFIED"), "{watched}");
     assert!(watched.contains("DELETED"), "{watched}");
+}
+
+const READY_AND_STUCK: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ready
+  namespace: ci
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: debian:12
+    command: ["/bin/sleep", "60"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stuck
+  namespace: ci
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: registry.example.com/missing:1
+    command: ["/bin/true"]
+"#;
+
+/// `kubectl wait --for=condition=Ready` reads the `Ready` condition the kubelet reports: met
+/// once the pod's container runs, never for a pod whose image cannot be pulled.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_waits_for_the_ready_condition() {
+    let Some(kubectl) = kubectl() else {
+        eprintln!(
+            "SKIPPED: no kubectl (set PODRUNNER_KUBECTL or put kubectl on PATH; scripts/test installs one)"
+        );
+        return;
+    };
+    let kube = KubernetesStandIn::start(1, 4.0).await;
+    kube.map_image("debian:12", Image::HostRoot);
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube.write_kubeconfig(dir.path());
+    let manifest = dir.path().join("pods.yaml");
+    std::fs::write(&manifest, READY_AND_STUCK).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    ok(
+        &kubectl,
+        &config,
+        &["apply", "--validate=false", "-f", manifest],
+    )
+    .await;
+    let out = ok(
+        &kubectl,
+        &config,
+        &[
+            "wait",
+            "-n",
+            "ci",
+            "--for=condition=Ready",
+            "--timeout=30s",
+            "pod/ready",
+        ],
+    )
+    .await;
+    assert_eq!(out.trim(), "pod/ready condition met");
+    let out = ok(
+        &kubectl,
+        &config,
+        &[
+            "get",
+            "pod",
+            "ready",
+            "-n",
+            "ci",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ContainersReady\")].status}",
+        ],
+    )
+    .await;
+    assert_eq!(out, "True");
+    let (success, _, stderr) = run(
+        &kubectl,
+        &config,
+        &[
+            "wait",
+            "-n",
+            "ci",
+            "--for=condition=Ready",
+            "--timeout=3s",
+            "pod/stuck",
+        ],
+    )
+    .await;
+    assert!(!success, "a pod that cannot pull its image is never Ready");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    let out = ok(
+        &kubectl,
+        &config,
+        &[
+            "wait",
+            "-n",
+            "ci",
+            "--for=condition=PodScheduled",
+            "--timeout=30s",
+            "pod/stuck",
+        ],
+    )
+    .await;
+    assert_eq!(out.trim(), "pod/stuck condition met");
 }

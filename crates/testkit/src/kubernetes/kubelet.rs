@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use super::sandbox::{start_container, supervise};
 use super::store::wait_until_gone;
 use super::{
-    Image, Kind, Shared, event, identity, kubelet_snapshot, now, pod_gone_or_deleting, update_pod,
+    Image, Kind, Shared, event, identity, kubelet_snapshot, now, pod_conditions,
+    pod_gone_or_deleting, update_pod,
 };
 
 /// Runtime handles of one pod on the kubelet.
@@ -30,6 +31,30 @@ pub(super) struct PodRuntime {
     pub(super) stop: Arc<Notify>,
     /// Containers the benchmark kubelet reports running (module `simulated_kubelet`).
     pub(super) simulated_running: usize,
+}
+
+/// Writes a status of the pod as the kubelet's status manager does: `change` applied, the
+/// `startTime` of the first status kept (`updateStatusInternal` in
+/// kubernetes `pkg/kubelet/status/status_manager.go`), and the kubelet's conditions
+/// regenerated (module `pod_conditions`). The stand-in's kubelet writes its first status once
+/// the pod's sandbox exists and tears the sandbox down when the pod ends, so the sandbox is
+/// ready until the phase is terminal. Every status the kubelet writes goes through here.
+pub(super) fn set_status(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    change: impl FnOnce(&mut Value),
+) -> Option<Value> {
+    update_pod(shared, namespace, name, uid, |p| {
+        change(p);
+        let now = now();
+        if p["status"]["startTime"].is_null() {
+            p["status"]["startTime"] = json!(now);
+        }
+        let terminal = matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+        pod_conditions::generate(p, !terminal, &now);
+    })
 }
 
 pub(super) fn container_status(name: &str, image: &str, state: Value) -> Value {
@@ -131,7 +156,7 @@ pub(super) async fn kubelet(
                 p["status"]["containerStatuses"] = json!(regular);
             }
         };
-        update_pod(
+        set_status(
             shared,
             namespace,
             name,
@@ -153,7 +178,7 @@ pub(super) async fn kubelet(
             () = stop.notified() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        update_pod(
+        set_status(
             shared,
             namespace,
             name,
@@ -214,7 +239,7 @@ pub(super) async fn kubelet(
     let _ = std::fs::write(pod_dir.join("hosts"), hosts);
     // Init containers, in order.
     let init_names: Vec<String> = init_containers.iter().map(|c| c.name.clone()).collect();
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         if !init_names.is_empty() {
             p["status"]["initContainerStatuses"] = json!(
                 init_containers
@@ -294,7 +319,7 @@ pub(super) async fn kubelet(
                     container.name.clone(),
                     container.image.clone().unwrap_or_default(),
                 );
-                update_pod(shared, namespace, name, uid, |p| {
+                set_status(shared, namespace, name, uid, |p| {
                     p["status"]["containerStatuses"][index] = container_status(
                         &cname,
                         &image,
@@ -332,7 +357,7 @@ pub(super) fn finish_pod(
     uid: &str,
     stopped: Option<(String, String)>,
 ) {
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         let statuses = p["status"]["containerStatuses"]
             .as_array()
             .cloned()

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::{Image, Shared, container_status, field_value, identity, now, update_pod};
+use super::{Image, Shared, container_status, field_value, identity, now, set_status};
 
 pub(super) fn log_path(shared: &Shared, namespace: &str, pod: &str, container: &str) -> PathBuf {
     shared
@@ -226,7 +226,7 @@ pub(super) async fn supervise(
             .insert(container.name.clone(), pid);
     }
     let cname = container.name.clone();
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         p["status"][field][index] = container_status(
             &cname,
             &image,
@@ -277,7 +277,7 @@ pub(super) async fn supervise(
     let message = String::from_utf8_lossy(&message).into_owned();
     let finished_at = now();
     let cname = container.name.clone();
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at});
         if !message.is_empty() {
             terminated["message"] = json!(message);

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use super::{
     KubernetesStandIn, Shared, container_status, event, finish_pod, now, pod_gone_or_deleting,
-    prepare_volumes, update_pod,
+    prepare_volumes, set_status,
 };
 
 /// The kubelet's `MaxContainerTerminationMessageLength`.
@@ -139,7 +139,7 @@ pub(super) async fn run(
     } else {
         "PodInitializing"
     };
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         if !init.is_empty() {
             p["status"]["initContainerStatuses"] = json!(
                 init.iter()
@@ -160,7 +160,7 @@ pub(super) async fn run(
             return;
         }
         let at = now();
-        update_pod(shared, namespace, name, uid, |p| {
+        set_status(shared, namespace, name, uid, |p| {
             p["status"]["initContainerStatuses"][index] =
                 status(container, json!({"running": {"startedAt": at}}));
         });
@@ -173,7 +173,7 @@ pub(super) async fn run(
         if let Some(message) = message.filter(|m| !m.is_empty()) {
             terminated["message"] = json!(message);
         }
-        update_pod(shared, namespace, name, uid, |p| {
+        set_status(shared, namespace, name, uid, |p| {
             p["status"]["initContainerStatuses"][index] =
                 status(container, json!({"terminated": terminated}));
         });
@@ -199,7 +199,7 @@ pub(super) async fn run(
             runtime.simulated_running = containers.len();
         }
     }
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         for (index, container) in containers.iter().enumerate() {
             p["status"]["containerStatuses"][index] =
                 status(container, json!({"running": {"startedAt": at}}));
@@ -238,7 +238,7 @@ pub(super) async fn run(
         runtime.stopped = stopped.clone();
     }
     let finished = now();
-    update_pod(shared, namespace, name, uid, |p| {
+    set_status(shared, namespace, name, uid, |p| {
         for (index, container) in containers.iter().enumerate() {
             let mut terminated = json!({
                 "exitCode": exit_code,
