@@ -43,6 +43,7 @@ mod discovery;
 mod eviction;
 mod fargate_capacity;
 mod identity;
+mod images;
 mod kubelet_snapshot;
 mod leases;
 mod namespaces;
