@@ -186,42 +186,48 @@ pub enum AfterFailure {
     },
 }
 
-/// The pull attempts of one job: the policies of each container and how many failed.
-#[derive(Clone, Debug, Default)]
+/// The pull attempts of one job: how many pulls of each container failed. The policy lists
+/// themselves come from [`effective`], computed again for each
+/// attempt from the same configuration and job.
+#[derive(Clone, Debug)]
 pub struct PullAttempts {
-    policies: BTreeMap<String, Vec<Policy>>,
     failures: BTreeMap<String, usize>,
     attempt: usize,
 }
 
-impl PullAttempts {
-    /// Attempts over these containers' policy lists; the first attempt is #1.
-    pub fn new(policies: BTreeMap<String, Vec<Policy>>) -> Self {
+impl Default for PullAttempts {
+    fn default() -> Self {
         PullAttempts {
-            policies,
             failures: BTreeMap::new(),
             attempt: 1,
         }
     }
+}
 
+impl PullAttempts {
     /// The number of the current attempt (1 for the first pod).
     pub fn attempt(&self) -> usize {
         self.attempt
     }
 
-    /// The policy `container` uses now; a container without a list uses the cluster's
-    /// default. `None` once its list is exhausted.
-    pub fn policy_for(&self, container: &str) -> Option<Policy> {
-        let failures = self.failures.get(container).copied().unwrap_or(0);
-        match self.policies.get(container) {
-            Some(list) => list.get(failures).copied(),
-            None => (failures == 0).then_some(Policy::ClusterDefault),
-        }
+    /// The policy `container` uses now, from its list; `None` once the list is exhausted.
+    pub fn policy_for(&self, container: &str, list: &[Policy]) -> Option<Policy> {
+        list.get(self.failures.get(container).copied().unwrap_or(0))
+            .copied()
     }
 
-    /// Records a failed pull and says whether another attempt follows.
-    pub fn record_failure(&mut self, failure: &PullFailure) -> AfterFailure {
-        let failed = self.policy_for(&failure.container);
+    /// Records a failed pull (the container's list is in `lists`; a container without one
+    /// ran with the cluster's default) and says whether another attempt follows.
+    pub fn record_failure(
+        &mut self,
+        failure: &PullFailure,
+        lists: &BTreeMap<String, Vec<Policy>>,
+    ) -> AfterFailure {
+        let default = [Policy::ClusterDefault];
+        let list = lists
+            .get(&failure.container)
+            .map_or(&default[..], Vec::as_slice);
+        let failed = self.policy_for(&failure.container, list);
         *self.failures.entry(failure.container.clone()).or_default() += 1;
         let warning = format!(
             "Failed to pull image {:?} for container {:?} with policy {:?}: image pull failed: {}",
@@ -230,7 +236,7 @@ impl PullAttempts {
             failed.map_or("", |p| p.kubernetes_name()),
             failure.message,
         );
-        match self.policy_for(&failure.container) {
+        match self.policy_for(&failure.container, list) {
             Some(next) => {
                 self.attempt += 1;
                 AfterFailure::Retry {
@@ -354,14 +360,18 @@ mod tests {
 
     #[test]
     fn a_failure_moves_its_container_to_the_next_policy() {
-        let mut attempts = PullAttempts::new(BTreeMap::from([
+        let lists = BTreeMap::from([
             ("build".to_owned(), set(&[Always, IfNotPresent])),
             ("svc-0".to_owned(), set(&[Always])),
-        ]));
+        ]);
+        let mut attempts = PullAttempts::default();
         assert_eq!(attempts.attempt(), 1);
-        assert_eq!(attempts.policy_for("build"), Some(Policy::Set(Always)));
         assert_eq!(
-            attempts.record_failure(&failure("build")),
+            attempts.policy_for("build", &lists["build"]),
+            Some(Policy::Set(Always))
+        );
+        assert_eq!(
+            attempts.record_failure(&failure("build"), &lists),
             AfterFailure::Retry {
                 warning: "Failed to pull image \"ruby:3\" for container \"build\" with policy \"Always\": image pull failed: registry unreachable".into(),
                 info: "Attempt #2: Trying \"IfNotPresent\" pull policy for \"ruby:3\" image for container \"build\"".into(),
@@ -369,32 +379,34 @@ mod tests {
         );
         assert_eq!(attempts.attempt(), 2);
         assert_eq!(
-            attempts.policy_for("build"),
+            attempts.policy_for("build", &lists["build"]),
             Some(Policy::Set(IfNotPresent))
         );
         // The other container keeps its own count.
-        assert_eq!(attempts.policy_for("svc-0"), Some(Policy::Set(Always)));
         assert_eq!(
-            attempts.record_failure(&failure("build")),
+            attempts.policy_for("svc-0", &lists["svc-0"]),
+            Some(Policy::Set(Always))
+        );
+        assert_eq!(
+            attempts.record_failure(&failure("build"), &lists),
             AfterFailure::GiveUp {
                 warning: "Failed to pull image \"ruby:3\" for container \"build\" with policy \"IfNotPresent\": image pull failed: registry unreachable".into(),
             }
         );
-        assert_eq!(attempts.policy_for("build"), None);
+        assert_eq!(attempts.policy_for("build", &lists["build"]), None);
     }
 
     #[test]
     fn a_single_policy_gives_up_at_once() {
-        let mut attempts =
-            PullAttempts::new(BTreeMap::from([("build".to_owned(), set(&[Always]))]));
+        let lists = BTreeMap::from([("build".to_owned(), set(&[Always]))]);
+        let mut attempts = PullAttempts::default();
         assert!(matches!(
-            attempts.record_failure(&failure("build")),
+            attempts.record_failure(&failure("build"), &lists),
             AfterFailure::GiveUp { .. }
         ));
-        // A container without a list runs with the cluster's default, once.
+        // A container without a list ran with the cluster's default, once.
         let mut attempts = PullAttempts::default();
-        assert_eq!(attempts.policy_for("init"), Some(Policy::ClusterDefault));
-        match attempts.record_failure(&failure("init")) {
+        match attempts.record_failure(&failure("init"), &lists) {
             AfterFailure::GiveUp { warning } => {
                 assert!(warning.contains("with policy \"\""), "{warning}")
             }
