@@ -28,11 +28,6 @@
 //! user guide says nothing more specific about EKS Fargate's image cache; the stand-in
 //! takes the ECS statement for both. Images cached "on the nodes" are on the EC2 nodes only.
 
-#![allow(
-    dead_code,
-    reason = "the kubelet (crates/testkit/src/kubernetes.rs) uses it once the split of that file lands"
-)]
-
 use std::collections::HashMap;
 
 use super::Image;
@@ -112,6 +107,18 @@ pub(crate) fn default_pod_pull_policies(pod: &mut serde_json::Value) {
                 container["imagePullPolicy"] = default_pull_policy(image).as_str().into();
             }
         }
+    }
+}
+
+impl super::KubernetesStandIn {
+    /// Puts `name`, holding `image`, in the image store of every EC2 node (as if pre-pulled):
+    /// `IfNotPresent` and `Never` containers there use it whatever the registry (the
+    /// [`Image`] map of [`Self::map_image`]) says; Fargate nodes never have it.
+    pub fn cache_image_on_nodes(&self, name: &str, image: Image) {
+        self.shared
+            .lock()
+            .node_images
+            .cache_on_ec2_nodes(name, image);
     }
 }
 
