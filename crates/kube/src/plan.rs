@@ -18,6 +18,8 @@ use podrunner_config::{Quantity, RunnerConfig, Wildcard};
 pub use pod_spec_patch::FLAG as ADVANCED_POD_SPEC_FLAG;
 use podrunner_gitlab::JobPayload;
 
+use crate::pull_policy::PullAttempts;
+
 mod names;
 mod overwrites;
 mod pod_spec_patch;
@@ -69,11 +71,9 @@ pub enum PlanError {
         /// Why it is refused.
         reason: String,
     },
-    /// A pull policy is not allowed or not known.
-    #[error(
-        "pull policy {0:?} is not allowed (allowed_pull_policies) or not one of always, if-not-present, never"
-    )]
-    PullPolicy(String),
+    /// A pull policy is not allowed or not known ([`crate::pull_policy`]).
+    #[error(transparent)]
+    PullPolicy(#[from] crate::pull_policy::PullPolicyError),
     /// A value from the job, an overwrite or the configuration that the API server would
     /// refuse in the pod (checked as apimachinery checks it, before anything is created).
     #[error("{origin}: {value:?} is not a valid {what}: {rule}")]
@@ -167,6 +167,8 @@ pub struct PodPlan {
     pub registry_secret: Option<String>,
     /// Overwrites that were ignored, and similar notes for the trace.
     pub warnings: Vec<String>,
+    /// The pull policies each container tries, in order ([`crate::pull_policy::effective`]).
+    pub pull_policies: BTreeMap<String, Vec<crate::pull_policy::Policy>>,
 }
 
 /// The job's variables as the job sees them (expanded in order, the last of a name winning),
@@ -311,37 +313,27 @@ fn security_context(
     }
 }
 
-fn pull_policy(
-    job_policies: &[String],
-    config: &KubernetesConfig,
-) -> Result<Option<String>, PlanError> {
-    let chosen = job_policies
-        .first()
-        .cloned()
-        .or_else(|| config.pull_policy.0.first().map(|p| p.as_str().to_owned()));
-    let Some(policy) = chosen else {
-        return Ok(None);
-    };
-    let parsed: podrunner_config::PullPolicy = policy
-        .parse()
-        .map_err(|_| PlanError::PullPolicy(policy.clone()))?;
-    if !config.allowed_pull_policies.0.is_empty()
-        && !config.allowed_pull_policies.0.contains(&parsed)
-    {
-        return Err(PlanError::PullPolicy(policy));
-    }
-    Ok(Some(parsed.kubernetes_name().to_owned()))
-}
-
 fn allowed(patterns: &[Wildcard], image: &str) -> bool {
     patterns.is_empty() || patterns.iter().any(|p| p.matches(image))
 }
 
-/// Plans the pod of a job for a kubernetes runner.
+/// Plans the pod of a job for a kubernetes runner (its first attempt).
 pub fn plan(
     runner: &RunnerConfig,
     payload: &JobPayload,
     context: &PlanContext<'_>,
+) -> Result<PodPlan, PlanError> {
+    plan_attempt(runner, payload, context, &PullAttempts::default())
+}
+
+/// Plans the pod of a job's attempt after `attempts`' pull failures: each container with the
+/// pull policy it has reached ([`crate::pull_policy`]); a later attempt's pod (and so its
+/// Secrets) has a name of its own, as gitlab-runner's new pod has.
+pub fn plan_attempt(
+    runner: &RunnerConfig,
+    payload: &JobPayload,
+    context: &PlanContext<'_>,
+    attempts: &PullAttempts,
 ) -> Result<PodPlan, PlanError> {
     let config = runner.kubernetes_or_default();
     let job = &payload.job;
@@ -408,7 +400,22 @@ pub fn plan(
         return Err(PlanError::ImageNotAllowed(image));
     }
 
-    let pod_name = format!("podrunner-job-{}", job.id);
+    let pod_name = match attempts.attempt() {
+        1 => format!("podrunner-job-{}", job.id),
+        n => format!("podrunner-job-{}-{n}", job.id),
+    };
+    // gitlab-runner's helper and init-permissions containers take the build image's list.
+    let image_policies = crate::pull_policy::effective(
+        "build",
+        &job.image.pull_policy,
+        &config.pull_policy,
+        &config.allowed_pull_policies,
+    )?;
+    let policy_for = |container: &str| {
+        attempts
+            .policy_for(container, &image_policies)
+            .and_then(|p| p.image_pull_policy())
+    };
     let spec_secret = format!("{pod_name}-spec");
     let info = &job.job_info;
     let full_path = info.project_full_path.trim_matches('/');
@@ -745,7 +752,7 @@ pub fn plan(
     let build = Container {
         name: "build".into(),
         image: Some(image.clone()),
-        image_pull_policy: pull_policy(&job.image.pull_policy, &config)?,
+        image_pull_policy: policy_for("build"),
         command: Some(vec![
             format!("{AGENT_BIN_DIR}/podrunner"),
             "agent".into(),
@@ -783,6 +790,7 @@ pub fn plan(
     let init = Container {
         name: "podrunner-init".into(),
         image: Some(context.init_image.to_owned()),
+        image_pull_policy: policy_for("podrunner-init"),
         command: Some(vec![
             "/podrunner".into(),
             "install-agent".into(),
@@ -927,12 +935,17 @@ pub fn plan(
             pod_spec_patch::apply(runner, &config.pod_spec, &variables, spec, &mut warnings)
         })
         .transpose()?;
+    let pull_policies = ["build", "podrunner-init"]
+        .into_iter()
+        .map(|c| (c.to_owned(), image_policies.clone()))
+        .collect();
     Ok(PodPlan {
         namespace,
         pod,
         spec_secret,
         registry_secret,
         warnings,
+        pull_policies,
     })
 }
 

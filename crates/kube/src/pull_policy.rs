@@ -61,7 +61,7 @@ impl fmt::Display for GoList<'_> {
 }
 
 /// Why a container's pull policies cannot be chosen.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PullPolicyError {
     /// A job named a policy that does not exist.
     #[error(
@@ -160,11 +160,11 @@ pub struct PullFailure {
 }
 
 impl PullFailure {
-    /// The job's failure reason text, as gitlab-runner's `ImagePullError` says it.
+    /// The job's failure reason text.
     pub fn reason(&self) -> String {
         format!(
-            "pulling image {:?} for container {}: image pull failed: {}",
-            self.image, self.container, self.message
+            "container {}: cannot pull image {:?}: {}",
+            self.container, self.image, self.message
         )
     }
 }
@@ -418,7 +418,7 @@ mod tests {
     fn the_reason_names_image_container_and_message() {
         assert_eq!(
             failure("build").reason(),
-            "pulling image \"ruby:3\" for container build: image pull failed: registry unreachable"
+            "container build: cannot pull image \"ruby:3\": registry unreachable"
         );
         assert_eq!(
             Policy::Set(IfNotPresent).image_pull_policy().as_deref(),

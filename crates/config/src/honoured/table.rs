@@ -431,7 +431,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.allowed_pull_policies",
-        "config.allowed_pull_policies.0.contains(&parsed)",
+        "&config.allowed_pull_policies,",
     ),
     honoured("runners.kubernetes.allowed_users", "&config.allowed_users"),
     honoured(
@@ -440,7 +440,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.pull_policy",
-        "config.pull_policy.0.first()",
+        "&config.pull_policy,",
     ),
     honoured(
         "runners.kubernetes.node_selector",
