@@ -108,7 +108,13 @@ impl Harness {
         self.kube
             .requests()
             .iter()
-            .filter(|r| r.method == "POST" && r.uri.ends_with("/pods"))
+            .filter(|r| {
+                r.method == "POST"
+                    && r.uri
+                        .split('?')
+                        .next()
+                        .is_some_and(|p| p.ends_with("/pods"))
+            })
             .count()
     }
 
@@ -119,8 +125,11 @@ impl Harness {
 }
 
 fn job() -> JobSpec {
-    let mut spec = JobSpec::new("pull", &["echo ran-from-the-node-cache"])
-        .variable("GIT_STRATEGY", "none", false);
+    let mut spec = JobSpec::new("pull", &["echo ran-from-the-node-cache"]).variable(
+        "GIT_STRATEGY",
+        "none",
+        false,
+    );
     spec.image = IMAGE.to_owned();
     spec
 }
@@ -144,7 +153,11 @@ async fn the_next_policy_runs_the_job_from_the_node_cache() {
         1,
         "{text}"
     );
-    assert_eq!(text.matches("ran-from-the-node-cache").count(), 2, "the echo and its output: {text}");
+    assert_eq!(
+        text.matches("ran-from-the-node-cache").count(),
+        2,
+        "the echo and its output: {text}"
+    );
     let warning = text.find(FIRST_WARNING).unwrap();
     let ran = text.find("$ echo ran-from-the-node-cache").expect(&text);
     assert!(warning < ran, "{text}");
@@ -179,4 +192,3 @@ async fn with_no_policy_left_the_job_fails_with_the_pull_error() {
     h.clean().await;
     h.stop().await;
 }
-

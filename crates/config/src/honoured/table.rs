@@ -438,10 +438,7 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.allowed_groups",
         "&config.allowed_groups",
     ),
-    honoured(
-        "runners.kubernetes.pull_policy",
-        "&config.pull_policy,",
-    ),
+    honoured("runners.kubernetes.pull_policy", "&config.pull_policy,"),
     honoured(
         "runners.kubernetes.node_selector",
         "config.node_selector.clone()",
