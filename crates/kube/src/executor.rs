@@ -163,6 +163,8 @@ pub(crate) enum Outcome {
     },
     /// The pod cannot run the job; the reason for the trace.
     Failed(String),
+    /// A container's image could not be pulled ([`crate::pull_policy`] says what next).
+    PullFailed(crate::pull_policy::PullFailure),
     /// GitLab stopped the job before its script (the manager heard it while the pod waited).
     Stopped(Stop),
 }

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use podrunner_agent::TerminationReport;
 
 use crate::executor::Outcome;
+use crate::pull_policy::PullFailure;
 
 /// How long a pod may report `ErrImagePull` before the job fails (the kubelet retries once
 /// quickly; `ImagePullBackOff` fails at once).
@@ -158,19 +159,21 @@ pub(crate) fn judge(
                 )));
             }
             Some("ImagePullBackOff") => {
-                return Some(Outcome::Failed(format!(
-                    "container {}: cannot pull image {image:?}: {message}",
-                    container.name
-                )));
+                return Some(Outcome::PullFailed(PullFailure {
+                    container: container.name.clone(),
+                    image: image.clone(),
+                    message,
+                }));
             }
             Some("ErrImagePull") => {
                 pulling = true;
                 let since = pull_error_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= IMAGE_PULL_GRACE {
-                    return Some(Outcome::Failed(format!(
-                        "container {}: cannot pull image {image:?}: {message}",
-                        container.name
-                    )));
+                    return Some(Outcome::PullFailed(PullFailure {
+                        container: container.name.clone(),
+                        image: image.clone(),
+                        message,
+                    }));
                 }
             }
             _ => {}

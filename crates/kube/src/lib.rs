@@ -13,6 +13,7 @@ pub mod plan;
 pub mod pod_security;
 mod pod_view;
 mod prelude;
+pub mod pull_policy;
 pub mod registry_auth;
 
 pub use executor::{ConnectError, KubernetesExecutor, connect};

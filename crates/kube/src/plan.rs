@@ -7,6 +7,8 @@
 //! `volumes`, `containers`, `security`, `services`, `network` (DNS and host aliases),
 //! `overwrites` (the job's `KUBERNETES_*` variables) and `pod_spec_patch` (applied last).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,6 +17,8 @@ use podrunner_config::{Quantity, RunnerConfig};
 
 pub use pod_spec_patch::FLAG as ADVANCED_POD_SPEC_FLAG;
 use podrunner_gitlab::JobPayload;
+
+use crate::pull_policy::PullAttempts;
 
 mod containers;
 mod images;
@@ -80,11 +84,9 @@ pub enum PlanError {
         /// Why it is refused.
         reason: String,
     },
-    /// A pull policy is not allowed or not known.
-    #[error(
-        "pull policy {0:?} is not allowed (allowed_pull_policies) or not one of always, if-not-present, never"
-    )]
-    PullPolicy(String),
+    /// A pull policy is not allowed or not known ([`crate::pull_policy`]).
+    #[error(transparent)]
+    PullPolicy(#[from] crate::pull_policy::PullPolicyError),
     /// A value from the job, an overwrite or the configuration that the API server would
     /// refuse in the pod (checked as apimachinery checks it, before anything is created).
     #[error("{origin}: {value:?} is not a valid {what}: {rule}")]
@@ -178,17 +180,31 @@ pub struct PodPlan {
     pub registry_secret: Option<String>,
     /// Overwrites that were ignored, and similar notes for the trace.
     pub warnings: Vec<String>,
+    /// The pull policies each container tries, in order ([`crate::pull_policy::effective`]).
+    pub pull_policies: BTreeMap<String, Vec<crate::pull_policy::Policy>>,
 }
 
 fn kube_quantity(q: &Quantity) -> KubeQuantity {
     KubeQuantity(q.to_string())
 }
 
-/// Plans the pod of a job for a kubernetes runner.
+/// Plans the pod of a job for a kubernetes runner (its first attempt).
 pub fn plan(
     runner: &RunnerConfig,
     payload: &JobPayload,
     context: &PlanContext<'_>,
+) -> Result<PodPlan, PlanError> {
+    plan_attempt(runner, payload, context, &PullAttempts::default())
+}
+
+/// Plans the pod of a job's attempt after `attempts`' pull failures: each container with the
+/// pull policy it has reached ([`crate::pull_policy`]); a later attempt's pod (and so its
+/// Secrets) has a name of its own, as gitlab-runner's new pod has.
+pub fn plan_attempt(
+    runner: &RunnerConfig,
+    payload: &JobPayload,
+    context: &PlanContext<'_>,
+    attempts: &PullAttempts,
 ) -> Result<PodPlan, PlanError> {
     let config = &runner.kubernetes_or_default();
     let job = &payload.job;
@@ -200,7 +216,11 @@ pub fn plan(
     let service_account = namespace::service_account(config, variables, &mut warnings)?;
     let image = images::image(config, job, variables)?;
 
-    let pod_name = format!("podrunner-job-{}", job.id);
+    let pod_name = match attempts.attempt() {
+        1 => format!("podrunner-job-{}", job.id),
+        n => format!("podrunner-job-{}-{n}", job.id),
+    };
+    let policies = images::Policies::new(config, job, attempts)?;
     let spec_secret = format!("{pod_name}-spec");
     let metadata::Metadata {
         labels,
@@ -216,8 +236,22 @@ pub fn plan(
     )?;
     let node_selector = scheduling::node_selector(config, variables, &mut warnings)?;
     let (volumes, mounts) = volumes::plan(runner, config, variables, &spec_secret)?;
-    let build = containers::build(config, job, image, variables, mounts, &mut warnings)?;
-    let init = containers::init(config, context.init_image, variables, &mut warnings)?;
+    let build = containers::build(
+        config,
+        job,
+        image,
+        policies.for_container("build"),
+        variables,
+        mounts,
+        &mut warnings,
+    )?;
+    let init = containers::init(
+        config,
+        context.init_image,
+        policies.for_container("podrunner-init"),
+        variables,
+        &mut warnings,
+    )?;
 
     // Services: the runner's first, then the job's.
     let services = services::plan(config, job, variables, &mut warnings)?;
@@ -285,6 +319,7 @@ pub fn plan(
         spec_secret,
         registry_secret,
         warnings,
+        pull_policies: policies.lists(),
     })
 }
 

@@ -129,6 +129,7 @@ mod tests {
             None => "none".to_owned(),
             Some(Outcome::BuildEnded { report, why }) => format!("ended {report:?} {why}"),
             Some(Outcome::Failed(why)) => format!("failed {why}"),
+            Some(Outcome::PullFailed(failure)) => format!("pull failed {failure:?}"),
             Some(Outcome::Stopped(stop)) => format!("stopped {stop:?}"),
         };
         for pod in cases {

@@ -292,6 +292,31 @@ impl PodLog {
         )
     }
 
+    /// Adds gitlab-runner's warning about a failed pull (no policy left) and sends it; the
+    /// pod is gone, so no annotation is written.
+    pub(crate) async fn warning(&mut self, warning: &str) -> Heard {
+        if !self.writing || self.prelude.len() > PRELUDE_LIMIT {
+            return Heard::Running;
+        }
+        self.prelude.warning(warning);
+        self.send().await
+    }
+
+    /// Adds gitlab-runner's lines about a failed pull and the next attempt, sends them, and
+    /// starts over for the next pod (which gets the whole prelude in its annotation).
+    pub(crate) async fn next_pod(&mut self, warning: &str, info: &str) -> Heard {
+        self.last_status.clear();
+        self.warnings_written = 0;
+        self.capacity_noted = false;
+        self.usd_per_hour = None;
+        if !self.writing || self.prelude.len() > PRELUDE_LIMIT {
+            return Heard::Running;
+        }
+        self.prelude.warning(warning);
+        self.prelude.line(info);
+        self.send().await
+    }
+
     /// Adds what `pod` waits for, when it changed, and hands it to the pod and to GitLab.
     pub(crate) async fn observe(
         &mut self,

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 pub use events::Event;
 pub use log::init as init_logging;
 pub use metrics::{bind_address, metrics, serve as serve_metrics};
-pub use shell::{ShellExecutor, agent_spec, fail_job, job_client};
+pub use shell::{ShellExecutor, agent_spec, fail_job, fail_job_as, job_client};
 
 /// A job GitLab gave this manager and that it acknowledged.
 #[derive(Debug, Clone)]

@@ -277,6 +277,26 @@ pub async fn fail_job(
     reason: &str,
     trace_end: Option<u64>,
 ) -> bool {
+    fail_job_as(
+        job,
+        info,
+        version,
+        reason,
+        trace_end,
+        FailureReason::RunnerSystemFailure,
+    )
+    .await
+}
+
+/// [`fail_job`] with `failure` as the failure reason (as GitLab supports it).
+pub async fn fail_job_as(
+    job: &AcceptedJob,
+    info: &RunnerInfo,
+    version: &str,
+    reason: &str,
+    trace_end: Option<u64>,
+    failure: FailureReason,
+) -> bool {
     let Some(client) = job_client(job, version) else {
         return false;
     };
@@ -318,7 +338,7 @@ pub async fn fail_job(
         token: payload.token.clone(),
         state: JobState::Failed,
         failure_reason: Some(
-            FailureReason::RunnerSystemFailure
+            failure
                 .for_gitlab(&payload.features.failure_reasons)
                 .to_owned(),
         ),

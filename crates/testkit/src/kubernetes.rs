@@ -47,6 +47,7 @@ mod eviction;
 mod exec;
 mod fargate_capacity;
 mod identity;
+mod images;
 mod kubelet;
 mod kubelet_snapshot;
 mod leases;

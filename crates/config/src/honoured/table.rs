@@ -437,17 +437,14 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.allowed_pull_policies",
-        "config.allowed_pull_policies.0.contains(&parsed)",
+        "&config.allowed_pull_policies,",
     ),
     honoured("runners.kubernetes.allowed_users", "&config.allowed_users"),
     honoured(
         "runners.kubernetes.allowed_groups",
         "&config.allowed_groups",
     ),
-    honoured(
-        "runners.kubernetes.pull_policy",
-        "config.pull_policy.0.first()",
-    ),
+    honoured("runners.kubernetes.pull_policy", "&config.pull_policy,"),
     honoured(
         "runners.kubernetes.node_selector",
         "config.node_selector.clone()",

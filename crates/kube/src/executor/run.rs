@@ -8,15 +8,17 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use podrunner_agent::TRACE_PRELUDE_ANNOTATION;
-use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job};
+use podrunner_gitlab::FailureReason;
+use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job_as};
 use tokio_util::sync::CancellationToken;
 
 use super::follow::Followed;
 use super::secrets::JobSecrets;
 use super::{JobPod, KubernetesExecutor, Outcome, already_exists, api_error, is_conflict};
 use crate::calls::ApiCalls;
-use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan};
+use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan, plan_attempt};
 use crate::prelude::{Heard, PodLog};
+use crate::pull_policy::{AfterFailure, PullAttempts};
 
 impl KubernetesExecutor {
     pub(super) async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
@@ -32,7 +34,6 @@ impl KubernetesExecutor {
             Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
         };
         let namespace = planned.namespace.clone();
-        let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
         // Fargate: refuse before creating anything when a declared profile takes the pod and
         // Fargate cannot run it; otherwise tell the job what it will get and cost.
         let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
@@ -126,130 +127,172 @@ impl KubernetesExecutor {
             job.payload.job.id,
             owner.annotations(),
         );
-        let registry_secret = planned
-            .registry_secret
-            .as_ref()
-            .map(|name| secrets.registry(name, &job));
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let calls = self.calls(&runner);
         let states = self.states(&namespace);
-        let pod_state = states.subscribe(&pod_name);
         let post = PostParams::default();
+        let mut attempts = PullAttempts::default();
+        // One pod per attempt: a pull failure with a policy left deletes it (and what it owns)
+        // and creates the next, as gitlab-runner's `Run` does.
+        loop {
+            let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
+            let registry_secret = planned
+                .registry_secret
+                .as_ref()
+                .map(|name| secrets.registry(name, &job));
+            let pod_state = states.subscribe(&pod_name);
 
-        // The registry Secret first: the kubelet needs it as soon as it pulls the image.
-        let unowned: Vec<Secret> = registry_secret.into_iter().collect();
-        for secret in &unowned {
-            let created = calls
-                .run("create Secret", || secrets_api.create(&post, secret))
-                .await;
-            // 409 after a retry: the lost answer's create went through (names are per job).
-            if let Err(e) = created.map(|_| ()).or_else(already_exists) {
-                states.forget(&pod_name);
-                return self
-                    .fail(
-                        &job,
-                        &format!(
-                            "cannot create Secret {namespace}/{}: {}",
-                            secret.metadata.name.as_deref().unwrap_or_default(),
-                            api_error(&e)
-                        ),
-                        Some(0),
-                    )
+            // The registry Secret first: the kubelet needs it as soon as it pulls the image.
+            let unowned: Vec<Secret> = registry_secret.into_iter().collect();
+            for secret in &unowned {
+                let created = calls
+                    .run("create Secret", || secrets_api.create(&post, secret))
                     .await;
+                // 409 after a retry: the lost answer's create went through (names are per job).
+                if let Err(e) = created.map(|_| ()).or_else(already_exists) {
+                    states.forget(&pod_name);
+                    return self
+                        .fail(
+                            &job,
+                            &format!(
+                                "cannot create Secret {namespace}/{}: {}",
+                                secret.metadata.name.as_deref().unwrap_or_default(),
+                                api_error(&e)
+                            ),
+                            Some(0),
+                        )
+                        .await;
+                }
             }
-        }
-        let created = match calls
-            .run("create Pod", || pods_api.create(&post, &planned.pod))
-            .await
-        {
-            Ok(pod) => Ok(pod),
-            // 409 after a retry: the lost answer's create went through; find that pod.
-            Err(e) if is_conflict(&e) => self.find_job_pod(&calls, &pods_api, &job).await.ok_or(e),
-            Err(e) => Err(e),
-        };
-        let created = match created {
-            Ok(pod) => pod,
-            Err(e) => {
-                self.delete_secrets(&calls, &secrets_api, &unowned).await;
-                states.forget(&pod_name);
-                return self
-                    .fail(
-                        &job,
-                        &format!(
-                            "cannot create pod {namespace}/{pod_name}: {}",
-                            api_error(&e)
-                        ),
-                        Some(0),
-                    )
-                    .await;
-            }
-        };
-        Event::PodCreated {
-            job_id: job.payload.job.id,
-            namespace: namespace.clone(),
-            pod: pod_name.clone(),
-        }
-        .emit();
-        // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
-        // kubelet mounts it once it exists.
-        let owner = OwnerReference {
-            api_version: "v1".into(),
-            kind: "Pod".into(),
-            name: pod_name.clone(),
-            uid: created.metadata.uid.clone().unwrap_or_default(),
-            block_owner_deletion: Some(true),
-            controller: None,
-        };
-        let spec_secret = secrets.spec(&planned.spec_secret, &spec, owner.clone());
-        let created_secret = calls
-            .run("create Secret", || secrets_api.create(&post, &spec_secret))
-            .await;
-        let refused = match created_secret.map(|_| ()).or_else(already_exists) {
-            Err(e) => Some(format!(
-                "cannot create Secret {namespace}/{}: {}",
-                planned.spec_secret,
-                api_error(&e)
-            )),
-            Ok(()) => crate::pdb::create(&runner, &self.client, &calls, &created, &owner)
+            let created = match calls
+                .run("create Pod", || pods_api.create(&post, &planned.pod))
                 .await
-                .err(),
-        };
-        if let Some(why) = refused {
-            let pod = JobPod {
+            {
+                Ok(pod) => Ok(pod),
+                // 409 after a retry: the lost answer's create went through; find that pod.
+                Err(e) if is_conflict(&e) => {
+                    self.find_job_pod(&calls, &pods_api, &job).await.ok_or(e)
+                }
+                Err(e) => Err(e),
+            };
+            let created = match created {
+                Ok(pod) => pod,
+                Err(e) => {
+                    self.delete_secrets(&calls, &secrets_api, &unowned).await;
+                    states.forget(&pod_name);
+                    return self
+                        .fail(
+                            &job,
+                            &format!(
+                                "cannot create pod {namespace}/{pod_name}: {}",
+                                api_error(&e)
+                            ),
+                            Some(0),
+                        )
+                        .await;
+                }
+            };
+            Event::PodCreated {
+                job_id: job.payload.job.id,
                 namespace: namespace.clone(),
+                pod: pod_name.clone(),
+            }
+            .emit();
+            // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
+            // kubelet mounts it once it exists.
+            let pod_owner = OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
                 name: pod_name.clone(),
+                uid: created.metadata.uid.clone().unwrap_or_default(),
+                block_owner_deletion: Some(true),
+                controller: None,
+            };
+            let spec_secret = secrets.spec(&planned.spec_secret, &spec, pod_owner.clone());
+            let created_secret = calls
+                .run("create Secret", || secrets_api.create(&post, &spec_secret))
+                .await;
+            let refused = match created_secret.map(|_| ()).or_else(already_exists) {
+                Err(e) => Some(format!(
+                    "cannot create Secret {namespace}/{}: {}",
+                    planned.spec_secret,
+                    api_error(&e)
+                )),
+                Ok(()) => crate::pdb::create(&runner, &self.client, &calls, &created, &pod_owner)
+                    .await
+                    .err(),
+            };
+            if let Some(why) = refused {
+                let pod = JobPod {
+                    namespace: namespace.clone(),
+                    name: pod_name.clone(),
+                    state: pod_state,
+                    orphan_secrets: unowned,
+                    log: None,
+                    heard: Heard::Running,
+                    leased,
+                };
+                // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
+                self.discard(&job, pod).await;
+                return self.fail(&job, &why, Some(0)).await;
+            }
+            // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
+            let mut heard = Heard::Running;
+            if let Some(log) = &mut log {
+                heard = log.send().await;
+            }
+            let still_unowned = self
+                .own_secrets(&calls, &secrets_api, &pod_owner, unowned)
+                .await;
+
+            let mut pod = JobPod {
+                namespace: namespace.clone(),
+                name: pod_name,
                 state: pod_state,
-                orphan_secrets: unowned,
-                log: None,
-                heard: Heard::Running,
+                orphan_secrets: still_unowned,
+                log,
+                heard,
                 leased,
             };
-            // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
-            self.discard(&job, pod).await;
-            return self.fail(&job, &why, Some(0)).await;
+            drop((spec_secret, created));
+            let outcome = match self.follow_and_delete(&job, &mut pod, &abort).await {
+                Followed::Ended(outcome) => outcome,
+                Followed::HandedOver => return self.let_go(job.payload.job.id, &pod),
+            };
+            let Outcome::PullFailed(failure) = &outcome else {
+                return self.conclude(&job, pod, outcome).await;
+            };
+            match attempts.record_failure(failure, &planned.pull_policies) {
+                AfterFailure::GiveUp { warning } => {
+                    if let Some(log) = pod.log.as_mut() {
+                        log.warning(&warning).await;
+                    }
+                    return self.conclude(&job, pod, outcome).await;
+                }
+                AfterFailure::Retry { warning, info } => {
+                    if let Some(open) = pod.log.as_mut()
+                        && let Heard::Stop(stop) = open.next_pod(&warning, &info).await
+                    {
+                        return self.conclude(&job, pod, Outcome::Stopped(stop)).await;
+                    }
+                    log = pod.log.take();
+                }
+            }
+            planned = match plan_attempt(&runner, &job.payload, &context, &attempts) {
+                Ok(planned) => planned,
+                Err(e) => return self.fail(&job, &e.to_string(), None).await,
+            };
+            owner.mark(&mut planned.pod.metadata);
+            if let Some(log) = &log {
+                planned
+                    .pod
+                    .metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
+            }
         }
-        // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
-        let mut heard = Heard::Running;
-        if let Some(log) = &mut log {
-            heard = log.send().await;
-        }
-        let still_unowned = self
-            .own_secrets(&calls, &secrets_api, &owner, unowned)
-            .await;
-
-        let pod = JobPod {
-            namespace,
-            name: pod_name,
-            state: pod_state,
-            orphan_secrets: still_unowned,
-            log,
-            heard,
-            leased,
-        };
-        // Only what follows the pod stays for the job's life, not the plan and payloads.
-        drop((planned, spec, spec_secret, secrets, created));
-        self.finish(&job, pod, &abort).await
     }
 
     /// Deletes a pod that never ran its job, and the Secrets it does not own.
@@ -274,6 +317,20 @@ impl KubernetesExecutor {
         mut pod: JobPod,
         abort: &CancellationToken,
     ) -> JobEnd {
+        match self.follow_and_delete(job, &mut pod, abort).await {
+            Followed::Ended(outcome) => self.conclude(job, pod, outcome).await,
+            Followed::HandedOver => self.let_go(job.payload.job.id, &pod),
+        }
+    }
+
+    /// Follows a created pod to its end, then deletes it and the Secrets it does not own;
+    /// or touches nothing when another manager took the pod over.
+    async fn follow_and_delete(
+        &self,
+        job: &AcceptedJob,
+        pod: &mut JobPod,
+        abort: &CancellationToken,
+    ) -> Followed {
         let runner = job.runner.clone();
         let (namespace, pod_name) = (pod.namespace.clone(), pod.name.clone());
         let (namespace, pod_name) = (namespace.as_str(), pod_name.as_str());
@@ -281,19 +338,13 @@ impl KubernetesExecutor {
         let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let mut provisioned = None;
         let outcome = self
-            .follow(
-                &runner,
-                job.payload.job.id,
-                &mut pod,
-                abort,
-                &mut provisioned,
-            )
+            .follow(&runner, job.payload.job.id, pod, abort, &mut provisioned)
             .await;
         // Whatever the pod looked like from here, another manager may have it now: then
         // nothing of it is this manager's to delete or report.
         let outcome = match outcome {
-            Followed::Ended(outcome) if !self.taken_from_me(&pod).await => outcome,
-            _ => return self.let_go(job.payload.job.id, &pod),
+            Followed::Ended(outcome) if !self.taken_from_me(pod).await => outcome,
+            _ => return Followed::HandedOver,
         };
         if let Some((capacity, since)) = provisioned
             && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
@@ -332,6 +383,11 @@ impl KubernetesExecutor {
             .await;
         self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
             .await;
+        Followed::Ended(outcome)
+    }
+
+    /// Makes sure GitLab has the job's final state after `outcome` of its (deleted) pod.
+    async fn conclude(&self, job: &AcceptedJob, mut pod: JobPod, outcome: Outcome) -> JobEnd {
         match outcome {
             Outcome::BuildEnded {
                 report: Some(report),
@@ -347,6 +403,16 @@ impl KubernetesExecutor {
             }
             // Whether the agent wrote anything is unknown: GitLab says where the log ends.
             Outcome::Failed(why) => self.fail(job, &why, None).await,
+            // Every policy was tried (run_job retries while one is left).
+            Outcome::PullFailed(failure) => {
+                self.fail_as(
+                    job,
+                    &failure.reason(),
+                    None,
+                    FailureReason::ImagePullFailure,
+                )
+                .await
+            }
             Outcome::Stopped(stop) => {
                 Event::JobFailedByManager {
                     job_id: job.payload.job.id,
@@ -391,23 +457,36 @@ impl KubernetesExecutor {
         reason: &str,
         trace_end: Option<u64>,
     ) -> JobEnd {
+        self.fail_as(job, reason, trace_end, FailureReason::RunnerSystemFailure)
+            .await
+    }
+
+    /// Fails the job with `reason` in its log and `failure` as its failure reason.
+    async fn fail_as(
+        &self,
+        job: &AcceptedJob,
+        reason: &str,
+        trace_end: Option<u64>,
+        failure: FailureReason,
+    ) -> JobEnd {
         Event::JobFailedByManager {
             job_id: job.payload.job.id,
             reason: reason.to_owned(),
         }
         .emit();
-        let delivered = Box::pin(fail_job(
+        let delivered = Box::pin(fail_job_as(
             job,
             &self.info,
             &self.podrunner_version,
             reason,
             trace_end,
+            failure,
         ))
         .await;
         JobEnd {
             final_update_delivered: delivered,
             state: "failed".to_owned(),
-            failure_reason: Some("runner_system_failure".to_owned()),
+            failure_reason: Some(failure.as_str().to_owned()),
         }
     }
 }

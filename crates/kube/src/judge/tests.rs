@@ -12,6 +12,7 @@ fn verdict(pod: &Pod, fargate: &FargateSignals) -> String {
     match judge(pod, fargate, &mut None) {
         None => "none".into(),
         Some(Outcome::Failed(why)) => format!("failed: {why}"),
+        Some(Outcome::PullFailed(failure)) => format!("pull failed: {}", failure.reason()),
         Some(Outcome::BuildEnded { why, .. }) => format!("ended: {why}"),
         Some(Outcome::Stopped(stop)) => format!("stopped: {stop:?}"),
     }
@@ -28,6 +29,14 @@ fn verdicts() {
     let privileged = "Pod not supported on Fargate: invalid SecurityContext fields: Privileged";
     let cases: Vec<(&str, serde_json::Value, FargateSignals, &str)> = vec![
         ("pending", pending.clone(), none.clone(), "none"),
+        (
+            "image pull back-off",
+            json!({"phase": "Pending", "containerStatuses": [{"name": "build", "image": "ruby:3",
+                    "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"ruby:3\""}}}]}),
+            none.clone(),
+            "pull failed: container build: cannot pull image \"ruby:3\": Back-off pulling image \"ruby:3\"",
+        ),
         (
             "condition",
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",

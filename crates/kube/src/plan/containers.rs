@@ -5,7 +5,6 @@ use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use podrunner_config::kubernetes::{ContainerRole, KubernetesConfig};
 use podrunner_gitlab::payload::JobResponse;
 
-use super::images::pull_policy;
 use super::security::security_context;
 use super::{
     AGENT_BIN_DIR, AGENT_INSTALL_DIR, HANDOVER_DIR, JobVariables, PlanError, SPEC_DIR, resources,
@@ -17,6 +16,7 @@ pub(super) fn build(
     config: &KubernetesConfig,
     job: &JobResponse,
     image: String,
+    pull_policy: Option<String>,
     variables: &JobVariables,
     mounts: Vec<VolumeMount>,
     warnings: &mut Vec<String>,
@@ -34,7 +34,7 @@ pub(super) fn build(
     let build = Container {
         name: "build".into(),
         image: Some(image),
-        image_pull_policy: pull_policy(&job.image.pull_policy, config)?,
+        image_pull_policy: pull_policy,
         command: Some(vec![
             format!("{AGENT_BIN_DIR}/podrunner"),
             "agent".into(),
@@ -76,12 +76,14 @@ pub(super) fn build(
 pub(super) fn init(
     config: &KubernetesConfig,
     init_image: &str,
+    pull_policy: Option<String>,
     variables: &JobVariables,
     warnings: &mut Vec<String>,
 ) -> Result<Container, PlanError> {
     let init = Container {
         name: "podrunner-init".into(),
         image: Some(init_image.to_owned()),
+        image_pull_policy: pull_policy,
         command: Some(vec![
             "/podrunner".into(),
             "install-agent".into(),

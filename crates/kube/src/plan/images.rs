@@ -1,5 +1,7 @@
-//! The job's images: which image the build container runs (allow-listed), its pull policy,
-//! and the pull Secrets of the pod.
+//! The job's images: which image the build container runs (allow-listed), the pull policies
+//! of the pod's own containers, and the pull Secrets of the pod.
+
+use std::collections::BTreeMap;
 
 use podrunner_config::kubernetes::KubernetesConfig;
 use podrunner_config::{RunnerConfig, Wildcard};
@@ -7,6 +9,7 @@ use podrunner_gitlab::JobPayload;
 use podrunner_gitlab::payload::JobResponse;
 
 use super::{JobVariables, PlanError};
+use crate::pull_policy::PullAttempts;
 
 /// The build container's image: the job's, else the configured default, expanded.
 pub(super) fn image(
@@ -31,27 +34,43 @@ pub(super) fn image(
     Ok(image)
 }
 
-/// The pull policy of an image: the job's first, else the configured one, if allowed.
-pub(super) fn pull_policy(
-    job_policies: &[String],
-    config: &KubernetesConfig,
-) -> Result<Option<String>, PlanError> {
-    let chosen = job_policies
-        .first()
-        .cloned()
-        .or_else(|| config.pull_policy.0.first().map(|p| p.as_str().to_owned()));
-    let Some(policy) = chosen else {
-        return Ok(None);
-    };
-    let parsed: podrunner_config::PullPolicy = policy
-        .parse()
-        .map_err(|_| PlanError::PullPolicy(policy.clone()))?;
-    if !config.allowed_pull_policies.0.is_empty()
-        && !config.allowed_pull_policies.0.contains(&parsed)
-    {
-        return Err(PlanError::PullPolicy(policy));
+/// The pull policies of the pod's own containers: gitlab-runner's helper and
+/// init-permissions containers take the build image's list ([`crate::pull_policy::effective`]),
+/// each at the place `attempts` has reached.
+pub(super) struct Policies<'a> {
+    list: Vec<crate::pull_policy::Policy>,
+    attempts: &'a PullAttempts,
+}
+
+impl<'a> Policies<'a> {
+    pub(super) fn new(
+        config: &KubernetesConfig,
+        job: &JobResponse,
+        attempts: &'a PullAttempts,
+    ) -> Result<Self, PlanError> {
+        let list = crate::pull_policy::effective(
+            "build",
+            &job.image.pull_policy,
+            &config.pull_policy,
+            &config.allowed_pull_policies,
+        )?;
+        Ok(Policies { list, attempts })
     }
-    Ok(Some(parsed.kubernetes_name().to_owned()))
+
+    /// The `imagePullPolicy` of `container` on this attempt (none: the API server's default).
+    pub(super) fn for_container(&self, container: &str) -> Option<String> {
+        self.attempts
+            .policy_for(container, &self.list)
+            .and_then(|p| p.image_pull_policy())
+    }
+
+    /// Each container's whole list, for the executor's next attempt.
+    pub(super) fn lists(&self) -> BTreeMap<String, Vec<crate::pull_policy::Policy>> {
+        ["build", "podrunner-init"]
+            .into_iter()
+            .map(|c| (c.to_owned(), self.list.clone()))
+            .collect()
+    }
 }
 
 /// Whether `image` is allowed by `patterns` (an empty list allows every image).

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::images::{ImageEvent, Node, PullPolicy, default_pull_policy};
 use super::sandbox::{start_container, supervise};
 use super::store::wait_until_gone;
 use super::{
@@ -73,25 +74,70 @@ fn valid_image_name(image: &str) -> bool {
 type PullFailure = (String, String, &'static str, String);
 
 /// The image-pull decision for the pod's containers, made here only: an unparsable reference
-/// is `InvalidImageName`; an unmapped image or an [`Image::PullFails`] one is `ErrImagePull`.
+/// is `InvalidImageName`; otherwise the kubelet's image manager decides by the container's
+/// pull policy and the node's store (module `images`), pulling from the registry (the
+/// [`Image`] map: unmapped or [`Image::PullFails`] fails). Returns the failures, the images
+/// the containers run, and the kubelet's image events.
 fn pull_failures<'a>(
-    images: &HashMap<String, Image>,
+    shared: &Shared,
+    (namespace, name): (&str, &str),
     containers: impl Iterator<Item = &'a Container>,
-) -> Vec<PullFailure> {
+    fargate: bool,
+) -> (Vec<PullFailure>, HashMap<String, Image>, Vec<ImageEvent>) {
+    let mut inner = shared.lock();
+    let node_name = inner
+        .objects
+        .get(&(Kind::Pod, namespace.to_owned(), name.to_owned()))
+        .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let node = if fargate {
+        Node::Fargate
+    } else {
+        Node::Ec2(&node_name)
+    };
+    let registry = inner.images.clone();
     let mut pull_failures = Vec::new();
+    let mut resolved = HashMap::new();
+    let mut events = Vec::new();
     for container in containers {
         let image = container.image.clone().unwrap_or_default();
         if !valid_image_name(&image) {
-            pull_failures.push((container.name.clone(), image.clone(), "InvalidImageName", format!("Failed to apply default image tag \"{image}\": couldn't parse image name \"{image}\": invalid reference format")));
+            let message = format!(
+                "Failed to apply default image tag \"{image}\": couldn't parse image name \"{image}\": invalid reference format"
+            );
+            // `events.FailedToInspectImage` of image_manager.go.
+            events.push(("Warning", "InspectFailed", message.clone()));
+            pull_failures.push((
+                container.name.clone(),
+                image.clone(),
+                "InvalidImageName",
+                message,
+            ));
             continue;
         }
-        match images.get(&image) {
-            Some(Image::PullFails(message)) => pull_failures.push((container.name.clone(), image.clone(), "ErrImagePull", message.clone())),
-            None => pull_failures.push((container.name.clone(), image.clone(), "ErrImagePull", format!("failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": not found"))),
-            Some(_) => {}
+        // The API server defaulted the policy at create (`images::default_pod_pull_policies`).
+        let policy = PullPolicy::effective(container.image_pull_policy.as_deref(), &image)
+            .unwrap_or_else(|| default_pull_policy(&image));
+        match inner
+            .node_images
+            .ensure(node, &image, policy, registry.get(&image))
+        {
+            Ok(ensured) => {
+                events.extend(ensured.events);
+                resolved.insert(image, ensured.image);
+            }
+            Err(failure) => {
+                events.extend(failure.events);
+                pull_failures.push((
+                    container.name.clone(),
+                    image,
+                    failure.reason,
+                    failure.message,
+                ));
+            }
         }
     }
-    pull_failures
+    (pull_failures, resolved, events)
 }
 
 pub(super) async fn kubelet(
@@ -113,8 +159,16 @@ pub(super) async fn kubelet(
         .active_deadline_seconds
         .map(|s| started + Duration::from_secs(s as u64));
     // Images.
-    let images = shared.lock().images.clone();
-    let pull_failures = pull_failures(&images, init_containers.iter().chain(containers.iter()));
+    let fargate = spec.scheduler_name.as_deref() == Some("fargate-scheduler");
+    let (pull_failures, images, image_events) = pull_failures(
+        shared,
+        (namespace, name),
+        init_containers.iter().chain(containers.iter()),
+        fargate,
+    );
+    for (type_, reason, message) in &image_events {
+        event(shared, namespace, stored, type_, reason, message, "kubelet");
+    }
     if !pull_failures.is_empty() {
         let set = |reason: &'static str, failures: &[PullFailure]| {
             let failures = failures.to_vec();
@@ -124,7 +178,8 @@ pub(super) async fn kubelet(
                     let cname = c["name"].as_str().unwrap_or_default();
                     let image = c["image"].as_str().unwrap_or_default();
                     let state = match failures.iter().find(|f| f.0 == cname) {
-                        Some(f) if f.2 == "InvalidImageName" => {
+                        // Nothing is pulled for these, so nothing backs off.
+                        Some(f) if f.2 == "InvalidImageName" || f.2 == "ErrImageNeverPull" => {
                             json!({"waiting": {"reason": f.2, "message": f.3}})
                         }
                         Some(f) => {
@@ -163,17 +218,6 @@ pub(super) async fn kubelet(
             uid,
             set("ErrImagePull", &pull_failures),
         );
-        for failure in &pull_failures {
-            event(
-                shared,
-                namespace,
-                stored,
-                "Warning",
-                "Failed",
-                &format!("Failed to pull image \"{}\": {}", failure.1, failure.3),
-                "kubelet",
-            );
-        }
         tokio::select! {
             () = stop.notified() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -185,15 +229,17 @@ pub(super) async fn kubelet(
             uid,
             set("ImagePullBackOff", &pull_failures),
         );
-        event(
-            shared,
-            namespace,
-            stored,
-            "Normal",
-            "BackOff",
-            "Back-off pulling image",
-            "kubelet",
-        );
+        if pull_failures.iter().any(|f| f.2 == "ErrImagePull") {
+            event(
+                shared,
+                namespace,
+                stored,
+                "Normal",
+                "BackOff",
+                "Back-off pulling image",
+                "kubelet",
+            );
+        }
         wait_until_gone(shared, namespace, name, uid, stop).await;
         return;
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::api::accept;
 use super::scheduler::{fargate_profile, run_pod};
 use super::{
-    Kind, Shared, admission, commit, json_body, namespaces, not_found, now, remove, signal, status,
-    validation,
+    Kind, Shared, admission, commit, images, json_body, namespaces, not_found, now, remove, signal,
+    status, validation,
 };
 
 pub(super) async fn create(
@@ -128,6 +128,7 @@ pub(super) async fn create(
         if object["spec"]["schedulerName"].is_null() {
             object["spec"]["schedulerName"] = json!("default-scheduler");
         }
+        images::default_pod_pull_policies(&mut object);
         object["status"] = json!({"phase": "Pending", "qosClass": qos_class(&object)});
         // The Fargate admission webhook.
         if let Some(profile) = fargate_profile(&inner.profiles, &namespace, &object) {

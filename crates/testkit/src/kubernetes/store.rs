@@ -66,6 +66,8 @@ pub(super) struct Inner {
     pub(super) objects: BTreeMap<(Kind, String, String), Value>,
     pub(super) history: Vec<Change>,
     pub(super) images: HashMap<String, Image>,
+    /// The nodes' image stores (module `images`).
+    pub(super) node_images: super::images::NodeImages,
     pub(super) profiles: Vec<FargateProfile>,
     pub(super) ec2_nodes: usize,
     pub(super) ec2_cpu_millis: f64,
