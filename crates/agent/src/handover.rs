@@ -11,10 +11,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use podrunner_gitlab::log::{self, Stream, Trace, TraceWriter};
 use podrunner_gitlab::{JobPayload, TraceHandover};
 
-use crate::job::{
-    AgentError, build_variables, job_dirs, log_settings, write_line, write_opening, write_raw,
+use crate::error::AgentError;
+use crate::job::context::{
+    build_variables, job_dirs, log_settings, write_line, write_opening, write_raw,
 };
-use crate::spec::AgentSpec;
+use crate::spec::{AgentSpec, FargateBilling};
 
 /// What a job pod hands its agent besides the spec, through the downward API.
 #[derive(Debug, Clone, Default)]
@@ -29,15 +30,6 @@ pub struct Handover {
     pub live_prelude: Option<PathBuf>,
 }
 
-/// The Fargate size of a job's pod and what it costs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FargateBilling {
-    /// As `CapacityProvisioned` says it: `2vCPU 9GB`.
-    pub capacity: String,
-    /// USD per hour at the runner's prices.
-    pub usd_per_hour: f64,
-}
-
 impl Handover {
     /// Reads [`TRACE_PRELUDE_ENV`], [`FARGATE_CAPACITY_ENV`] and [`FARGATE_PRICE_ENV`].
     pub fn from_env() -> Result<Self, AgentError> {
@@ -45,7 +37,10 @@ impl Handover {
         let trace_prelude = match var(TRACE_PRELUDE_ENV) {
             Some(text) => BASE64
                 .decode(text.trim())
-                .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
+                .map_err(|e| AgentError::BadPrelude {
+                    variable: TRACE_PRELUDE_ENV,
+                    reason: e.to_string(),
+                })?,
             None => Vec::new(),
         };
         let fargate = var(FARGATE_CAPACITY_ENV)

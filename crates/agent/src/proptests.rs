@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use crate::job::{build_variables, deadline_after, job_dirs, log_settings};
+use crate::job::context::{build_variables, deadline_after, job_dirs, log_settings};
 use crate::script::{ShellKind, StageScript, render};
 use crate::spec::AgentSpec;
 use podrunner_gitlab::JobPayload;

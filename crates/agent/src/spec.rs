@@ -187,3 +187,12 @@ pub struct TerminationReport {
     /// GitLab told the agent to stop.
     pub aborted: bool,
 }
+
+/// The Fargate size of a job's pod and what it costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FargateBilling {
+    /// As `CapacityProvisioned` says it: `2vCPU 9GB`.
+    pub capacity: String,
+    /// USD per hour at the runner's prices.
+    pub usd_per_hour: f64,
+}
