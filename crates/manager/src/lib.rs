@@ -3,7 +3,9 @@
 //! down gracefully (SIGQUIT) or forcefully (SIGTERM/SIGINT) so that every job's final state
 //! reaches GitLab.
 
+mod agent_spec;
 mod events;
+mod fail;
 mod log;
 pub mod metrics;
 mod shell;
@@ -24,10 +26,12 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use agent_spec::agent_spec;
 pub use events::Event;
+pub use fail::{fail_job, job_client};
 pub use log::init as init_logging;
 pub use metrics::{bind_address, metrics, serve as serve_metrics};
-pub use shell::{ShellExecutor, agent_spec, fail_job, job_client};
+pub use shell::ShellExecutor;
 
 /// A job GitLab gave this manager and that it acknowledged.
 #[derive(Debug, Clone)]
