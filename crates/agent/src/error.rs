@@ -13,17 +13,14 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
-    /// The spec is not valid.
-    #[error("the spec {path} is not valid: {source}")]
+    /// The spec is not valid, or of another version.
+    #[error("{path}: {source}")]
     BadSpec {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: serde_json::Error,
+        source: crate::spec::SpecError,
     },
-    /// The job payload inside the spec is not valid.
-    #[error("the job payload in the spec is not valid: {0}")]
-    BadPayload(#[from] serde_json::Error),
     /// The trace prelude handed over in the environment is not base64.
     #[error("{variable} is not base64: {reason}")]
     BadPrelude {

@@ -7,7 +7,7 @@ use podrunner_gitlab::api::{FailureReason, JobState};
 use podrunner_gitlab::client::COMPATIBLE_RUNNER_VERSION;
 use podrunner_gitlab::log::{Stream, Trace};
 use podrunner_gitlab::{
-    ClientOptions, FinalState, GitlabClient, JobPayload, RunnerInfo, TraceTarget, TraceUploader,
+    ClientOptions, FinalState, GitlabClient, RunnerInfo, TraceTarget, TraceUploader,
     UploaderTimings,
 };
 use tokio::time::Instant;
@@ -81,11 +81,11 @@ pub async fn run_from_file(
     path: &Path,
     interrupt: CancellationToken,
 ) -> Result<TerminationReport, AgentError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AgentError::ReadSpec {
+    let bytes = std::fs::read(path).map_err(|source| AgentError::ReadSpec {
         path: path.to_owned(),
         source,
     })?;
-    let spec: AgentSpec = serde_json::from_str(&text).map_err(|source| AgentError::BadSpec {
+    let spec = AgentSpec::from_json(&bytes).map_err(|source| AgentError::BadSpec {
         path: path.to_owned(),
         source,
     })?;
@@ -100,7 +100,6 @@ pub async fn run(
 ) -> Result<TerminationReport, AgentError> {
     let started = Instant::now();
     let prelude = handover.trace_prelude.clone();
-    let payload = JobPayload::from_value(spec.job.clone())?;
     let client = GitlabClient::new(&ClientOptions {
         url: spec.gitlab.url.clone(),
         tls_ca_file: spec.gitlab.tls_ca_file.clone(),
@@ -108,15 +107,19 @@ pub async fn run(
         tls_key_file: spec.gitlab.tls_key_file.clone(),
         podrunner_version: env!("CARGO_PKG_VERSION").to_owned(),
     })?;
-    let job = &payload.job;
-    let (project_dir, temp_dir) = job_dirs(&spec, &payload);
-    let variables = build_variables(&spec, &payload, &project_dir, &temp_dir);
-    let trace = Trace::new(&log_settings(&spec, &payload, &variables));
+    let job = &spec.job.job;
+    let (project_dir, temp_dir) = job_dirs(&spec, &spec.job);
+    let variables = build_variables(&spec, &spec.job, &project_dir, &temp_dir);
+    let trace = Trace::new(&log_settings(&spec, &spec.job, &variables));
     if !prelude.is_empty() {
         // The manager's bytes are already masked and stamped; they count like any others.
         let _ = trace.sink().write(&prelude);
     }
-    let info = RunnerInfo::new(COMPATIBLE_RUNNER_VERSION, &spec.executor, agent_features());
+    let info = RunnerInfo::new(
+        COMPATIBLE_RUNNER_VERSION,
+        spec.executor.as_str(),
+        agent_features(),
+    );
     let debug_trace =
         variables.flag("CI_DEBUG_TRACE").unwrap_or(false) && !spec.debug_trace_disabled;
     let target = TraceTarget {
@@ -124,7 +127,9 @@ pub async fn run(
         token: job.token.clone(),
         debug_trace,
         info,
-        start_offset: spec.trace_start_offset,
+        // Where the agent starts is the prelude's end (the hand-over decides it, see
+        // `podrunner_gitlab::handover`); without a prelude, the log is the agent's alone.
+        start_offset: 0,
         final_update_retry_limit: spec.final_update_retry_limit.max(1),
         supported_failure_reasons: job.features.failure_reasons.clone(),
         // The manager may still be writing the log: claim it (crate::handover).
@@ -138,10 +143,10 @@ pub async fn run(
         UploaderTimings::default(),
         &CancellationToken::new(),
     );
-    let timeout = Duration::from_secs(payload.timeout_secs());
+    let timeout = Duration::from_secs(spec.job.timeout_secs());
     let mut run = Job {
         client,
-        shell: choose_shell(spec.shell.as_deref()),
+        shell: choose_shell(spec.shell),
         sections: job.features.trace_sections,
         debug_trace,
         deadline: deadline_after(timeout),
@@ -155,10 +160,10 @@ pub async fn run(
         variables,
         project_dir,
         temp_dir,
-        payload,
         spec,
         opened: !prelude.is_empty(),
         fargate: handover.fargate,
+        fargate_cost: None,
         started,
     };
     let outcome = run.execute().await;
@@ -187,16 +192,12 @@ pub async fn run(
     let delivered = uploader.finish(final_state.clone()).await;
     let report = TerminationReport {
         final_update_delivered: delivered.delivered,
-        state: if final_state.state == JobState::Success {
-            "success"
-        } else {
-            "failed"
-        }
-        .to_owned(),
-        failure_reason: final_state.failure_reason.map(|r| r.as_str().to_owned()),
+        state: final_state.state,
+        failure_reason: final_state.failure_reason,
         exit_code: final_state.exit_code,
         trace_bytes_sent: delivered.trace_bytes_sent,
         aborted: delivered.aborted || outcome == Outcome::Aborted,
+        fargate: run.fargate_cost.take(),
     };
     write_report(run.spec.termination_report.as_deref(), &report);
     Ok(report)
@@ -224,7 +225,8 @@ impl Job {
         }
         let mut outcome = Outcome::Success;
         let steps: Vec<_> = self
-            .payload
+            .spec
+            .job
             .job
             .steps
             .iter()

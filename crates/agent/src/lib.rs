@@ -27,4 +27,7 @@ pub use handover::{
     Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, TRACE_PRELUDE_FILE_ENV,
 };
 pub use job::{AgentError, JOB_FEATURES, agent_features, run, run_from_file};
-pub use spec::{AgentSpec, FargateBilling, GitlabConnection, TerminationReport};
+pub use spec::{
+    AgentSpec, FargateBilling, FargateCost, GitlabConnection, Note, SPEC_VERSION, SpecError,
+    TerminationReport,
+};

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use podrunner_agent::script::ShellKind;
 use podrunner_agent::{AgentSpec, GitlabConnection};
 
 use crate::{AcceptedJob, short_token};
@@ -11,7 +12,7 @@ use crate::{AcceptedJob, short_token};
 /// settings that shape a job. The executor decides the layout.
 pub async fn agent_spec(
     job: &AcceptedJob,
-    executor: &str,
+    executor: podrunner_config::Executor,
     builds_dir: PathBuf,
     cache_dir: PathBuf,
     project_dir: Option<PathBuf>,
@@ -25,8 +26,8 @@ pub async fn agent_spec(
             tls_cert_file: runner.tls_cert_file.clone().map(PathBuf::from),
             tls_key_file: runner.tls_key_file.clone().map(PathBuf::from),
         },
-        job: job.payload.raw.clone(),
-        trace_start_offset: 0,
+        version: podrunner_agent::SPEC_VERSION,
+        job: job.payload.clone(),
         project_dir,
         temp_dir: None,
         builds_dir,
@@ -34,10 +35,13 @@ pub async fn agent_spec(
         output_limit_kib: if runner.output_limit > 0 {
             runner.output_limit as u64
         } else {
-            4096
+            podrunner_config::DEFAULT_OUTPUT_LIMIT_KIB as u64
         },
         feature_flags: runner.feature_flags.clone(),
-        shell: runner.shell.map(|s| s.as_str().to_owned()),
+        shell: runner.shell.map(|shell| match shell {
+            podrunner_config::Shell::Bash => ShellKind::Bash,
+            podrunner_config::Shell::Sh => ShellKind::Sh,
+        }),
         pre_get_sources_script: runner.pre_get_sources_script.clone(),
         post_get_sources_script: runner.post_get_sources_script.clone(),
         pre_build_script: runner.pre_build_script.clone(),
@@ -47,7 +51,7 @@ pub async fn agent_spec(
         custom_build_dir_enabled: runner.custom_build_dir_enabled(),
         debug_trace_disabled: runner.debug_trace_disabled,
         final_update_retry_limit: runner.job_status_final_update_retry_limit.clamp(1, 100) as u32,
-        executor: executor.to_owned(),
+        executor,
         runner_name: runner.name.clone().unwrap_or_default(),
         runner_short_token: short_token(runner.token.as_deref().unwrap_or("")),
         system_id: job.system_id.clone(),

@@ -76,9 +76,7 @@ pub async fn fail_job(
         token: payload.token.clone(),
         state: JobState::Failed,
         failure_reason: Some(
-            FailureReason::RunnerSystemFailure
-                .for_gitlab(&payload.features.failure_reasons)
-                .to_owned(),
+            FailureReason::RunnerSystemFailure.for_gitlab(&payload.features.failure_reasons),
         ),
         checksum: None,
         output: None,

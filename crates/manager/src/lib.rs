@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use podrunner_config::{Config, RunnerConfig};
-use podrunner_gitlab::api::{JobState, UpdateJobRequest};
+use podrunner_gitlab::api::{FailureReason, JobState, UpdateJobRequest};
 use podrunner_gitlab::{
     ClientOptions, GitlabClient, JobPayload, JobRequestOutcome, RunnerInfo, Secret, UpdateOutcome,
 };
@@ -51,10 +51,30 @@ pub struct AcceptedJob {
 pub struct JobEnd {
     /// GitLab has the final state.
     pub final_update_delivered: bool,
-    /// `success` or `failed`.
-    pub state: String,
-    /// Why it failed, when it did.
-    pub failure_reason: Option<String>,
+    /// The final state: `success` or `failed`.
+    pub state: JobState,
+    /// Why it failed, when it did, as the runner knows it.
+    pub failure_reason: Option<FailureReason>,
+}
+
+impl JobEnd {
+    /// A job that failed for `reason`.
+    pub fn failed(reason: FailureReason, final_update_delivered: bool) -> Self {
+        JobEnd {
+            final_update_delivered,
+            state: JobState::Failed,
+            failure_reason: Some(reason),
+        }
+    }
+
+    /// How the agent's termination report says the job ended.
+    pub fn from_report(report: &podrunner_agent::TerminationReport) -> Self {
+        JobEnd {
+            final_update_delivered: report.final_update_delivered,
+            state: report.state,
+            failure_reason: report.failure_reason,
+        }
+    }
 }
 
 /// Runs accepted jobs.
@@ -546,9 +566,9 @@ impl Feeder {
             };
             Event::JobFinished {
                 runner,
-                failure_reason: end.failure_reason.clone(),
+                failure_reason: end.failure_reason,
                 job_id,
-                state: end.state.clone(),
+                state: end.state,
                 delivered: end.final_update_delivered,
                 duration: started.elapsed(),
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use podrunner_agent::{AgentSpec, TerminationReport};
 use podrunner_gitlab::RunnerInfo;
+use podrunner_gitlab::api::FailureReason;
 use rustix::process::{Pid, Signal, kill_process};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ impl ShellExecutor {
             .join(project);
         agent_spec(
             job,
-            "shell",
+            podrunner_config::Executor::Shell,
             builds_dir,
             cache_dir,
             Some(project_dir),
@@ -100,6 +101,7 @@ impl ShellExecutor {
             // What job pods hand their agent does not apply here.
             .env_remove(podrunner_agent::TRACE_PRELUDE_ENV)
             .env_remove(podrunner_agent::FARGATE_CAPACITY_ENV)
+            .env_remove(podrunner_agent::TRACE_PRELUDE_FILE_ENV)
             .env_remove(podrunner_agent::FARGATE_PRICE_ENV)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -138,11 +140,9 @@ impl ShellExecutor {
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok());
         match report {
-            Some(report) if report.final_update_delivered || report.aborted => JobEnd {
-                final_update_delivered: report.final_update_delivered,
-                state: report.state,
-                failure_reason: report.failure_reason,
-            },
+            Some(report) if report.final_update_delivered || report.aborted => {
+                JobEnd::from_report(&report)
+            }
             other => {
                 let why = match &status {
                     Ok(status) => format!(
@@ -172,11 +172,7 @@ impl ShellExecutor {
             trace_offset,
         )
         .await;
-        JobEnd {
-            final_update_delivered: delivered,
-            state: "failed".to_owned(),
-            failure_reason: Some("runner_system_failure".to_owned()),
-        }
+        JobEnd::failed(FailureReason::RunnerSystemFailure, delivered)
     }
 }
 

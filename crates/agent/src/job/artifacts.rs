@@ -12,7 +12,8 @@ use super::stop::Phase;
 impl Job {
     pub(super) async fn download_artifacts(&mut self) -> Result<(), Outcome> {
         let dependencies: Vec<_> = self
-            .payload
+            .spec
+            .job
             .job
             .dependencies
             .iter()
@@ -94,7 +95,8 @@ impl Job {
 
     pub(super) async fn upload_artifacts(&mut self, success: bool) -> Result<(), Outcome> {
         let artifacts: Vec<_> = self
-            .payload
+            .spec
+            .job
             .job
             .artifacts
             .iter()
@@ -227,8 +229,8 @@ impl Job {
                 expire_in: Some(artifact.expire_in.clone()).filter(|e| !e.is_empty()),
                 file_name,
             };
-            let job_id = self.payload.job.id;
-            let token = self.payload.job.token.clone();
+            let job_id = self.spec.job.job.id;
+            let token = self.spec.job.job.token.clone();
             let outcome = self
                 .client
                 .upload_artifact(job_id, &token, &file, &upload)

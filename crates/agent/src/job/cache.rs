@@ -10,7 +10,7 @@ macro_rules! cache_job {
     ($job:expr) => {
         crate::cache::CacheJob {
             spec: &$job.spec,
-            payload: &$job.payload,
+            payload: &$job.spec.job,
             variables: &$job.variables,
             project_dir: &$job.project_dir,
             temp_dir: &$job.temp_dir,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::script::ShellKind;
-use crate::spec::{AgentSpec, FargateBilling};
+use crate::spec::{AgentSpec, FargateBilling, FargateCost};
 use crate::variables::{Variable, Variables};
 
 pub(crate) fn write_line(out: &mut TraceWriter, text: &str) {
@@ -66,9 +66,9 @@ pub(crate) fn write_opening(
     }
     write_raw(out, &log::section_header("Preparing environment"));
     for note in &spec.notes {
-        match note.strip_prefix("WARNING: ") {
-            Some(warning) => write_raw(out, &log::warning_line(warning)),
-            None => write_line(out, note),
+        match note.text() {
+            (warning, true) => write_raw(out, &log::warning_line(&warning)),
+            (line, false) => write_line(out, &line),
         }
     }
 }
@@ -137,7 +137,6 @@ impl Writers {
 pub(super) struct Job {
     pub(super) client: GitlabClient,
     pub(super) spec: AgentSpec,
-    pub(super) payload: JobPayload,
     pub(super) variables: Variables,
     pub(super) project_dir: PathBuf,
     pub(super) temp_dir: PathBuf,
@@ -151,8 +150,11 @@ pub(super) struct Job {
     pub(super) out: Writers,
     /// The manager already wrote the header and opened "Preparing environment".
     pub(super) opened: bool,
-    /// The pod's Fargate size and price, for the cost line at the end.
-    pub(super) fargate: Option<FargateBilling>,
+    /// The pod's Fargate size and price (or why the hand-over of it is not valid), for the
+    /// cost line at the end.
+    pub(super) fargate: Option<Result<FargateBilling, String>>,
+    /// That cost, once the log says it (for the termination report).
+    pub(super) fargate_cost: Option<FargateCost>,
     /// When the agent started.
     pub(super) started: Instant,
 }
@@ -190,21 +192,17 @@ pub(super) fn project_dir(spec: &AgentSpec, payload: &JobPayload) -> PathBuf {
     spec.builds_dir.join(full_path)
 }
 
-pub(super) fn choose_shell(configured: Option<&str>) -> ShellKind {
-    match configured {
-        Some("sh") => ShellKind::Sh,
-        Some("bash") => ShellKind::Bash,
-        _ => {
-            let has_bash = std::env::var_os("PATH").is_some_and(|paths| {
-                std::env::split_paths(&paths).any(|dir| dir.join("bash").is_file())
-            });
-            if has_bash {
-                ShellKind::Bash
-            } else {
-                ShellKind::Sh
-            }
+pub(super) fn choose_shell(configured: Option<ShellKind>) -> ShellKind {
+    configured.unwrap_or_else(|| {
+        let has_bash = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join("bash").is_file())
+        });
+        if has_bash {
+            ShellKind::Bash
+        } else {
+            ShellKind::Sh
         }
-    }
+    })
 }
 
 /// The runner's predefined variables, then the job's, then the runner's `environment`.
@@ -245,7 +243,7 @@ pub(crate) fn build_variables(
             podrunner_gitlab::api::go_arch(std::env::consts::ARCH)
         ),
     );
-    if spec.executor == "shell" {
+    if spec.executor == podrunner_config::Executor::Shell {
         variables.set("CI_SHARED_ENVIRONMENT", "true");
     } else {
         variables.set("CI_DISPOSABLE_ENVIRONMENT", "true");

@@ -30,7 +30,7 @@ impl Job {
             exit_code: None,
             message,
         };
-        let job = &self.payload.job;
+        let job = &self.spec.job.job;
         let variables = self.variables.clone();
         let plan = sources::plan(
             &job.git_info,

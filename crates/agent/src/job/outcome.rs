@@ -76,14 +76,14 @@ impl Job {
         );
         let _ = std::fs::remove_dir_all(&self.temp_dir);
         self.section_end("cleanup_file_variables");
-        if let Some(fargate) = &self.fargate {
-            let seconds = self.started.elapsed().as_secs_f64().ceil();
-            self.out.line(&format!(
-                "Fargate: {} at ${:.6}/h, {seconds} s since the job started: about ${:.6} (billed per second, at least one minute, until the pod is gone)",
-                fargate.capacity,
-                fargate.usd_per_hour,
-                podrunner_config::fargate::billed_cost(fargate.usd_per_hour, seconds)
-            ));
+        match &self.fargate {
+            Some(Ok(billing)) => {
+                let cost = billing.cost(self.started.elapsed().as_secs_f64());
+                self.out.line(&cost.log_line());
+                self.fargate_cost = Some(cost);
+            }
+            Some(Err(problem)) => self.out.raw(&log::warning_line(problem)),
+            None => {}
         }
         match &outcome {
             Outcome::Success => {

@@ -94,7 +94,8 @@ impl Job {
 
     pub(super) async fn after_script(&mut self, outcome: &Outcome) {
         let Some(step) = self
-            .payload
+            .spec
+            .job
             .job
             .steps
             .iter()
