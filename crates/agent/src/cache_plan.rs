@@ -76,8 +76,8 @@ pub struct CacheSettings {
 /// The job's variables as the agent will have them (predefined, the job's, the runner's
 /// `environment`): what keys, fallback keys and policies expand with.
 pub fn job_variables(spec: &crate::spec::AgentSpec, payload: &JobPayload) -> Variables {
-    let (project_dir, temp_dir) = crate::job::job_dirs(spec, payload);
-    crate::job::build_variables(spec, payload, &project_dir, &temp_dir)
+    let (project_dir, temp_dir) = crate::job::context::job_dirs(spec, payload);
+    crate::job::context::build_variables(spec, payload, &project_dir, &temp_dir)
 }
 
 /// The policies of gitlab-runner's `common.CachePolicy` (`common/build.go`, `CheckPolicy`):

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use podrunner_gitlab::TraceHandover;
 use podrunner_gitlab::log::{self, Stream, Trace, TraceWriter};
-use podrunner_gitlab::{JobPayload, TraceHandover};
 
-use crate::job::{
-    AgentError, build_variables, job_dirs, log_settings, write_line, write_opening, write_raw,
+use crate::error::AgentError;
+use crate::job::context::{
+    build_variables, job_dirs, log_settings, write_line, write_opening, write_raw,
 };
-use crate::spec::AgentSpec;
+use crate::spec::{AgentSpec, FargateBilling};
 
 /// What a job pod hands its agent besides the spec, through the downward API.
 #[derive(Debug, Clone, Default)]
@@ -22,38 +23,34 @@ pub struct Handover {
     /// The start of the log the manager already sent (see [`Prelude`]); empty when the agent
     /// writes the whole log.
     pub trace_prelude: Vec<u8>,
-    /// The pod's Fargate size and price, when it runs on Fargate.
-    pub fargate: Option<FargateBilling>,
+    /// The pod's Fargate size and price, when it runs on Fargate (or why what the pod was
+    /// handed is not one).
+    pub fargate: Option<Result<FargateBilling, String>>,
     /// The file where the kubelet keeps the prelude annotation as it is now (a downward-API
     /// volume, refreshed on the kubelet's sync loop), in a job pod.
     pub live_prelude: Option<PathBuf>,
 }
 
-/// The Fargate size of a job's pod and what it costs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FargateBilling {
-    /// As `CapacityProvisioned` says it: `2vCPU 9GB`.
-    pub capacity: String,
-    /// USD per hour at the runner's prices.
-    pub usd_per_hour: f64,
-}
-
 impl Handover {
-    /// Reads [`TRACE_PRELUDE_ENV`], [`FARGATE_CAPACITY_ENV`] and [`FARGATE_PRICE_ENV`].
+    /// Reads [`TRACE_PRELUDE_ENV`], [`TRACE_PRELUDE_FILE_ENV`] and [`FARGATE_PRICE_ENV`].
     pub fn from_env() -> Result<Self, AgentError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let trace_prelude = match var(TRACE_PRELUDE_ENV) {
             Some(text) => BASE64
                 .decode(text.trim())
-                .map_err(|e| AgentError::BadPrelude(e.to_string()))?,
+                .map_err(|e| AgentError::BadPrelude {
+                    variable: TRACE_PRELUDE_ENV,
+                    reason: e.to_string(),
+                })?,
             None => Vec::new(),
         };
-        let fargate = var(FARGATE_CAPACITY_ENV)
-            .zip(var(FARGATE_PRICE_ENV).and_then(|p| p.trim().parse::<f64>().ok()))
-            .map(|(capacity, usd_per_hour)| FargateBilling {
-                capacity,
-                usd_per_hour,
-            });
+        let fargate = var(FARGATE_PRICE_ENV).map(|text| {
+            FargateBilling::from_annotation(&text).map_err(|e| {
+                format!(
+                    "{FARGATE_PRICE_ENV} (the annotation {FARGATE_PRICE_ANNOTATION}) is not a Fargate size and price: {e}; the job's cost is not shown"
+                )
+            })
+        });
         Ok(Handover {
             trace_prelude,
             fargate,
@@ -92,14 +89,16 @@ fn read_prelude_file(path: &std::path::Path) -> Option<Vec<u8>> {
 }
 
 /// The environment variable with the job pod's `CapacityProvisioned` annotation (Fargate's
-/// size for it).
+/// size for it). The agent does not read it: the size it bills is the one in
+/// [`FARGATE_PRICE_ENV`], which the manager priced.
 pub const FARGATE_CAPACITY_ENV: &str = "PODRUNNER_FARGATE_CAPACITY";
 
-/// The environment variable with the pod's Fargate price per hour, from
-/// [`FARGATE_PRICE_ANNOTATION`].
+/// The environment variable with the pod's Fargate size and price (a [`FargateBilling`] as
+/// JSON), from [`FARGATE_PRICE_ANNOTATION`].
 pub const FARGATE_PRICE_ENV: &str = "PODRUNNER_FARGATE_USD_PER_HOUR";
 
-/// The pod annotation where the manager puts the price of the size Fargate provisioned.
+/// The pod annotation where the manager puts the size Fargate provisioned and its price
+/// ([`FargateBilling::to_annotation`]).
 pub const FARGATE_PRICE_ANNOTATION: &str = "podrunner.io/fargate-usd-per-hour";
 
 /// The environment variable that hands the agent the start of its job's log that the
@@ -126,10 +125,10 @@ pub struct Prelude {
 impl Prelude {
     /// Opens the log of `spec`'s job.
     pub fn open(spec: &AgentSpec) -> Result<Self, AgentError> {
-        let payload = JobPayload::from_value(spec.job.clone())?;
-        let (project_dir, temp_dir) = job_dirs(spec, &payload);
-        let variables = build_variables(spec, &payload, &project_dir, &temp_dir);
-        let trace = Trace::new(&log_settings(spec, &payload, &variables));
+        let payload = &spec.job;
+        let (project_dir, temp_dir) = job_dirs(spec, payload);
+        let variables = build_variables(spec, payload, &project_dir, &temp_dir);
+        let trace = Trace::new(&log_settings(spec, payload, &variables));
         let mut out = trace.writer(Stream::RUNNER);
         write_opening(
             &mut out,
@@ -143,10 +142,10 @@ impl Prelude {
     /// Opens the log of `spec`'s job again where `bytes` (a prelude the manager wrote
     /// before it restarted) ends.
     pub fn resume(spec: &AgentSpec, bytes: &[u8]) -> Result<Self, AgentError> {
-        let payload = JobPayload::from_value(spec.job.clone())?;
-        let (project_dir, temp_dir) = job_dirs(spec, &payload);
-        let variables = build_variables(spec, &payload, &project_dir, &temp_dir);
-        let trace = Trace::new(&log_settings(spec, &payload, &variables));
+        let payload = &spec.job;
+        let (project_dir, temp_dir) = job_dirs(spec, payload);
+        let variables = build_variables(spec, payload, &project_dir, &temp_dir);
+        let trace = Trace::new(&log_settings(spec, payload, &variables));
         let _ = trace.sink().write(bytes);
         let out = trace.writer(Stream::RUNNER);
         Ok(Prelude { trace, out })

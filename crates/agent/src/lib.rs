@@ -8,6 +8,7 @@ mod builtin_git;
 mod cache;
 pub mod cache_key;
 pub mod cache_plan;
+mod error;
 pub mod extract;
 pub mod files;
 mod handover;
@@ -22,8 +23,11 @@ pub mod transfer;
 pub mod variables;
 
 pub use handover::{
-    FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, FargateBilling, Handover,
-    PRELUDE_CATCH_UP, Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, TRACE_PRELUDE_FILE_ENV,
+    FARGATE_CAPACITY_ENV, FARGATE_PRICE_ANNOTATION, FARGATE_PRICE_ENV, Handover, PRELUDE_CATCH_UP,
+    Prelude, TRACE_PRELUDE_ANNOTATION, TRACE_PRELUDE_ENV, TRACE_PRELUDE_FILE_ENV,
 };
 pub use job::{AgentError, JOB_FEATURES, agent_features, run, run_from_file};
-pub use spec::{AgentSpec, GitlabConnection, TerminationReport};
+pub use spec::{
+    AgentSpec, FargateBilling, FargateCost, GitlabConnection, Note, SPEC_VERSION, SpecError,
+    TerminationReport,
+};

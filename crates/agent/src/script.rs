@@ -3,7 +3,8 @@
 //! as a bold green `$ command` before it runs.
 
 /// The shell that runs job scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ShellKind {
     /// GNU bash.
     Bash,

@@ -41,7 +41,7 @@ fn debug_output_never_holds_a_secret() {
     assert_redacted("JobPayload (pretty)", &format!("{payload:#?}"));
 
     let spec = AgentSpec {
-        job: raw_payload(),
+        job: payload.clone(),
         environment: vec!["API_KEY=environment-secret-1357".into()],
         pre_build_script: Some("export X=environment-secret-1357".into()),
         ..AgentSpec::default()

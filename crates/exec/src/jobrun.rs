@@ -111,6 +111,10 @@ impl AgentRunner {
         let variables = self.variables(job, id, &input, dotenv_variables);
         let cache = caches(&job.cache);
         let payload = self.payload(job, id, &token, variables, &cache, dependencies);
+        let payload = match podrunner_gitlab::JobPayload::from_value(payload) {
+            Ok(payload) => payload,
+            Err(e) => return failed(format!("the payload of {} is not valid: {e}", job.name)),
+        };
         let spec = podrunner_agent::AgentSpec {
             gitlab: podrunner_agent::GitlabConnection {
                 url: self.url.clone(),
@@ -122,7 +126,6 @@ impl AgentRunner {
             temp_dir: Some(job_dir.join("tmp")),
             cache_dir: self.cache_dir.clone(),
             feature_flags: [("FF_TIMESTAMPS".to_owned(), false)].into(),
-            executor: "shell".to_owned(),
             runner_name: "podrunner exec".to_owned(),
             runner_short_token: "local".to_owned(),
             system_id: "r_localexec000".to_owned(),

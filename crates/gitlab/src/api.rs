@@ -184,8 +184,11 @@ pub struct RunnerCredentials {
     pub token_expires_at: Option<String>,
 }
 
-/// A job's state in `PUT jobs/:id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A job's state in `PUT jobs/:id`, as gitlab-runner names it (`JobState` in
+/// `common/network.go` of gitlabhq/gitlab-runner: `pending`, `running`, `failed`, `success`;
+/// a runner never sends `pending`). Also the state in the agent's termination report and the
+/// manager's `JobEnd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Running (the ack and the heartbeat).
@@ -196,8 +199,27 @@ pub enum JobState {
     Failed,
 }
 
+impl JobState {
+    /// GitLab's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
 /// Why a job failed, as the runner knows it; mapped for GitLab by [`FailureReason::for_gitlab`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The names are gitlab-runner's `JobFailureReason` values (`common/network.go` of
+/// gitlabhq/gitlab-runner); GitLab's own list is `failure_reasons` in
+/// `app/models/concerns/enums/ci/commit_status.rb` of gitlabhq/gitlabhq (`script_failure`,
+/// `runner_system_failure`, `job_execution_timeout`, `unknown_failure`, ...), and a job's
+/// `features.failure_reasons` says which of the runner-only ones this GitLab accepts.
+/// `job_canceled` is runner-internal (gitlab-runner never sends it: see `for_gitlab`).
+/// Serialized (termination report, `JobEnd`) by [`FailureReason::as_str`]'s name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The script exited non-zero.
     ScriptFailure,
@@ -237,14 +259,14 @@ impl FailureReason {
 
     /// The reason to send: as-is when GitLab lists it (or it is always supported), else
     /// gitlab-runner's compatibility mapping, else `unknown_failure`.
-    pub fn for_gitlab(&self, supported: &[String]) -> &'static str {
+    pub fn for_gitlab(&self, supported: &[String]) -> FailureReason {
         let always = [
             FailureReason::ScriptFailure,
             FailureReason::RunnerSystemFailure,
             FailureReason::JobExecutionTimeout,
         ];
         if always.contains(self) || supported.iter().any(|s| s == self.as_str()) {
-            return self.as_str();
+            return *self;
         }
         let compatible = match self {
             FailureReason::ImagePullFailure | FailureReason::RunnerExternalDependencyFailure => {
@@ -255,7 +277,7 @@ impl FailureReason {
         };
         match compatible {
             Some(reason) => reason.for_gitlab(supported),
-            None => "unknown_failure",
+            None => FailureReason::UnknownFailure,
         }
     }
 }
@@ -278,9 +300,9 @@ pub struct UpdateJobRequest {
     pub token: Secret,
     /// New state.
     pub state: JobState,
-    /// Why it failed, as GitLab spells it.
+    /// Why it failed, as GitLab accepts it ([`FailureReason::for_gitlab`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reason: Option<String>,
+    pub failure_reason: Option<FailureReason>,
     /// Deprecated duplicate of `output.checksum`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
@@ -333,33 +355,70 @@ mod tests {
     fn failure_reasons_are_mapped_for_gitlab() {
         let supported = vec!["script_failure".to_owned(), "image_pull_failure".to_owned()];
         assert_eq!(
-            FailureReason::ImagePullFailure.for_gitlab(&supported),
+            FailureReason::ImagePullFailure
+                .for_gitlab(&supported)
+                .as_str(),
             "image_pull_failure"
         );
         assert_eq!(
-            FailureReason::ImagePullFailure.for_gitlab(&[]),
+            FailureReason::ImagePullFailure.for_gitlab(&[]).as_str(),
             "runner_system_failure"
         );
         assert_eq!(
-            FailureReason::RunnerConfigurationError.for_gitlab(&[]),
+            FailureReason::RunnerConfigurationError
+                .for_gitlab(&[])
+                .as_str(),
             "script_failure"
         );
         assert_eq!(
-            FailureReason::RunnerExternalDependencyFailure.for_gitlab(&[]),
+            FailureReason::RunnerExternalDependencyFailure
+                .for_gitlab(&[])
+                .as_str(),
             "runner_system_failure"
         );
         assert_eq!(
-            FailureReason::JobCanceled.for_gitlab(&[]),
+            FailureReason::JobCanceled.for_gitlab(&[]).as_str(),
             "unknown_failure"
         );
         assert_eq!(
-            FailureReason::RunnerInterrupted.for_gitlab(&["runner_interrupted".into()]),
+            FailureReason::RunnerInterrupted
+                .for_gitlab(&["runner_interrupted".into()])
+                .as_str(),
             "runner_interrupted"
         );
         assert_eq!(
-            FailureReason::JobExecutionTimeout.for_gitlab(&[]),
+            FailureReason::JobExecutionTimeout.for_gitlab(&[]).as_str(),
             "job_execution_timeout"
         );
+    }
+
+    #[test]
+    fn reasons_and_states_serialize_by_their_gitlab_names() {
+        use FailureReason::*;
+        for reason in [
+            ScriptFailure,
+            RunnerSystemFailure,
+            JobExecutionTimeout,
+            ImagePullFailure,
+            UnknownFailure,
+            RunnerConfigurationError,
+            RunnerExternalDependencyFailure,
+            RunnerInterrupted,
+            JobCanceled,
+        ] {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json, reason.as_str());
+            assert_eq!(
+                serde_json::from_value::<FailureReason>(json).unwrap(),
+                reason
+            );
+        }
+        assert_eq!(serde_json::to_value(JobState::Success).unwrap(), "success");
+        assert_eq!(
+            serde_json::from_value::<JobState>("failed".into()).unwrap(),
+            JobState::Failed
+        );
+        assert!(serde_json::from_value::<FailureReason>("script failure".into()).is_err());
     }
 
     #[test]

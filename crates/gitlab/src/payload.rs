@@ -24,7 +24,9 @@ where
 }
 
 /// A job as GitLab sent it. `Debug` shows the typed view (its secrets redacted), never the
-/// raw JSON, which holds the job token and masked values.
+/// raw JSON, which holds the job token and masked values. It serializes as the JSON exactly as
+/// received, and deserializes from it into both views, so a payload handed on (in the agent's
+/// spec) is parsed once, where it is read, and loses nothing GitLab sent.
 #[derive(Clone)]
 pub struct JobPayload {
     /// The typed view.
@@ -56,6 +58,13 @@ impl JobPayload {
         Ok(JobPayload { job, raw })
     }
 
+    /// The payload of `job`, its raw JSON made from the typed view (for payloads built in
+    /// code: tests, `podrunner exec`).
+    pub fn from_typed(job: JobResponse) -> Self {
+        let raw = serde_json::to_value(&job).unwrap_or(serde_json::Value::Null);
+        JobPayload { job, raw }
+    }
+
     /// The job timeout in seconds: `runner_info.timeout`, or 7200 when not positive.
     pub fn timeout_secs(&self) -> u64 {
         if self.job.runner_info.timeout > 0 {
@@ -63,6 +72,25 @@ impl JobPayload {
         } else {
             7200
         }
+    }
+}
+
+impl Serialize for JobPayload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobPayload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = serde_json::Value::deserialize(deserializer)?;
+        JobPayload::from_value(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for JobPayload {
+    fn default() -> Self {
+        JobPayload::from_typed(JobResponse::default())
     }
 }
 

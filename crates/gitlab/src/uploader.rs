@@ -525,10 +525,9 @@ impl Worker {
     async fn final_update(&self, final_state: FinalState) -> FinalReport {
         self.shared.lock().await.interval =
             self.timings.update_interval.min(Duration::from_secs(3));
-        let failure_reason = final_state.failure_reason.map(|r| {
-            r.for_gitlab(&self.target.supported_failure_reasons)
-                .to_owned()
-        });
+        let failure_reason = final_state
+            .failure_reason
+            .map(|r| r.for_gitlab(&self.target.supported_failure_reasons));
         let mut failures = 0u32;
         loop {
             let result: Result<(), String> = match self.flush_trace().await {
@@ -539,7 +538,7 @@ impl Worker {
                         info: self.target.info.clone(),
                         token: self.target.token.clone(),
                         state: final_state.state,
-                        failure_reason: failure_reason.clone(),
+                        failure_reason,
                         checksum: checksum.clone(),
                         output: checksum.map(|checksum| TraceOutput { checksum, bytesize }),
                         exit_code: final_state.exit_code.filter(|c| *c != 0),

@@ -191,6 +191,38 @@ impl Price {
     }
 }
 
+/// The size and price of a pod Fargate provisioned as `capacity` (its `CapacityProvisioned`
+/// annotation) at the runner's prices: the one place a job pod's price is decided. The
+/// prelude's line, the agent's cost line (it gets this value in
+/// [`podrunner_agent::FARGATE_PRICE_ANNOTATION`]) and the manager's cost metric all come
+/// from it, and every cost from [`podrunner_agent::FargateBilling::cost`]. `None` when
+/// `capacity` is not a size.
+pub fn provisioned_billing(
+    capacity: &str,
+    prices: Option<&FargateConfig>,
+) -> Option<podrunner_agent::FargateBilling> {
+    let size = parse_capacity_provisioned(capacity)?;
+    let default = FargateConfig::default();
+    let price = Price::of(size, DEFAULT_STORAGE_GIB, prices.unwrap_or(&default));
+    Some(podrunner_agent::FargateBilling {
+        capacity: capacity.trim().to_owned(),
+        usd_per_hour: price.usd_per_hour,
+    })
+}
+
+/// What a job's Fargate pod cost, for the manager's metric: the cost the agent's `report`
+/// carries (the one the job's log says, from `billing`), or, when it has none (the agent
+/// died, or was not handed the price), `billing` over the pod's `pod_seconds` so far.
+pub fn job_cost(
+    billing: &podrunner_agent::FargateBilling,
+    report: Option<&podrunner_agent::TerminationReport>,
+    pod_seconds: f64,
+) -> podrunner_agent::FargateCost {
+    report
+        .and_then(|r| r.fargate.clone())
+        .unwrap_or_else(|| billing.cost(pod_seconds))
+}
+
 /// What Fargate refuses in `pod`, each naming the container and field.
 pub fn unsupported(pod: &Pod) -> Vec<String> {
     let mut problems = Vec::new();
@@ -402,6 +434,52 @@ pub fn predict(pod: &Pod, config: Option<&FargateConfig>, assume: bool) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_provisioned_billing_survives_the_annotation_and_prices_the_cost_once() {
+        let prices = FargateConfig::default();
+        let billing = provisioned_billing(" 2vCPU 9GB", Some(&prices)).unwrap();
+        assert_eq!(billing.capacity, "2vCPU 9GB");
+        let seed = Price::of(
+            FargateSize {
+                vcpu: 2.0,
+                memory_gb: 9.0,
+            },
+            DEFAULT_STORAGE_GIB,
+            &prices,
+        );
+        assert_eq!(billing.usd_per_hour, seed.usd_per_hour);
+        // The agent reads the very price (not one printed to six digits and parsed back).
+        let handed =
+            podrunner_agent::FargateBilling::from_annotation(&billing.to_annotation()).unwrap();
+        assert_eq!(handed, billing);
+        assert_eq!(handed.cost(90.2).usd, seed.cost(90.2));
+        assert_eq!(handed.cost(90.2).seconds, 91.0);
+        assert_eq!(provisioned_billing("2 vCPU", None), None);
+
+        // The metric counts the cost the job's log said, not the pod's own time.
+        let said = handed.cost(75.0);
+        let report = podrunner_agent::TerminationReport {
+            final_update_delivered: true,
+            state: podrunner_gitlab::api::JobState::Success,
+            failure_reason: None,
+            exit_code: None,
+            trace_bytes_sent: 1,
+            aborted: false,
+            fargate: Some(said.clone()),
+        };
+        assert_eq!(job_cost(&handed, Some(&report), 130.0), said);
+        // Without one, the pod's time at the same price.
+        let unreported = podrunner_agent::TerminationReport {
+            fargate: None,
+            ..report
+        };
+        assert_eq!(
+            job_cost(&handed, Some(&unreported), 130.0),
+            handed.cost(130.0)
+        );
+        assert_eq!(job_cost(&handed, None, 130.0), handed.cost(130.0));
+    }
     use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
     use std::collections::BTreeMap;

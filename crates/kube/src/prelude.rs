@@ -99,8 +99,8 @@ pub(crate) struct PodLog {
     warnings_written: usize,
     /// The Fargate size the pod got is in the log.
     capacity_noted: bool,
-    /// The price of that size, for the agent's cost line (annotation value).
-    usd_per_hour: Option<String>,
+    /// That size and its price, for the agent's cost line (in an annotation).
+    billing: Option<podrunner_agent::FargateBilling>,
     /// GitLab's update interval.
     interval: Duration,
     /// When GitLab is due to hear from the manager again.
@@ -169,7 +169,7 @@ impl PodLog {
             last_status: Vec::new(),
             warnings_written: 0,
             capacity_noted: false,
-            usd_per_hour: None,
+            billing: None,
             interval: DEFAULT_UPDATE_INTERVAL,
             next_contact: Instant::now() + DEFAULT_UPDATE_INTERVAL,
         }
@@ -276,9 +276,7 @@ impl PodLog {
             token: payload.token.clone(),
             state: JobState::Failed,
             failure_reason: Some(
-                FailureReason::JobCanceled
-                    .for_gitlab(&payload.features.failure_reasons)
-                    .to_owned(),
+                FailureReason::JobCanceled.for_gitlab(&payload.features.failure_reasons),
             ),
             checksum: None,
             output: None,
@@ -308,7 +306,7 @@ impl PodLog {
         self.last_status.clear();
         self.warnings_written = 0;
         self.capacity_noted = false;
-        self.usd_per_hour = None;
+        self.billing = None;
         if !self.writing || self.prelude.len() > PRELUDE_LIMIT {
             return Heard::Running;
         }
@@ -362,21 +360,17 @@ impl PodLog {
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get("CapacityProvisioned"))
-            && let Some(size) = crate::fargate::parse_capacity_provisioned(capacity)
+            && let Some(billing) = crate::fargate::provisioned_billing(
+                capacity,
+                runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref()),
+            )
         {
             self.capacity_noted = true;
-            let prices = runner
-                .kubernetes
-                .as_ref()
-                .and_then(|k| k.fargate.clone())
-                .unwrap_or_default();
-            let price =
-                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
             self.prelude.line(&format!(
                 "Fargate: provisioned {capacity}, ${:.6}/h, billed per second with a one-minute minimum",
-                price.usd_per_hour
+                billing.usd_per_hour
             ));
-            self.usd_per_hour = Some(format!("{:.6}", price.usd_per_hour));
+            self.billing = Some(billing);
             // Without declared profiles nothing was predicted before creation: say now what
             // pushed the pod up a size, if anything did.
             let fargate = runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref());
@@ -401,8 +395,8 @@ impl PodLog {
         let mut annotations = serde_json::json!({
             TRACE_PRELUDE_ANNOTATION: BASE64.encode(&bytes),
         });
-        if let Some(price) = &self.usd_per_hour {
-            annotations[FARGATE_PRICE_ANNOTATION] = price.clone().into();
+        if let Some(billing) = &self.billing {
+            annotations[FARGATE_PRICE_ANNOTATION] = billing.to_annotation().into();
         }
         let annotation = serde_json::json!({"metadata": {"annotations": annotations}});
         let (params, annotation) = (PatchParams::default(), Patch::Merge(&annotation));

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use podrunner_gitlab::api::{FailureReason, JobState};
+
 use tracing::Level;
 
 /// Something the manager did.
@@ -60,11 +62,11 @@ pub enum Event {
         /// Runner name or short token.
         runner: String,
         /// Why it failed, when it did.
-        failure_reason: Option<String>,
+        failure_reason: Option<FailureReason>,
         /// Job ID.
         job_id: i64,
         /// Final state.
-        state: String,
+        state: crate::FinalState,
         /// GitLab has the final state.
         delivered: bool,
         /// From start (or adoption) to end.
@@ -111,13 +113,15 @@ pub enum Event {
         /// Seconds from its creation to running.
         seconds: f64,
     },
-    /// What a job's Fargate pod cost: the size Fargate provisioned and the billed time.
+    /// What a job's Fargate pod cost: the size Fargate provisioned and the billed time, as
+    /// the agent's termination report (and so the job's log) says it, or, without a report,
+    /// from the pod's provisioning to now; both `podrunner_agent::FargateBilling::cost`.
     FargateCost {
         /// Job ID.
         job_id: i64,
         /// `CapacityProvisioned`, e.g. `2vCPU 9GB`.
         capacity: String,
-        /// Seconds from provisioning to the end of the job.
+        /// Billed seconds.
         seconds: f64,
         /// USD per hour of that size (configured prices).
         usd_per_hour: f64,
@@ -349,7 +353,7 @@ impl Event {
                 runner = runner.as_str(),
                 job = *job_id,
                 state = state.as_str(),
-                failure_reason = failure_reason.as_deref().unwrap_or(""),
+                failure_reason = failure_reason.map_or("", |r| r.as_str()),
                 duration_s = duration.as_secs_f64(),
                 final_update_delivered = *delivered,
                 "Job finished"
@@ -551,9 +555,10 @@ impl Event {
                 m.job_duration
                     .with_label_values(&m.runner(runner))
                     .observe(duration.as_secs_f64());
-                if state != "success" {
+                // A handed-over job is the taker's to count.
+                if *state == crate::FinalState::Ended(JobState::Failed) {
                     let [runner, system_id] = m.runner(runner);
-                    let reason = failure_reason.as_deref().unwrap_or("unknown_failure");
+                    let reason = failure_reason.map_or("unknown_failure", |r| r.as_str());
                     m.failed_jobs
                         .with_label_values(&[runner.as_str(), system_id.as_str(), reason])
                         .inc();

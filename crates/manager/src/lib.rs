@@ -3,7 +3,9 @@
 //! down gracefully (SIGQUIT) or forcefully (SIGTERM/SIGINT) so that every job's final state
 //! reaches GitLab.
 
+mod agent_spec;
 mod events;
+mod fail;
 mod log;
 pub mod metrics;
 mod shell;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use podrunner_config::{Config, RunnerConfig};
-use podrunner_gitlab::api::{JobState, UpdateJobRequest};
+use podrunner_gitlab::api::{FailureReason, JobState, UpdateJobRequest};
 use podrunner_gitlab::{
     ClientOptions, GitlabClient, JobPayload, JobRequestOutcome, RunnerInfo, Secret, UpdateOutcome,
 };
@@ -24,10 +26,12 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use agent_spec::agent_spec;
 pub use events::Event;
+pub use fail::{fail_job, fail_job_as, job_client};
 pub use log::init as init_logging;
 pub use metrics::{bind_address, metrics, serve as serve_metrics};
-pub use shell::{ShellExecutor, agent_spec, fail_job, fail_job_as, job_client};
+pub use shell::ShellExecutor;
 
 /// A job GitLab gave this manager and that it acknowledged.
 #[derive(Debug, Clone)]
@@ -42,15 +46,63 @@ pub struct AcceptedJob {
     pub concurrent_id: u32,
 }
 
+/// Where a job's run on this manager ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalState {
+    /// The job ended in this state (as this manager told, or tried to tell, GitLab).
+    Ended(JobState),
+    /// Another manager took the job's pod over; its end is that manager's to report.
+    HandedOver,
+}
+
+impl FinalState {
+    /// The name in logs: GitLab's state, or `handed_over`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinalState::Ended(state) => state.as_str(),
+            FinalState::HandedOver => "handed_over",
+        }
+    }
+}
+
 /// How a job ended, as the executor saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobEnd {
     /// GitLab has the final state.
     pub final_update_delivered: bool,
-    /// `success` or `failed`.
-    pub state: String,
-    /// Why it failed, when it did.
-    pub failure_reason: Option<String>,
+    /// The final state.
+    pub state: FinalState,
+    /// Why it failed, when it did, as the runner knows it.
+    pub failure_reason: Option<FailureReason>,
+}
+
+impl JobEnd {
+    /// A job that failed for `reason`.
+    pub fn failed(reason: FailureReason, final_update_delivered: bool) -> Self {
+        JobEnd {
+            final_update_delivered,
+            state: FinalState::Ended(JobState::Failed),
+            failure_reason: Some(reason),
+        }
+    }
+
+    /// A job whose pod another manager took over: nothing of it is this manager's to report.
+    pub fn handed_over() -> Self {
+        JobEnd {
+            final_update_delivered: false,
+            state: FinalState::HandedOver,
+            failure_reason: None,
+        }
+    }
+
+    /// How the agent's termination report says the job ended.
+    pub fn from_report(report: &podrunner_agent::TerminationReport) -> Self {
+        JobEnd {
+            final_update_delivered: report.final_update_delivered,
+            state: FinalState::Ended(report.state),
+            failure_reason: report.failure_reason,
+        }
+    }
 }
 
 /// Runs accepted jobs.
@@ -542,9 +594,9 @@ impl Feeder {
             };
             Event::JobFinished {
                 runner,
-                failure_reason: end.failure_reason.clone(),
+                failure_reason: end.failure_reason,
                 job_id,
-                state: end.state.clone(),
+                state: end.state,
                 delivered: end.final_update_delivered,
                 duration: started.elapsed(),
             }

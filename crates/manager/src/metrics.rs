@@ -184,7 +184,7 @@ impl Metrics {
                 r,
                 Counter::new(
                     "podrunner_fargate_pod_seconds_total",
-                    "Seconds jobs' Fargate pods ran, from scheduling to deletion.",
+                    "Seconds of jobs' Fargate pods, as each job's log bills them (from the pod's provisioning when its agent left no report).",
                 )
                 .expect("valid"),
             ),
@@ -192,7 +192,7 @@ impl Metrics {
                 r,
                 Counter::new(
                     "podrunner_fargate_cost_usd_total",
-                    "What jobs' Fargate pods cost, in US dollars at the configured prices.",
+                    "What jobs' Fargate pods cost, in US dollars at the configured prices: the cost each job's log says.",
                 )
                 .expect("valid"),
             ),
@@ -285,6 +285,7 @@ pub fn bind_address(listen_address: &str) -> String {
 mod tests {
     use super::*;
     use crate::Event;
+    use podrunner_gitlab::api::{FailureReason, JobState};
 
     #[test]
     fn events_move_their_metrics() {
@@ -320,9 +321,9 @@ mod tests {
         .count();
         Event::JobFinished {
             runner: "abc".into(),
-            failure_reason: Some("script_failure".into()),
+            failure_reason: Some(FailureReason::ScriptFailure),
             job_id: 7,
-            state: "failed".into(),
+            state: crate::FinalState::Ended(JobState::Failed),
             delivered: true,
             duration: std::time::Duration::from_secs(45),
         }
@@ -382,7 +383,7 @@ mod tests {
                 runner: "d".into(),
                 failure_reason: None,
                 job_id: 1,
-                state: "failed".into(),
+                state: crate::FinalState::Ended(JobState::Failed),
                 delivered: true,
                 duration: std::time::Duration::from_secs(1),
             },

@@ -13,6 +13,16 @@ mod hostile_zips;
 
 const TOKEN: &str = "glrt-agent-test";
 
+/// A spec file: the defaults of a spec built in code, with `fields` over them (a spec file
+/// has no defaults of its own: every required field must be there).
+fn spec_file(fields: serde_json::Value) -> String {
+    let mut spec = serde_json::to_value(podrunner_agent::AgentSpec::default()).unwrap();
+    for (key, value) in fields.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    spec.to_string()
+}
+
 async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
     let client = GitlabClient::new(&ClientOptions {
         url: gitlab.url().to_owned(),
@@ -64,6 +74,16 @@ async fn run_agent_in(
     spec: JobSpec,
     dir: &std::path::Path,
 ) -> (JobView, serde_json::Value, std::process::ExitStatus) {
+    run_agent_with_env(gitlab, spec, dir, &[]).await
+}
+
+/// [`run_agent_in`] with `env` set for the agent (what a job pod hands it).
+async fn run_agent_with_env(
+    gitlab: &GitlabStandIn,
+    spec: JobSpec,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (JobView, serde_json::Value, std::process::ExitStatus) {
     let id = gitlab.enqueue(spec);
     let job = take(gitlab).await;
     let spec = serde_json::json!({
@@ -77,9 +97,10 @@ async fn run_agent_in(
         "termination_report": dir.join("report.json"),
     });
     let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    std::fs::write(&spec_path, spec_file(spec)).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
+        .envs(env.iter().copied())
         .status()
         .await
         .unwrap();
@@ -135,7 +156,7 @@ async fn run_as_pid1(gitlab: &GitlabStandIn, spec: JobSpec, init: bool) -> JobVi
     let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
     let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    std::fs::write(&spec_path, spec_file(spec)).unwrap();
     let mut command = tokio::process::Command::new("unshare");
     command.args([
         "--pid",
@@ -228,7 +249,7 @@ async fn without_a_git_cli_the_built_in_git_fetches_sources() {
     let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
     let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    std::fs::write(&spec_path, spec_file(spec)).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
         .env("PATH", tools.path())
@@ -274,7 +295,7 @@ async fn without_a_git_cli_the_built_in_git_fetches_sources() {
     );
     let job = take(&gitlab).await;
     let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": dir.path().join("builds")});
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    std::fs::write(&spec_path, spec_file(spec)).unwrap();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
         .env("PATH", tools.path())
@@ -576,4 +597,95 @@ async fn cache_entries_replace_links_in_the_project_and_never_write_through_them
     assert!(trace.contains("Successfully extracted cache"), "{trace}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original");
     assert!(trace.contains("from the cache"), "{trace}");
+}
+
+/// The job's Fargate cost is computed once, by the agent, from the size and price the manager
+/// handed it: the cost line of the log says the cost the termination report carries (which
+/// the manager counts in `podrunner_fargate_cost_usd_total`), and both are
+/// `FargateBilling::cost` of the handed-over price.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fargate_cost_line_and_the_report_say_one_cost() {
+    let gitlab = GitlabStandIn::start().await;
+    gitlab.add_runner_token(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let billing = podrunner_agent::FargateBilling {
+        capacity: "2vCPU 9GB".to_owned(),
+        // Not a round number: a price printed and parsed back would lose digits.
+        usd_per_hour: 0.120_965_123_456_789,
+    };
+    let annotation = billing.to_annotation();
+    let spec = JobSpec::new("build", &["sleep 1.2"]).variable("GIT_STRATEGY", "none", false);
+    let (view, report, _) = run_agent_with_env(
+        &gitlab,
+        spec,
+        dir.path(),
+        &[(podrunner_agent::FARGATE_PRICE_ENV, &annotation)],
+    )
+    .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert_eq!(view.status, "success", "{trace}");
+    let cost: podrunner_agent::FargateCost =
+        serde_json::from_value(report["fargate"].clone()).expect("the report has the cost");
+    // serde_json reads a float back to within one ulp (no `float_roundtrip`), so the report's
+    // dollars are compared to that; the price itself went through the annotation whole.
+    let computed = billing.cost(cost.seconds);
+    assert_eq!(
+        (&cost.capacity, cost.usd_per_hour, cost.seconds),
+        (&computed.capacity, computed.usd_per_hour, computed.seconds),
+        "{report}"
+    );
+    assert!(
+        (cost.usd - computed.usd).abs() <= f64::EPSILON * computed.usd,
+        "{report}"
+    );
+    assert!(cost.seconds >= 2.0, "{cost:?}");
+    assert_eq!(cost.usd_per_hour, billing.usd_per_hour);
+    assert!(trace.contains(&cost.log_line()), "{trace}");
+    assert!(
+        trace.contains(&format!("about ${:.6}", cost.usd)),
+        "{trace}"
+    );
+
+    // A price that is not one is said, not silently dropped; the report has no cost then.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec::new("build", &["true"]).variable("GIT_STRATEGY", "none", false);
+    let (view, report, _) = run_agent_with_env(
+        &gitlab,
+        spec,
+        dir.path(),
+        &[(podrunner_agent::FARGATE_PRICE_ENV, "0.12")],
+    )
+    .await;
+    let trace = String::from_utf8_lossy(&view.trace).into_owned();
+    assert!(
+        trace.contains("is not a Fargate size and price") && !trace.contains("about $"),
+        "{trace}"
+    );
+    assert!(report["fargate"].is_null(), "{report}");
+}
+
+/// A spec the agent cannot use fails before it talks to GitLab, naming the spec file and why:
+/// a spec of another version names both versions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_of_another_version_is_refused_with_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.json");
+    let other = podrunner_agent::SPEC_VERSION + 1;
+    std::fs::write(&spec_path, spec_file(serde_json::json!({"version": other}))).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
+        .args(["agent", "--spec", spec_path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(spec_path.to_str().unwrap())
+            && stderr.contains(&format!("the spec is version {other}"))
+            && stderr.contains(&format!(
+                "this agent reads version {}",
+                podrunner_agent::SPEC_VERSION
+            )),
+        "{stderr}"
+    );
 }

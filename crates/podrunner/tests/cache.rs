@@ -353,7 +353,7 @@ async fn run_agent(
         "cache_settings": {"max_uploaded_archive_size": max_size},
     });
     let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    std::fs::write(&spec_path, spec_file(spec)).unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
         .args(["agent", "--spec", spec_path.to_str().unwrap()])
         .status()
@@ -442,4 +442,14 @@ async fn store_faults_are_warnings_and_the_job_goes_on() {
         text.contains("exceeds MaxUploadedArchiveSize (100 bytes): not uploaded"),
         "{text}"
     );
+}
+
+/// A spec file: the defaults of a spec built in code, with `fields` over them (a spec file
+/// has no defaults of its own: every required field must be there).
+fn spec_file(fields: serde_json::Value) -> String {
+    let mut spec = serde_json::to_value(podrunner_agent::AgentSpec::default()).unwrap();
+    for (key, value) in fields.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    spec.to_string()
 }

@@ -329,6 +329,36 @@ async fn seed_deployment_runs_a_job_on_its_own_fargate_node() {
             && log.contains("usd_per_hour=0.120965"),
         "{log}"
     );
+    // ... and it is the cost the job's log says: decided once, by the agent, from the price
+    // the manager handed it (a manager pricing the pod again would count its own lifetime).
+    let after = |text: &str, marker: &str| -> f64 {
+        let start = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker:?} is not in:\n{text}"))
+            + marker.len();
+        let value: String = text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{marker}{value}: {e}"))
+    };
+    let metric_line = &log[log.find(&format!("Fargate cost job={id} ")).unwrap()..];
+    let metric_line = metric_line.lines().next().unwrap();
+    assert_eq!(
+        format!("{:.6}", after(metric_line, " usd=")),
+        format!("{:.6}", after(&text, "about $")),
+        "the log says one cost, the metric another:\n{metric_line}\n{text}"
+    );
+    assert_eq!(
+        after(metric_line, " seconds="),
+        after(
+            &text[text.find("Fargate: 2vCPU 9GB at $").unwrap()..],
+            "/h, "
+        ),
+        "{metric_line}\n{text}"
+    );
     assert!(
         log.contains(&format!("Pod running job={id} namespace=gitlab-runner "))
             && log.contains(" compute=fargate start_s="),

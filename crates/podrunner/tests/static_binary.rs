@@ -165,7 +165,7 @@ async fn the_agent_runs_a_job_in_an_image_with_only_a_shell() {
             std::fs::copy(&busybox, root.join("bin").join(applet)).unwrap();
         }
         let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job.raw, "builds_dir": "/builds", "executor": "kubernetes"});
-        std::fs::write(root.join("spec.json"), spec.to_string()).unwrap();
+        std::fs::write(root.join("spec.json"), spec_file(spec)).unwrap();
     });
     let path = root.path().to_owned();
     let status = tokio::task::spawn_blocking(move || {
@@ -194,4 +194,14 @@ async fn the_agent_runs_a_job_in_an_image_with_only_a_shell() {
         trace.contains("running as PID 1? podrunner"),
         "the agent is PID 1 of the sandbox and does init duties: {trace}"
     );
+}
+
+/// A spec file: the defaults of a spec built in code, with `fields` over them (a spec file
+/// has no defaults of its own: every required field must be there).
+fn spec_file(fields: serde_json::Value) -> String {
+    let mut spec = serde_json::to_value(podrunner_agent::AgentSpec::default()).unwrap();
+    for (key, value) in fields.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    spec.to_string()
 }

@@ -84,7 +84,7 @@ impl KubernetesExecutor {
                     let runner = job.runner.clone();
                     let spec = agent_spec(
                         &job,
-                        "kubernetes",
+                        podrunner_config::Executor::Kubernetes,
                         PathBuf::from(runner.builds_dir()),
                         PathBuf::from(runner.cache_dir()),
                         None,

@@ -102,10 +102,8 @@ impl KubernetesExecutor {
             Ok(secret) => secret
                 .data
                 .and_then(|d| d.get("job.json").cloned())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<podrunner_agent::AgentSpec>(&bytes.0).ok()
-                })
-                .and_then(|spec| podrunner_gitlab::JobPayload::from_value(spec.job).ok()),
+                .and_then(|bytes| podrunner_agent::AgentSpec::from_json(&bytes.0).ok())
+                .map(|spec| spec.job),
             Err(_) => None,
         };
         let Some(payload) = job else {
@@ -176,11 +174,7 @@ impl KubernetesExecutor {
             pod: pod.name.clone(),
         }
         .emit();
-        podrunner_manager::JobEnd {
-            final_update_delivered: false,
-            state: "handed over".to_owned(),
-            failure_reason: None,
-        }
+        podrunner_manager::JobEnd::handed_over()
     }
 
     /// Whether job `job_id` was let go of ([`Self::let_go`]); forgets it.

@@ -7,8 +7,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
+use podrunner_agent::Note;
 use podrunner_agent::TRACE_PRELUDE_ANNOTATION;
-use podrunner_gitlab::FailureReason;
+use podrunner_gitlab::api::FailureReason;
 use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job_as};
 use tokio_util::sync::CancellationToken;
 
@@ -74,34 +75,29 @@ impl KubernetesExecutor {
         let owner = self.ownership(&namespace).await;
         owner.mark(&mut planned.pod.metadata);
         let leased = owner.leased();
-        let mut notes: Vec<String> = planned
-            .warnings
-            .iter()
-            .map(|w| format!("WARNING: {w}"))
-            .collect();
+        let mut notes: Vec<Note> = planned.warnings.iter().map(Note::warning).collect();
         if let Some(warning) = crate::fargate::unmatched_profile_warning(&planned.pod, fargate) {
             Event::KubernetesProblem {
                 doing: format!("planning the pod of job {}", job.payload.job.id),
                 error: warning.clone(),
             }
             .emit();
-            notes.push(format!("WARNING: {warning}"));
+            notes.push(Note::warning(warning));
         }
         if let Some(prediction) = &prediction {
-            notes.push(format!(
-                "Fargate: profile {}, pod sized {}vCPU {}GB (requests {} vCPU, {:.2} GB), ${:.6}/h",
-                prediction.profile.as_deref().unwrap_or("(assumed)"),
-                prediction.vcpu,
-                prediction.memory_gb,
-                prediction.requested_vcpu,
-                prediction.requested_memory_gb,
-                prediction.usd_per_hour
-            ));
-            notes.extend(prediction.warnings.iter().map(|w| format!("WARNING: {w}")));
+            notes.push(Note::FargateSize {
+                profile: prediction.profile.clone(),
+                vcpu: prediction.vcpu,
+                memory_gb: prediction.memory_gb,
+                requested_vcpu: prediction.requested_vcpu,
+                requested_memory_gb: prediction.requested_memory_gb,
+                usd_per_hour: prediction.usd_per_hour,
+            });
+            notes.extend(prediction.warnings.iter().map(Note::warning));
         }
         let mut spec = agent_spec(
             &job,
-            "kubernetes",
+            podrunner_config::Executor::Kubernetes,
             PathBuf::from(runner.builds_dir()),
             PathBuf::from(runner.cache_dir()),
             None,
@@ -347,22 +343,22 @@ impl KubernetesExecutor {
             _ => return Followed::HandedOver,
         };
         if let Some((capacity, since)) = provisioned
-            && let Some(size) = crate::fargate::parse_capacity_provisioned(&capacity)
+            && let Some(billing) = crate::fargate::provisioned_billing(
+                &capacity,
+                runner.kubernetes.as_ref().and_then(|k| k.fargate.as_ref()),
+            )
         {
-            let prices = runner
-                .kubernetes
-                .as_ref()
-                .and_then(|k| k.fargate.clone())
-                .unwrap_or_default();
-            let price =
-                crate::fargate::Price::of(size, crate::fargate::DEFAULT_STORAGE_GIB, &prices);
-            let seconds = since.elapsed().as_secs_f64();
+            let report = match &outcome {
+                Outcome::BuildEnded { report, .. } => report.as_ref(),
+                _ => None,
+            };
+            let cost = crate::fargate::job_cost(&billing, report, since.elapsed().as_secs_f64());
             Event::FargateCost {
                 job_id: job.payload.job.id,
-                capacity,
-                seconds,
-                usd_per_hour: price.usd_per_hour,
-                usd: price.cost(seconds),
+                capacity: cost.capacity,
+                seconds: cost.seconds,
+                usd_per_hour: cost.usd_per_hour,
+                usd: cost.usd,
             }
             .emit();
         }
@@ -392,11 +388,7 @@ impl KubernetesExecutor {
             Outcome::BuildEnded {
                 report: Some(report),
                 ..
-            } if report.final_update_delivered || report.aborted => JobEnd {
-                final_update_delivered: report.final_update_delivered,
-                state: report.state,
-                failure_reason: report.failure_reason,
-            },
+            } if report.final_update_delivered || report.aborted => JobEnd::from_report(&report),
             Outcome::BuildEnded { report, why } => {
                 self.fail(job, &why, report.map(|r| r.trace_bytes_sent))
                     .await
@@ -423,11 +415,7 @@ impl KubernetesExecutor {
                     Some(log) => log.end_stopped(&stop).await,
                     None => false,
                 };
-                JobEnd {
-                    final_update_delivered: delivered,
-                    state: "failed".to_owned(),
-                    failure_reason: Some("job_canceled".to_owned()),
-                }
+                JobEnd::failed(FailureReason::JobCanceled, delivered)
             }
         }
     }
@@ -483,10 +471,6 @@ impl KubernetesExecutor {
             failure,
         ))
         .await;
-        JobEnd {
-            final_update_delivered: delivered,
-            state: "failed".to_owned(),
-            failure_reason: Some(failure.as_str().to_owned()),
-        }
+        JobEnd::failed(failure, delivered)
     }
 }
