@@ -17,6 +17,7 @@
 //! Scale (module `scale`): up to a thousand concurrent job pods on a simulating kubelet.
 
 mod archive;
+mod probe;
 mod scale;
 
 use std::path::{Path, PathBuf};
@@ -25,14 +26,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
 
 const TOKEN: &str = "glrt-bench-runner";
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 /// Processes whose command line starts with `<program> agent`.
 fn agents(program: &Path) -> Vec<u32> {
@@ -145,7 +138,7 @@ async fn shell(program: &Path) {
         .expect("start podrunner run");
     let pid = manager.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(pid).unwrap_or(0);
+    let idle = probe::memory_kib(pid).0;
 
     // Dispatch latency: one job at a time, queued while the manager long-polls.
     let mut latencies = Vec::new();
@@ -182,11 +175,11 @@ async fn shell(program: &Path) {
     let mut agents_seen = 0;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        busy_manager = busy_manager.max(rss_kib(pid).unwrap_or(0));
+        busy_manager = busy_manager.max(probe::memory_kib(pid).0);
         let running = agents(&program);
         agents_seen = agents_seen.max(running.len());
         for agent in running {
-            agent_max = agent_max.max(rss_kib(agent).unwrap_or(0));
+            agent_max = agent_max.max(probe::memory_kib(agent).0);
         }
     }
     for id in ids {
@@ -245,7 +238,7 @@ async fn kubernetes(program: &Path, pods: usize) {
         .expect("start podrunner run");
     let pid = manager.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(pid).unwrap_or(0);
+    let idle = probe::memory_kib(pid).0;
 
     // One job at a time: build container running -> first trace bytes at GitLab.
     let writes_before = kube.requests().iter().filter(|r| r.method != "GET").count();
@@ -304,23 +297,17 @@ async fn kubernetes(program: &Path, pods: usize) {
             ))
         })
         .collect();
-    let mut busy_manager = 0;
-    let mut running_max = 0;
-    let load_started = now();
-    while now() - load_started < 180.0 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        busy_manager = busy_manager.max(rss_kib(pid).unwrap_or(0));
-        let running = kube
-            .objects("Pod")
-            .iter()
-            .filter(|p| p["status"]["phase"] == "Running")
-            .count();
-        running_max = running_max.max(running);
-        if running_max >= pods && now() - load_started > 10.0 {
-            break;
-        }
-    }
-    let all_running_after_s = now() - load_started;
+    // Sampled for at least 10 s, to catch the peak after the last pod ran.
+    let seen = probe::load(
+        &kube,
+        pid,
+        pods,
+        Duration::from_secs(10),
+        Duration::from_secs(180),
+    )
+    .await;
+    let (busy_manager, running_max) = (seen.rss_max_kib, seen.running_max);
+    let all_running_after_s = seen.seconds.unwrap_or(180.0);
     for id in ids {
         gitlab
             .wait_for_job(id, Duration::from_secs(300), |j| j.status == "success")

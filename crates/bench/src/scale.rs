@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::probe::{self, cpu_seconds, memory_kib, threads};
+
 use podrunner_testkit::kubernetes::SimulatedContainers;
 use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
 
@@ -24,46 +26,6 @@ const INIT_IMAGE: &str = "podrunner:bench";
 /// What the agent leaves as the build container's termination message after a job whose
 /// final state GitLab accepted (`podrunner_agent::TerminationReport`, as JSON).
 const AGENT_REPORT: &str = r#"{"final_update_delivered":true,"state":"success","failure_reason":null,"exit_code":null,"trace_bytes_sent":512,"aborted":false}"#;
-
-/// `VmRSS` and `VmHWM` of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User plus system CPU seconds of `pid` (`/proc/<pid>/stat` fields 14 and 15, in USER_HZ
-/// ticks, which Linux fixes at 100 per second for this file).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces: count from after its closing parenthesis.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // After ")": field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
-    (tick(11) + tick(12)) as f64 / 100.0
-}
-
-/// Threads of `pid`.
-fn threads(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// `create pods`, `patch secrets`, `update leases`…: the verb and resource of a write, from
 /// its method and path (`/api/v1/namespaces/<ns>/<resource>[/<name>[/<sub>]]`, or a group's
@@ -89,26 +51,6 @@ fn verb_and_resource(method: &str, uri: &str) -> String {
         other => other,
     };
     format!("{verb} {resource}")
-}
-
-/// Pods in phase Running.
-fn running(kube: &KubernetesStandIn) -> usize {
-    kube.objects("Pod")
-        .iter()
-        .filter(|p| p["status"]["phase"] == "Running")
-        .count()
-}
-
-/// Waits (up to `limit`) until `count` pods run; the time it took.
-async fn wait_running(kube: &KubernetesStandIn, count: usize, limit: Duration) -> Option<f64> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if running(kube) >= count {
-            return Some(start.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    None
 }
 
 /// Runs the benchmark against `program` with steps of running pods up to `max_pods`.
@@ -169,12 +111,14 @@ pub async fn scale(program: &Path, max_pods: usize) {
             );
             enqueued += 1;
         }
-        let took = wait_running(&kube, *step, Duration::from_secs(600)).await;
+        let took = probe::load(&kube, pid, *step, Duration::ZERO, Duration::from_secs(600))
+            .await
+            .seconds;
         // Let the followers settle (prelude writes, the agent taking the log over).
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (rss, hwm) = memory_kib(pid);
         samples.push(serde_json::json!({
-            "running_pods": running(&kube),
+            "running_pods": probe::running(&kube),
             "seconds_to_run": took,
             "vm_rss_kib": rss,
             "vm_hwm_kib": hwm,
