@@ -74,10 +74,7 @@ pub const SETTINGS: &[Setting] = &[
         "runner.tls_key_file.clone().map(PathBuf::from)",
     ),
     honoured("runners.executor", "match runner.executor"),
-    honoured(
-        "runners.shell",
-        "runner.shell.map(|s| s.as_str().to_owned())",
-    ),
+    honoured("runners.shell", "runner.shell.map(|shell| match shell {"),
     honoured("runners.limit", "usize::try_from(runner.limit)"),
     honoured(
         "runners.request_concurrency",
@@ -384,28 +381,28 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.cpu_*",
-        "resources(&config, ContainerRole::Build",
+        "resources(config, ContainerRole::Build",
     ),
     honoured(
         "runners.kubernetes.memory_*",
-        "resources(&config, ContainerRole::Build",
+        "resources(config, ContainerRole::Build",
     ),
     honoured(
         "runners.kubernetes.ephemeral_storage_*",
-        "resources(&config, ContainerRole::Build",
+        "resources(config, ContainerRole::Build",
     ),
     // gitlab-runner's helper container resources apply to podrunner's init container.
     honoured(
         "runners.kubernetes.helper_cpu_*",
-        "resources(&config, ContainerRole::Helper",
+        "resources(config, ContainerRole::Helper",
     ),
     honoured(
         "runners.kubernetes.helper_memory_*",
-        "resources(&config, ContainerRole::Helper",
+        "resources(config, ContainerRole::Helper",
     ),
     honoured(
         "runners.kubernetes.helper_ephemeral_storage_*",
-        "resources(&config, ContainerRole::Helper",
+        "resources(config, ContainerRole::Helper",
     ),
     honoured(
         "runners.kubernetes.service_cpu_*",
@@ -421,11 +418,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.pod_cpu_*",
-        "resources(&config, ContainerRole::Pod",
+        "resources(config, ContainerRole::Pod",
     ),
     honoured(
         "runners.kubernetes.pod_memory_*",
-        "resources(&config, ContainerRole::Pod",
+        "resources(config, ContainerRole::Pod",
     ),
     honoured(
         "runners.kubernetes.allowed_images",
