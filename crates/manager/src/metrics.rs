@@ -328,6 +328,16 @@ mod tests {
             duration: std::time::Duration::from_secs(45),
         }
         .count();
+        // A job another manager took over is that manager's to count, not a failure here.
+        Event::JobFinished {
+            runner: "handed".into(),
+            failure_reason: None,
+            job_id: 8,
+            state: crate::FinalState::HandedOver,
+            delivered: false,
+            duration: std::time::Duration::from_secs(5),
+        }
+        .count();
         Event::PodRunning {
             job_id: 7,
             namespace: "ci".into(),
@@ -353,6 +363,13 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} is not in:\n{text}");
         }
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("gitlab_runner_failed_jobs_total")
+                    && l.contains("runner=\"handed\"")),
+            "a handed-over job is not counted as failed: {text}"
+        );
         assert!(
             text.lines()
                 .find_map(|l| l.strip_prefix("gitlab_runner_errors_total{level=\"warning\"} "))
