@@ -6,176 +6,30 @@
 //! restart and a stray pod there is swept. `scripts/test` sets `PODRUNNER_CHART_PYTHON` and
 //! `PODRUNNER_STATIC_BINARY`.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
-use serde_json::{Value, json};
+#[allow(dead_code)]
+#[path = "support/chart_manager.rs"]
+mod chart_manager;
+
+use chart_manager::{ChartManager as Harness, RELEASE_NAMESPACE, granted};
+use podrunner_testkit::{JobSpec, KubernetesStandIn};
+use serde_json::json;
 
 const TOKEN: &str = "glrt-kubernetes-namespaces-e2e-token";
-const INIT_IMAGE: &str = "registry.example.com/podrunner:e2e";
-const RELEASE_NAMESPACE: &str = "gitlab";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("PODRUNNER_STATIC_BINARY")
-        .map(PathBuf::from)
-        .expect(
-            "PODRUNNER_STATIC_BINARY is not set: scripts/test builds the static binary and sets it",
-        );
-    assert!(path.is_file(), "{} does not exist", path.display());
-    path
-}
-
-/// The chart's RBAC objects for `values`, as JSON.
-fn rendered_rbac(values: &Path) -> Vec<Value> {
-    let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
-        "PODRUNNER_CHART_PYTHON is not set: scripts/test installs helm-python-sdk and sets it",
-    );
-    let output = std::process::Command::new(python)
-        .args([
-            "chart/tests/helm.py",
-            "render",
-            "chart/podrunner",
-            values.to_str().unwrap(),
-            RELEASE_NAMESPACE,
-        ])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let files: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
-    let text = files["podrunner/templates/rbac.yaml"].as_str().unwrap();
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|document| {
-            let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
-            serde_json::to_value(value).unwrap()
-        })
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// The (verb, resource) pairs a role's rules grant.
-fn granted(role: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for resource in rule["resources"].as_array().unwrap() {
-            for verb in rule["verbs"].as_array().unwrap() {
-                out.insert((
-                    verb.as_str().unwrap().to_owned(),
-                    resource.as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
-}
-
-struct Harness {
-    gitlab: GitlabStandIn,
-    kube: KubernetesStandIn,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    values: PathBuf,
-    child: tokio::process::Child,
-    role: Value,
-    user: String,
-}
 
 impl Harness {
-    /// Both stand-ins with `namespaces` existing, the chart's RBAC for `values` loaded, and
-    /// `podrunner run --values` under the chart's ServiceAccount.
+    /// Both stand-ins with `namespaces` existing (and NamespaceLifecycle on), the chart's
+    /// RBAC for `values` loaded, and `podrunner run --values` under the chart's
+    /// ServiceAccount.
     async fn start(values: &str, namespaces: &[&str]) -> Harness {
-        let gitlab = GitlabStandIn::start().await;
-        gitlab.add_runner_token(TOKEN);
-        gitlab.set_long_poll(Duration::from_secs(5));
-        let kube = KubernetesStandIn::start(2, 4.0).await;
-        kube.map_image(
-            INIT_IMAGE,
-            Image::Files(vec![(static_binary(), "/podrunner".into())]),
-        );
-        kube.map_image("alpine:3.20", Image::HostRoot);
-        kube.add_namespace(RELEASE_NAMESPACE, &[]);
-        for namespace in namespaces {
-            kube.add_namespace(namespace, &[]);
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let values_file = dir.path().join("values.yaml");
-        std::fs::write(&values_file, values).unwrap();
-        let mut role = Value::Null;
-        let mut subject = None;
-        for document in rendered_rbac(&values_file) {
-            kube.load_rbac(&document).unwrap();
-            match document["kind"].as_str() {
-                Some("Role" | "ClusterRole") => role = document,
-                Some("RoleBinding" | "ClusterRoleBinding") => {
-                    let s = &document["subjects"][0];
-                    subject = Some((
-                        s["namespace"].as_str().unwrap().to_owned(),
-                        s["name"].as_str().unwrap().to_owned(),
-                    ));
-                }
-                _ => {}
+        Harness::launch(TOKEN, values, |kube| {
+            kube.add_namespace(RELEASE_NAMESPACE, &[]);
+            for namespace in namespaces {
+                kube.add_namespace(namespace, &[]);
             }
-        }
-        let (sa_namespace, sa_name) = subject.expect("the chart binds its ServiceAccount");
-        let token = kube.service_account_token(&sa_namespace, &sa_name);
-        let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
-        let child = spawn_manager(&values_file, &gitlab, &kubeconfig);
-        Harness {
-            gitlab,
-            kube,
-            dir,
-            kubeconfig,
-            values: values_file,
-            child,
-            role,
-            user: format!("system:serviceaccount:{sa_namespace}:{sa_name}"),
-        }
-    }
-
-    fn manager_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
-    }
-
-    async fn system_id(&self) -> String {
-        let file = self.dir.path().join(".runner_system_id");
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && !text.trim().is_empty()
-            {
-                return text.trim().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no system ID in {}", file.display());
-    }
-
-    async fn kill_and_restart(&mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-        self.child = spawn_manager(&self.values, &self.gitlab, &self.kubeconfig);
-    }
-
-    /// Creates `body` at `path` as the cluster admin (not as the manager).
-    async fn create_as_admin(&self, path: &str, body: Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", self.kube.url()))
-            .bearer_auth("stand-in-token")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        assert_eq!(status, 201, "{path}: {}", response.text().await.unwrap());
+        })
+        .await
     }
 
     async fn finished(&self, id: i64) -> String {
@@ -210,61 +64,6 @@ impl Harness {
             self.manager_log()
         );
     }
-
-    /// The manager's calls as the authorizer saw them, and any denial.
-    fn calls(&self) -> (BTreeSet<(String, String)>, Vec<String>) {
-        let mut made = BTreeSet::new();
-        let mut denied = Vec::new();
-        for decision in self.kube.authorizations() {
-            if decision.user != self.user {
-                continue;
-            }
-            if !decision.allowed {
-                denied.push(format!(
-                    "{} {} in {:?}",
-                    decision.verb, decision.resource, decision.namespace
-                ));
-            }
-            made.insert((decision.verb, decision.resource));
-        }
-        (made, denied)
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-    }
-}
-
-fn spawn_manager(
-    values: &Path,
-    gitlab: &GitlabStandIn,
-    kubeconfig: &Path,
-) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(kubeconfig.with_file_name("manager.log"))
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
-        .stderr(log)
-        .arg("run")
-        .arg("--values")
-        .arg(values)
-        .args(["--url", gitlab.url(), "--token", TOKEN])
-        .env("KUBECONFIG", kubeconfig)
-        .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("CONFIG_FILE")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 fn job(name: &str, script: &[&str]) -> JobSpec {

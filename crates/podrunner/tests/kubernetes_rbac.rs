@@ -4,98 +4,22 @@
 //! has exactly the permissions a user installs. `scripts/test` sets `PODRUNNER_CHART_PYTHON`
 //! and `PODRUNNER_STATIC_BINARY`.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "support/chart_manager.rs"]
+mod chart_manager;
+
+use chart_manager::{
+    ChartManager as Harness, RELEASE_NAMESPACE, granted, repo_root, spawn_manager,
+};
 use podrunner_testkit::{GitlabStandIn, Image, JobSpec, KubernetesStandIn};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "glrt-kubernetes-rbac-e2e-token";
-const INIT_IMAGE: &str = "registry.example.com/podrunner:e2e";
-/// Where the chart is installed; jobs run in the seed's `gitlab-runner` namespace.
-const RELEASE_NAMESPACE: &str = "gitlab";
+/// The namespace the seed values put job pods in (their Fargate profile's).
 const JOB_NAMESPACE: &str = "gitlab-runner";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn static_binary() -> PathBuf {
-    let path = std::env::var_os("PODRUNNER_STATIC_BINARY")
-        .map(PathBuf::from)
-        .expect(
-            "PODRUNNER_STATIC_BINARY is not set: scripts/test builds the static binary and sets it",
-        );
-    assert!(path.is_file(), "{} does not exist", path.display());
-    path
-}
-
-/// The chart's manifests for the values in `values`, parsed, as JSON.
-fn rendered_chart(values: &Path) -> Vec<Value> {
-    let python = std::env::var("PODRUNNER_CHART_PYTHON").expect(
-        "PODRUNNER_CHART_PYTHON is not set: scripts/test installs helm-python-sdk and sets it",
-    );
-    let output = std::process::Command::new(python)
-        .args([
-            "chart/tests/helm.py",
-            "render",
-            "chart/podrunner",
-            values.to_str().unwrap(),
-            RELEASE_NAMESPACE,
-        ])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let files: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
-    let mut documents = Vec::new();
-    for (path, text) in files {
-        if path.ends_with("NOTES.txt") {
-            continue;
-        }
-        for document in serde_yaml_ng::Deserializer::from_str(text.as_str().unwrap()) {
-            let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
-            if !value.is_null() {
-                documents.push(serde_json::to_value(value).unwrap());
-            }
-        }
-    }
-    documents
-}
-
-/// The (verb, resource) pairs a Role's rules grant.
-fn granted(role: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for resource in rule["resources"].as_array().unwrap() {
-            for verb in rule["verbs"].as_array().unwrap() {
-                out.insert((
-                    verb.as_str().unwrap().to_owned(),
-                    resource.as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
-}
-
-struct Harness {
-    gitlab: GitlabStandIn,
-    kube: KubernetesStandIn,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    values: PathBuf,
-    child: tokio::process::Child,
-    /// The chart's Role, as rendered.
-    role: Value,
-    /// The user name of the chart's ServiceAccount.
-    user: String,
-}
 
 impl Harness {
     /// Both stand-ins, the chart's RBAC loaded, and `podrunner run --values` with the seed
@@ -106,101 +30,19 @@ impl Harness {
     }
 
     /// Like [`Harness::start`] with these Helm values, `prepare` setting up the Kubernetes
-    /// stand-in before the manager starts.
+    /// stand-in (with the seed's Fargate profile) before the manager starts.
     async fn with_values(values: &str, prepare: impl FnOnce(&KubernetesStandIn)) -> Harness {
-        let gitlab = GitlabStandIn::start().await;
-        gitlab.add_runner_token(TOKEN);
-        gitlab.set_long_poll(Duration::from_secs(5));
-        let kube = KubernetesStandIn::start(2, 4.0).await;
-        kube.add_fargate_profile("gitlab-jobs", JOB_NAMESPACE, &[("use-fargate", "true")]);
-        kube.map_image(
-            INIT_IMAGE,
-            Image::Files(vec![(static_binary(), "/podrunner".into())]),
-        );
-        kube.map_image("alpine:3.20", Image::HostRoot);
-        kube.map_image("alpine:latest", Image::HostRoot);
-        kube.set_fargate_boot(Duration::from_millis(200));
-        prepare(&kube);
-        let dir = tempfile::tempdir().unwrap();
-        let values_file = dir.path().join("values.yaml");
-        std::fs::write(&values_file, values).unwrap();
-        let documents = rendered_chart(&values_file);
-        let mut role = Value::Null;
-        let mut subject = None;
-        for document in &documents {
-            match document["kind"].as_str() {
-                Some("Role" | "ClusterRole") => {
-                    role = document.clone();
-                    kube.load_rbac(document).unwrap();
-                }
-                Some("RoleBinding" | "ClusterRoleBinding") => {
-                    let s = &document["subjects"][0];
-                    subject = Some((
-                        s["namespace"].as_str().unwrap().to_owned(),
-                        s["name"].as_str().unwrap().to_owned(),
-                    ));
-                    kube.load_rbac(document).unwrap();
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(role["kind"], "Role", "the seed values render a Role");
-        assert_eq!(role["metadata"]["namespace"], JOB_NAMESPACE);
-        let (sa_namespace, sa_name) = subject.expect("the chart binds its ServiceAccount");
-        assert_eq!(sa_namespace, RELEASE_NAMESPACE);
-        let token = kube.service_account_token(&sa_namespace, &sa_name);
-        let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
-        let values = values_file;
-        let child = spawn_manager(&values, &gitlab, &kubeconfig);
-        Harness {
-            gitlab,
-            kube,
-            dir,
-            kubeconfig,
-            values,
-            child,
-            role,
-            user: format!("system:serviceaccount:{sa_namespace}:{sa_name}"),
-        }
-    }
-
-    fn manager_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
-    }
-
-    async fn system_id(&self) -> String {
-        let file = self.dir.path().join(".runner_system_id");
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && !text.trim().is_empty()
-            {
-                return text.trim().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no system ID in {}", file.display());
-    }
-
-    async fn kill_and_restart(&mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-        self.child = spawn_manager(&self.values, &self.gitlab, &self.kubeconfig);
-    }
-
-    /// Creates `body` in the job namespace as the cluster admin (not as the manager).
-    async fn create_as_admin(&self, resource: &str, body: Value) {
-        let status = reqwest::Client::new()
-            .post(format!(
-                "{}/api/v1/namespaces/{JOB_NAMESPACE}/{resource}",
-                self.kube.url()
-            ))
-            .bearer_auth("stand-in-token")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status.as_u16(), 201, "creating {resource}");
+        let h = Harness::launch(TOKEN, values, |kube| {
+            kube.add_fargate_profile("gitlab-jobs", JOB_NAMESPACE, &[("use-fargate", "true")]);
+            kube.map_image("alpine:latest", Image::HostRoot);
+            kube.set_fargate_boot(Duration::from_millis(200));
+            prepare(kube);
+        })
+        .await;
+        assert_eq!(h.role["kind"], "Role", "the seed values render a Role");
+        assert_eq!(h.role["metadata"]["namespace"], JOB_NAMESPACE);
+        assert_eq!(h.service_account.0, RELEASE_NAMESPACE);
+        h
     }
 
     /// Waits until no pod and no Secret is left.
@@ -218,73 +60,6 @@ impl Harness {
             self.manager_log()
         );
     }
-
-    /// The manager's requests as the authorizer saw them: (verb, resource), and any denial.
-    fn calls(&self) -> (BTreeSet<(String, String)>, Vec<String>) {
-        let mut made = BTreeSet::new();
-        let mut denied = Vec::new();
-        for decision in self.kube.authorizations() {
-            if decision.user != self.user {
-                continue;
-            }
-            if !decision.allowed {
-                denied.push(format!(
-                    "{} {} in {:?}",
-                    decision.verb, decision.resource, decision.namespace
-                ));
-            }
-            made.insert((decision.verb, decision.resource));
-        }
-        (made, denied)
-    }
-
-    /// SIGQUIT, and waits until the manager exited (it gives up its Lease on the way out).
-    async fn quit(&mut self) {
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-    }
-}
-
-fn spawn_manager(
-    values: &Path,
-    gitlab: &GitlabStandIn,
-    kubeconfig: &Path,
-) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(kubeconfig.with_file_name("manager.log"))
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_podrunner"))
-        .stderr(log)
-        .arg("run")
-        .arg("--values")
-        .arg(values)
-        .args(["--url", gitlab.url(), "--token", TOKEN])
-        .env("KUBECONFIG", kubeconfig)
-        .env("PODRUNNER_INIT_IMAGE", INIT_IMAGE)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("CONFIG_FILE")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 /// A job that needs no sources, in the seed's default image.
@@ -335,13 +110,13 @@ async fn the_chart_role_grants_exactly_what_the_executor_does_and_the_sweep_work
         .await;
     let labels = json!({"podrunner.io/manager": system_id});
     h.create_as_admin(
-        "secrets",
+        &format!("/api/v1/namespaces/{JOB_NAMESPACE}/secrets"),
         json!({"metadata": {"name": "podrunner-job-4242-registry", "labels": labels},
                "data": {".dockerconfigjson": "e30="}, "type": "kubernetes.io/dockerconfigjson"}),
     )
     .await;
     h.create_as_admin(
-        "pods",
+        &format!("/api/v1/namespaces/{JOB_NAMESPACE}/pods"),
         json!({"metadata": {"name": "podrunner-job-4243", "labels": labels},
                "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "build", "image": "alpine:3.20",
@@ -413,7 +188,7 @@ async fn a_forbidden_sweep_call_is_logged_and_the_pods_are_swept_anyway() {
     let kubeconfig = kube.write_kubeconfig_with_token(dir.path(), &token);
     let values = dir.path().join("seed-values.yaml");
     std::fs::copy(repo_root().join("examples/seed-values.yaml"), &values).unwrap();
-    let mut child = spawn_manager(&values, &gitlab, &kubeconfig);
+    let mut child = spawn_manager(&values, &gitlab, TOKEN, &kubeconfig);
     let id_file = dir.path().join(".runner_system_id");
     for _ in 0..200 {
         if id_file.is_file() {
@@ -442,7 +217,7 @@ async fn a_forbidden_sweep_call_is_logged_and_the_pods_are_swept_anyway() {
     assert_eq!(status.as_u16(), 201);
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let mut child = spawn_manager(&values, &gitlab, &kubeconfig);
+    let mut child = spawn_manager(&values, &gitlab, TOKEN, &kubeconfig);
     let log_file = dir.path().join("manager.log");
     let mut log = String::new();
     for _ in 0..300 {
