@@ -133,6 +133,15 @@ async fn register_verify_unregister_and_reset() {
         .unwrap();
     assert!(gitlab.managers().is_empty());
     assert!(gitlab.runner_token_valid(TOKEN), "the runner itself stays");
+    // A manager GitLab does not have (gone already, or never verified) is 404, as
+    // `find_by_system_xid` + `not_found!` answer it; the client says so.
+    match client.unregister(&Secret::new(TOKEN), SYSTEM_ID).await {
+        Err(ClientError::Status {
+            status: 404,
+            message: Some(message),
+        }) => assert_eq!(message, "404 Runner manager not found Not Found"),
+        other => panic!("a second unregister of the manager: {other:?}"),
+    }
     assert_eq!(
         gitlab.requests().last().unwrap().path,
         "/api/v4/runners/managers"

@@ -5,12 +5,14 @@
 //!
 //! Each GitLab rule lives in a module of its own naming the upstream file it follows:
 //! `features` (which jobs a runner may take), `lifecycle` (picking, two-phase commit,
-//! cancel, drop), `request` (`POST jobs/request`), `trace` (`PATCH jobs/:id/trace`) and
-//! `update` (`PUT jobs/:id`).
+//! cancel, drop), `request` (`POST jobs/request`), `trace` (`PATCH jobs/:id/trace`),
+//! `update` (`PUT jobs/:id`) and `runners` (registration, verification, unregistration and
+//! token reset).
 
 pub mod features;
 mod lifecycle;
 mod request;
+mod runners;
 mod trace;
 mod update;
 
@@ -626,12 +628,18 @@ fn payload_for(id: i64, token: &str, spec: &JobSpec, url: &str) -> Value {
 
 fn router(shared: Shared) -> Router {
     Router::new()
-        .route("/api/v4/runners", post(register).delete(unregister_legacy))
-        .route("/api/v4/runners/verify", post(verify))
-        .route("/api/v4/runners/managers", delete(unregister_manager))
+        .route(
+            "/api/v4/runners",
+            post(runners::register).delete(runners::unregister),
+        )
+        .route("/api/v4/runners/verify", post(runners::verify))
+        .route(
+            "/api/v4/runners/managers",
+            delete(runners::unregister_manager),
+        )
         .route(
             "/api/v4/runners/reset_authentication_token",
-            post(reset_token),
+            post(runners::reset_token),
         )
         .route("/api/v4/jobs/request", post(request::request_job))
         .route("/api/v4/jobs/{id}", put(update_job))
@@ -704,126 +712,6 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 
 fn forbidden() -> Response {
     json_response(StatusCode::FORBIDDEN, json!({"message": "403 Forbidden"}))
-}
-
-async fn register(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    if let Some(Fault::Status(status, h)) = take_fault(&shared, Endpoint::Register).await {
-        return status_response(status, &h);
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let mut inner = shared.lock();
-    if !inner.registration_tokens.contains(&token) {
-        return forbidden();
-    }
-    let id = inner.next_runner_id;
-    inner.next_runner_id += 1;
-    let new_token = format!(
-        "legacy{id:04}{:012x}",
-        rand::random::<u64>() & 0xffff_ffff_ffff
-    );
-    inner.runner_tokens.insert(new_token.clone(), id);
-    json_response(
-        StatusCode::CREATED,
-        json!({"id": id, "token": new_token, "token_expires_at": null}),
-    )
-}
-
-async fn verify(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    if let Some(Fault::Status(status, h)) = take_fault(&shared, Endpoint::Verify).await {
-        return status_response(status, &h);
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let system_id = body["system_id"].as_str().unwrap_or("").to_owned();
-    let mut inner = shared.lock();
-    let Some(id) = inner.runner_tokens.get(&token).copied() else {
-        return forbidden();
-    };
-    if !system_id.is_empty() && !inner.managers.contains(&(token.clone(), system_id.clone())) {
-        inner.managers.push((token.clone(), system_id));
-    }
-    json_response(
-        StatusCode::OK,
-        json!({"id": id, "token": token, "token_expires_at": null}),
-    )
-}
-
-async fn unregister_legacy(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("");
-    let mut inner = shared.lock();
-    match inner.runner_tokens.remove(token) {
-        Some(_) => {
-            inner.managers.retain(|(t, _)| t != token);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => forbidden(),
-    }
-}
-
-async fn unregister_manager(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let system_id = body["system_id"].as_str().unwrap_or("").to_owned();
-    let mut inner = shared.lock();
-    if !inner.runner_tokens.contains_key(&token) || system_id.is_empty() {
-        return forbidden();
-    }
-    inner
-        .managers
-        .retain(|m| m != &(token.clone(), system_id.clone()));
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn reset_token(
-    State(shared): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &body);
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let token = body["token"].as_str().unwrap_or("").to_owned();
-    let mut inner = shared.lock();
-    let Some(id) = inner.runner_tokens.remove(&token) else {
-        return forbidden();
-    };
-    let new_token = format!("glrt-reset{:016x}", rand::random::<u64>());
-    inner.runner_tokens.insert(new_token.clone(), id);
-    json_response(
-        StatusCode::CREATED,
-        json!({"token": new_token, "token_expires_at": null}),
-    )
 }
 
 async fn update_job(
