@@ -1016,6 +1016,20 @@ async fn artifacts_upload_and_download() {
             .await,
         DownloadOutcome::NotFound
     );
+
+    // A finished job uploads nothing (`authenticate_job!` wants it processing on a runner),
+    // while its artifacts stay downloadable with its token (`require_running: false`).
+    gitlab.set_status(id, "success");
+    assert_eq!(
+        client.upload_artifact(id, &token, &archive, &upload).await,
+        UploadOutcome::Forbidden
+    );
+    assert_eq!(
+        client
+            .download_artifact(id, &token, true, &target_file)
+            .await,
+        DownloadOutcome::Downloaded { bytes: 13 }
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,11 @@
 //! Each GitLab rule lives in a module of its own naming the upstream file it follows:
 //! `features` (which jobs a runner may take), `lifecycle` (picking, two-phase commit,
 //! cancel, drop), `request` (`POST jobs/request`), `trace` (`PATCH jobs/:id/trace`),
-//! `update` (`PUT jobs/:id`) and `runners` (registration, verification, unregistration and
-//! token reset).
+//! `update` (`PUT jobs/:id`), `artifacts` (`POST`/`GET jobs/:id/artifacts` and the object
+//! storage downloads redirect to) and `runners` (registration, verification, unregistration
+//! and token reset).
 
+mod artifacts;
 pub mod features;
 mod lifecycle;
 mod request;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
@@ -646,9 +648,9 @@ fn router(shared: Shared) -> Router {
         .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
         .route(
             "/api/v4/jobs/{id}/artifacts",
-            post(upload_artifact).get(download_artifact),
+            post(artifacts::upload).get(artifacts::download),
         )
-        .route("/object-storage/{key}", get(object_storage))
+        .route("/object-storage/{key}", get(artifacts::object_storage))
         .fallback(git_smart_http)
         .with_state(shared)
 }
@@ -776,119 +778,6 @@ async fn patch_trace(
     }
     let range = headers.get("content-range").and_then(|v| v.to_str().ok());
     trace::append(job, settings, range, &body, fault)
-}
-
-async fn upload_artifact(
-    State(shared): State<Shared>,
-    Path(id): Path<i64>,
-    Query(query): Query<BTreeMap<String, String>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    mut multipart: Multipart,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &[]);
-    // Read the whole upload first, so an early answer never races the client's body.
-    let mut stored = None;
-    while let Ok(Some(field)) = multipart.next_field().await {
-        if field.name() == Some("file") {
-            let name = field.file_name().unwrap_or("").to_owned();
-            match field.bytes().await {
-                Ok(bytes) => stored = Some((name, bytes.to_vec())),
-                Err(_) => {
-                    return json_response(
-                        StatusCode::BAD_REQUEST,
-                        json!({"message": "unreadable file part"}),
-                    );
-                }
-            }
-        }
-    }
-    match take_fault(&shared, Endpoint::UploadArtifact).await {
-        Some(Fault::Status(status, h)) => return status_response(status, &h),
-        Some(Fault::RedirectToSecondAddress) => {
-            let target = format!("{}/somewhere/else?ignored=1", shared.lock().second_address);
-            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
-            response
-                .headers_mut()
-                .insert("location", HeaderValue::from_str(&target).expect("url"));
-            return response;
-        }
-        _ => {}
-    }
-    let mut inner = shared.lock();
-    let Some(job) = inner.jobs.get_mut(&id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
-    };
-    if headers.get("job-token").and_then(|v| v.to_str().ok()) != Some(job.token.as_str()) {
-        return forbidden();
-    }
-    let Some((name, bytes)) = stored else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"message": "400 Bad request - file is missing"}),
-        );
-    };
-    job.artifacts.push((query, name, bytes));
-    json_response(StatusCode::CREATED, json!({}))
-}
-
-async fn download_artifact(
-    State(shared): State<Shared>,
-    Path(id): Path<i64>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &[]);
-    if let Some(Fault::Status(status, h)) = take_fault(&shared, Endpoint::DownloadArtifact).await {
-        return status_response(status, &h);
-    }
-    let mut inner = shared.lock();
-    let Some(job) = inner.jobs.get(&id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
-    };
-    if headers.get("job-token").and_then(|v| v.to_str().ok()) != Some(job.token.as_str()) {
-        return forbidden();
-    }
-    let Some((_, _, bytes)) = job
-        .artifacts
-        .iter()
-        .find(|(q, _, _)| q.get("artifact_type").is_none_or(|t| t == "archive"))
-        .cloned()
-    else {
-        return json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not found"}));
-    };
-    let key = format!("job-{id}-{:08x}", rand::random::<u32>());
-    inner.object_store.insert(key.clone(), bytes);
-    let mut response = StatusCode::FOUND.into_response();
-    let location = format!("/object-storage/{key}?X-Amz-Signature=signed");
-    response
-        .headers_mut()
-        .insert("location", HeaderValue::from_str(&location).expect("path"));
-    response
-}
-
-async fn object_storage(
-    State(shared): State<Shared>,
-    Path(key): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    record(&shared, &method, &uri, &headers, &[]);
-    if headers.contains_key("job-token") {
-        // Object storage must never see a job token.
-        return (StatusCode::BAD_REQUEST, "job token sent to object storage").into_response();
-    }
-    match shared.lock().object_store.get(&key) {
-        Some(bytes) => (StatusCode::OK, bytes.clone()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            "<Error><Code>NoSuchKey</Code></Error>",
-        )
-            .into_response(),
-    }
 }
 
 /// `<repo>.git/info/refs` and `<repo>.git/git-upload-pack`, for running jobs' tokens only.
