@@ -7,12 +7,14 @@
 //! watch per namespace over the manager's pods; there is no per-job watch, no polling, no exec
 //! and no log stream: the agent talks to GitLab itself and leaves its termination report as
 //! the build container's termination message. Every call goes through [`crate::calls`]
-//! (retries, rate limit).
+//! (retries, rate limit). A job allowed its own `KUBERNETES_BEARER_TOKEN` has its writes (its
+//! Secrets, Pod and budget) made with that token (`writer`); the shared watches, which serve
+//! every job of a namespace, stay the manager's.
 //!
 //! This module keeps the executor, its connection and the small shared helpers; each concern
 //! is a child module: `store` (the shared watches), `run` (one job), `follow` (a pod to its
-//! end), `adopt` (an earlier run's pods), `sweep` (strays), `secrets` and `ownership`
-//! (Leases and takeovers). What a pod's state means is decided in [`crate::judge`].
+//! end), `adopt` (an earlier run's pods), `sweep` (strays), `secrets`, `ownership`
+//! (Leases and takeovers) and `writer` (whose credentials a job's writes use). What a pod's state means is decided in [`crate::judge`].
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -41,6 +43,9 @@ mod run;
 mod secrets;
 mod store;
 mod sweep;
+mod writer;
+
+pub(crate) use writer::JobWriter;
 
 /// Why the executor could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,12 @@ pub enum ConnectError {
 
 /// Runs each job in its own pod.
 pub struct KubernetesExecutor {
+    /// The manager's own client: watches, Leases, namespaces, adoption, the sweep, and the
+    /// jobs' writes unless a job brings its own token ([`JobWriter`]).
     client: kube::Client,
+    /// What `client` was made from: a job's own client starts from it
+    /// ([`crate::job_client`]).
+    config: kube::Config,
     init_image: String,
     podrunner_version: String,
     info: RunnerInfo,
@@ -90,10 +100,20 @@ impl Drop for KubernetesExecutor {
     }
 }
 
+/// The manager's connection to the API server.
+#[derive(Clone)]
+pub struct Connection {
+    /// The client of the manager's calls.
+    pub client: kube::Client,
+    /// The settings it was made from, kept for the clients of jobs that bring their own
+    /// `KUBERNETES_BEARER_TOKEN` ([`crate::job_client`]).
+    pub config: kube::Config,
+}
+
 /// Connects the way gitlab-runner does: `host` (with `bearer_token`, `ca_file`,
 /// `cert_file`/`key_file`) when set, else the pod's service account, else the kubeconfig
 /// (`context` when set).
-pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError> {
+pub async fn connect(runner: &RunnerConfig) -> Result<Connection, ConnectError> {
     let settings = runner.kubernetes.clone().unwrap_or_default();
     let config = if let Some(host) = settings.host.as_deref().filter(|h| !h.is_empty()) {
         let kubeconfig = Kubeconfig {
@@ -150,7 +170,9 @@ pub async fn connect(runner: &RunnerConfig) -> Result<kube::Client, ConnectError
             })?,
         }
     };
-    kube::Client::try_from(config).map_err(|e| ConnectError::NoCluster(e.to_string()))
+    let client = kube::Client::try_from(config.clone())
+        .map_err(|e| ConnectError::NoCluster(e.to_string()))?;
+    Ok(Connection { client, config })
 }
 
 /// How a job's pod ended up, as far as the executor can tell.
@@ -170,14 +192,15 @@ pub(crate) enum Outcome {
 }
 
 impl KubernetesExecutor {
-    /// An executor that uses `client`; job pods install the agent from `init_image`.
+    /// An executor that uses `connection`; job pods install the agent from `init_image`.
     pub fn new(
-        client: kube::Client,
+        connection: Connection,
         init_image: String,
         podrunner_version: String,
         info: RunnerInfo,
         system_id: String,
     ) -> Self {
+        let Connection { client, config } = connection;
         let cancel = CancellationToken::new();
         KubernetesExecutor {
             leases: crate::lease::OwnLeases::new(
@@ -187,6 +210,7 @@ impl KubernetesExecutor {
                 cancel.child_token(),
             ),
             client,
+            config,
             init_image,
             podrunner_version,
             info,
@@ -362,4 +386,6 @@ struct JobPod {
     heard: Heard,
     /// Owned through this manager's Lease (marked with it): another manager may take it.
     leased: bool,
+    /// Whose credentials the pod's writes (patches, deletes) are made with.
+    writer: JobWriter,
 }

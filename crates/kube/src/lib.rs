@@ -5,6 +5,7 @@
 pub mod calls;
 pub mod executor;
 pub mod fargate;
+pub mod job_client;
 mod judge;
 pub mod lease;
 mod namespaces;
@@ -16,5 +17,5 @@ mod prelude;
 pub mod pull_policy;
 pub mod registry_auth;
 
-pub use executor::{ConnectError, KubernetesExecutor, connect};
+pub use executor::{ConnectError, Connection, KubernetesExecutor, connect};
 pub use plan::{PlanContext, PlanError, PodPlan, plan};

@@ -60,7 +60,7 @@ fn budget(pod: &Pod, owner: &OwnerReference) -> PodDisruptionBudget {
 /// Creates the budget of `pod` when the runner asks for one; the error says what failed.
 pub(crate) async fn create(
     runner: &RunnerConfig,
-    client: &kube::Client,
+    writer: &crate::executor::JobWriter,
     calls: &ApiCalls,
     pod: &Pod,
     owner: &OwnerReference,
@@ -70,7 +70,7 @@ pub(crate) async fn create(
     }
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let budget = budget(pod, owner);
-    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<PodDisruptionBudget> = Api::namespaced(writer.client.clone(), &namespace);
     let post = PostParams::default();
     let created = calls
         .run("create PodDisruptionBudget", || api.create(&post, &budget))
@@ -83,7 +83,7 @@ pub(crate) async fn create(
             format!(
                 "cannot create PodDisruptionBudget {namespace}/{}: {}",
                 budget.metadata.name.as_deref().unwrap_or_default(),
-                crate::executor::api_error(&e)
+                writer.error(&e)
             )
         })
 }

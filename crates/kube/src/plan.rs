@@ -182,10 +182,26 @@ pub struct PodPlan {
     pub warnings: Vec<String>,
     /// The pull policies each container tries, in order ([`crate::pull_policy::effective`]).
     pub pull_policies: BTreeMap<String, Vec<crate::pull_policy::Policy>>,
+    /// The job's `KUBERNETES_BEARER_TOKEN`, when `bearer_token_overwrite_allowed`: the job's
+    /// own writes are made with it ([`crate::job_client`]). Never serialised, hidden by `Debug`.
+    pub bearer_token: Option<crate::job_client::JobBearerToken>,
 }
 
 fn kube_quantity(q: &Quantity) -> KubeQuantity {
     KubeQuantity(q.to_string())
+}
+
+/// The job's `KUBERNETES_BEARER_TOKEN` as [`plan`] keeps it in [`PodPlan::bearer_token`], for a
+/// job whose pod was made by an earlier run (adopted or taken over): its writes go on with it.
+pub fn job_bearer_token(
+    runner: &RunnerConfig,
+    payload: &JobPayload,
+) -> Option<crate::job_client::JobBearerToken> {
+    bearer_token(
+        &runner.kubernetes_or_default(),
+        &JobVariables::new(payload),
+        &mut Vec::new(),
+    )
 }
 
 /// Plans the pod of a job for a kubernetes runner (its first attempt).
@@ -212,7 +228,7 @@ pub fn plan_attempt(
     let mut warnings = Vec::new();
 
     let namespace = namespace::namespace(config, variables, job.id, &mut warnings)?;
-    bearer_token(config, variables, &mut warnings)?;
+    let bearer_token = bearer_token(config, variables, &mut warnings);
     let service_account = namespace::service_account(config, variables, &mut warnings)?;
     let image = images::image(config, job, variables)?;
 
@@ -320,6 +336,7 @@ pub fn plan_attempt(
         registry_secret,
         warnings,
         pull_policies: policies.lists(),
+        bearer_token,
     })
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use podrunner_config::{RunnerConfig, SourceText, load_str};
 use podrunner_gitlab::JobPayload;
+use podrunner_kube::job_client::JobBearerToken;
 use podrunner_kube::{PlanContext, PodPlan, plan};
 use podrunner_testkit::kubernetes::validation::validate_pod;
 use serde_json::{Value, json};
@@ -421,7 +422,7 @@ fn toleration_overwrites_are_gated_and_checked() {
 }
 
 #[test]
-fn a_job_bearer_token_is_never_used_nor_written() {
+fn a_job_bearer_token_is_kept_for_the_job_writes_and_never_written() {
     let token = "eyJhbGciOiJSUzI1NiJ9.fake-job-token";
     let payload = job(&[("KUBERNETES_BEARER_TOKEN", token)], json!({}));
     let ignored = planned(&runner("", ""), &payload);
@@ -429,15 +430,22 @@ fn a_job_bearer_token_is_never_used_nor_written() {
         ignored.warnings.iter().any(|w| w
             == "KUBERNETES_BEARER_TOKEN is ignored: bearer_token_overwrite_allowed is not set")
     );
-    let pod = serde_json::to_string(&ignored.pod).unwrap();
-    assert!(!pod.contains(token) && !ignored.warnings.iter().any(|w| w.contains(token)));
-    let error = refusal(
-        &runner("", "    bearer_token_overwrite_allowed = true\n"),
-        &payload,
+    assert_eq!(ignored.bearer_token, None);
+    let allowed_runner = runner("", "    bearer_token_overwrite_allowed = true\n");
+    let allowed = planned(&allowed_runner, &payload);
+    assert_eq!(allowed.bearer_token, Some(JobBearerToken::new(token)));
+    assert!(allowed.warnings.is_empty(), "{:?}", allowed.warnings);
+    // An adopted pod's job goes on with the same token.
+    assert_eq!(
+        podrunner_kube::plan::job_bearer_token(&allowed_runner, &payload),
+        Some(JobBearerToken::new(token))
     );
-    assert!(
-        error.starts_with("KUBERNETES_BEARER_TOKEN: podrunner creates every job's pod with the manager's own credentials"),
-        "{error}"
-    );
-    assert!(!error.contains(token));
+    for plan in [&ignored, &allowed] {
+        let pod = serde_json::to_string(&plan.pod).unwrap();
+        assert!(!pod.contains(token), "{pod}");
+        assert!(!format!("{plan:?}").contains(token));
+        assert!(!plan.warnings.iter().any(|w| w.contains(token)));
+    }
+    let empty = job(&[("KUBERNETES_BEARER_TOKEN", "")], json!({}));
+    assert_eq!(planned(&allowed_runner, &empty).bearer_token, None);
 }

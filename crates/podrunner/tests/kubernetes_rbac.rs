@@ -691,3 +691,115 @@ async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
     assert!(made.contains(&("create".to_owned(), "poddisruptionbudgets".to_owned())));
     h.stop().await;
 }
+
+/// With `bearer_token_overwrite_allowed`, a job's `KUBERNETES_BEARER_TOKEN` makes the job's
+/// writes: its Pod and spec Secret are created and deleted by the token's ServiceAccount (the
+/// stand-in authorises by token), while the manager still watches with its own; a token whose
+/// account has no rights fails its job with the API server's refusal and a note naming the
+/// variable, and nothing is left behind. Neither token reaches the manager's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_bearer_token_makes_the_job_writes_when_the_overwrite_is_allowed() {
+    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+    let values = seed.replacen(
+        "      [runners.kubernetes]\n",
+        "      [runners.kubernetes]\n        bearer_token_overwrite_allowed = true\n",
+        1,
+    );
+    assert_ne!(values, seed);
+    let h = Harness::with_values(&values, |kube| {
+        for object in [
+            json!({"kind": "Role", "metadata": {"name": "deployer", "namespace": JOB_NAMESPACE},
+                   "rules": [
+                       {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "list", "patch", "delete"]},
+                       {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch", "delete"]}]}),
+            json!({"kind": "RoleBinding", "metadata": {"name": "deployer", "namespace": JOB_NAMESPACE},
+                   "roleRef": {"kind": "Role", "name": "deployer"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": JOB_NAMESPACE}]}),
+        ] {
+            kube.load_rbac(&object).unwrap();
+        }
+    })
+    .await;
+    let deployer = h.kube.service_account_token(JOB_NAMESPACE, "deployer");
+    let nobody = h.kube.service_account_token(JOB_NAMESPACE, "nobody");
+    let calls_of = |user: &str| -> BTreeSet<(String, String)> {
+        h.kube
+            .authorizations()
+            .into_iter()
+            .filter(|d| d.user == user && d.allowed)
+            .map(|d| (d.verb, d.resource))
+            .collect()
+    };
+
+    // 1. A token with the rights: the job runs, its writes made as the token's account.
+    let id = h
+        .gitlab
+        .enqueue(job("own-token", &["echo own token"]).variable(
+            "KUBERNETES_BEARER_TOKEN",
+            &deployer,
+            false,
+        ));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(90), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&view.trace),
+        h.manager_log()
+    );
+    h.clean().await;
+    let by_job = calls_of(&format!("system:serviceaccount:{JOB_NAMESPACE}:deployer"));
+    for call in [
+        ("create", "pods"),
+        ("create", "secrets"),
+        ("delete", "pods"),
+    ] {
+        assert!(
+            by_job.contains(&(call.0.to_owned(), call.1.to_owned())),
+            "{call:?} not made with the job's token: {by_job:?}"
+        );
+    }
+    assert!(
+        !by_job.iter().any(|(verb, _)| verb == "watch"),
+        "the job's token watched: {by_job:?}"
+    );
+    let (by_manager, denied) = h.calls();
+    assert!(denied.is_empty(), "denied: {denied:?}");
+    assert!(by_manager.contains(&("watch".to_owned(), "pods".to_owned())));
+    for call in [("create", "pods"), ("create", "secrets")] {
+        assert!(
+            !by_manager.contains(&(call.0.to_owned(), call.1.to_owned())),
+            "{call:?} made with the manager's token: {by_manager:?}"
+        );
+    }
+
+    // 2. A token without rights: the job fails at once, naming the variable; nothing is made.
+    let id = h.gitlab.enqueue(job("no-rights", &["echo never"]).variable(
+        "KUBERNETES_BEARER_TOKEN",
+        &nobody,
+        false,
+    ));
+    let view = h
+        .gitlab
+        .wait_for_job(id, Duration::from_secs(60), |j| {
+            matches!(j.status.as_str(), "success" | "failed")
+        })
+        .await;
+    let trace = String::from_utf8_lossy(&view.trace);
+    assert_eq!(view.status, "failed", "{trace}\n{}", h.manager_log());
+    assert!(
+        trace.contains("is forbidden")
+            && trace.contains("this call was made with the job's KUBERNETES_BEARER_TOKEN"),
+        "{trace}"
+    );
+    assert!(!trace.contains("echo never"), "{trace}");
+    h.clean().await;
+    let log = h.manager_log();
+    assert!(!log.contains(&deployer) && !log.contains(&nobody), "{log}");
+    h.stop().await;
+}

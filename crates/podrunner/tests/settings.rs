@@ -57,10 +57,6 @@ const SILENT: &[(&str, &str)] = &[
     ("runners[0].autoscaler", "docker-autoscaler"),
     ("runners[0].referees", "not offered"),
     (
-        "runners[0].kubernetes.bearer_token_overwrite_allowed",
-        "KUBERNETES_BEARER_TOKEN",
-    ),
-    (
         "runners[0].kubernetes.helper_image",
         "podrunner needs no helper image: the agent runs in the build container",
     ),
@@ -271,6 +267,7 @@ fn config_check_lists_every_silent_key_with_its_advice() {
         "allowed_users",
         "allowed_groups",
         "node_tolerations_overwrite_allowed",
+        "bearer_token_overwrite_allowed",
         "pod_spec",
         "Shared",
         "BucketName",

@@ -353,9 +353,9 @@ pub const SETTINGS: &[Setting] = &[
         "runners.kubernetes.bearer_token",
         "token: settings.bearer_token.clone()",
     ),
-    ignored(
+    honoured(
         "runners.kubernetes.bearer_token_overwrite_allowed",
-        "not applied: podrunner creates every pod with the manager's own credentials, so a job that sets KUBERNETES_BEARER_TOKEN is refused; give the manager's service account access to the jobs' namespaces instead",
+        "config.bearer_token_overwrite_allowed",
     ),
     honoured("runners.kubernetes.image", "config.image.as_deref()"),
     honoured(

@@ -64,7 +64,6 @@ fn the_full_config_lists_its_ignored_keys() {
         "runners.kubernetes.autoscaler",
         "runners.kubernetes.suspend_pvc_size",
         "runners.kubernetes.services.suspend_data_path",
-        "runners.kubernetes.bearer_token_overwrite_allowed",
     ] {
         assert!(
             keys.contains(&expected),
@@ -85,6 +84,7 @@ fn the_full_config_lists_its_ignored_keys() {
         "runners.kubernetes.allowed_users",
         "runners.kubernetes.allowed_groups",
         "runners.kubernetes.node_tolerations_overwrite_allowed",
+        "runners.kubernetes.bearer_token_overwrite_allowed",
         "runners.feature_flags.FF_USE_ADVANCED_POD_SPEC_CONFIGURATION",
     ] {
         assert!(!keys.contains(&honoured));

@@ -54,7 +54,8 @@ impl KubernetesExecutor {
         let (namespace, pod_name) = (job_pod.namespace.as_str(), job_pod.name.as_str());
         let state = &mut job_pod.state;
         let log = &mut job_pod.log;
-        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        // The job's writes (the prelude's patches, the delete on abort): the job's client.
+        let pods_api: Api<Pod> = Api::namespaced(job_pod.writer.client.clone(), namespace);
         let settings = runner.kubernetes.clone().unwrap_or_default();
         let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
         let started = tokio::time::Instant::now();

@@ -119,6 +119,19 @@ impl KubernetesExecutor {
                 .await;
             return None;
         };
+        // The job's writes go on with its own token, as when its pod was made.
+        let token = crate::plan::job_bearer_token(runner, &payload);
+        let writer = match self.writer(token.as_ref()) {
+            Ok(writer) => writer,
+            Err(e) => {
+                Event::KubernetesProblem {
+                    doing: format!("adopting pod {namespace}/{pod_name}"),
+                    error: format!("{e}; its writes are made with the manager's credentials"),
+                }
+                .emit();
+                self.own_writer()
+            }
+        };
         let accepted = AcceptedJob {
             runner: runner.clone(),
             payload,
@@ -144,6 +157,7 @@ impl KubernetesExecutor {
                     log: None,
                     heard: Heard::Running,
                     leased,
+                    writer,
                 },
             );
         Some(accepted)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::follow::Followed;
 use super::secrets::JobSecrets;
-use super::{JobPod, KubernetesExecutor, Outcome, already_exists, api_error, is_conflict};
+use super::{JobPod, KubernetesExecutor, Outcome, already_exists, is_conflict};
 use crate::calls::ApiCalls;
 use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan, plan_attempt};
 use crate::prelude::{Heard, PodLog};
@@ -32,6 +32,11 @@ impl KubernetesExecutor {
         };
         let mut planned = match plan(&runner, &job.payload, &context) {
             Ok(planned) => planned,
+            Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
+        };
+        // The job's own writes: with the manager's client, or with the job's token.
+        let writer = match self.writer(planned.bearer_token.as_ref()) {
+            Ok(writer) => writer,
             Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
         };
         let namespace = planned.namespace.clone();
@@ -123,8 +128,8 @@ impl KubernetesExecutor {
             job.payload.job.id,
             owner.annotations(),
         );
-        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(writer.client.clone(), &namespace);
+        let pods_api: Api<Pod> = Api::namespaced(writer.client.clone(), &namespace);
         let calls = self.calls(&runner);
         let states = self.states(&namespace);
         let post = PostParams::default();
@@ -154,7 +159,7 @@ impl KubernetesExecutor {
                             &format!(
                                 "cannot create Secret {namespace}/{}: {}",
                                 secret.metadata.name.as_deref().unwrap_or_default(),
-                                api_error(&e)
+                                writer.error(&e)
                             ),
                             Some(0),
                         )
@@ -182,7 +187,7 @@ impl KubernetesExecutor {
                             &job,
                             &format!(
                                 "cannot create pod {namespace}/{pod_name}: {}",
-                                api_error(&e)
+                                writer.error(&e)
                             ),
                             Some(0),
                         )
@@ -213,9 +218,9 @@ impl KubernetesExecutor {
                 Err(e) => Some(format!(
                     "cannot create Secret {namespace}/{}: {}",
                     planned.spec_secret,
-                    api_error(&e)
+                    writer.error(&e)
                 )),
-                Ok(()) => crate::pdb::create(&runner, &self.client, &calls, &created, &pod_owner)
+                Ok(()) => crate::pdb::create(&runner, &writer, &calls, &created, &pod_owner)
                     .await
                     .err(),
             };
@@ -228,6 +233,7 @@ impl KubernetesExecutor {
                     log: None,
                     heard: Heard::Running,
                     leased,
+                    writer: writer.clone(),
                 };
                 // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
                 self.discard(&job, pod).await;
@@ -250,6 +256,7 @@ impl KubernetesExecutor {
                 log,
                 heard,
                 leased,
+                writer: writer.clone(),
             };
             drop((spec_secret, created));
             let outcome = match self.follow_and_delete(&job, &mut pod, &abort).await {
@@ -294,8 +301,8 @@ impl KubernetesExecutor {
     /// Deletes a pod that never ran its job, and the Secrets it does not own.
     pub(super) async fn discard(&self, job: &AcceptedJob, pod: JobPod) {
         let calls = self.calls(&job.runner);
-        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let pods_api: Api<Pod> = Api::namespaced(pod.writer.client.clone(), &pod.namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(pod.writer.client.clone(), &pod.namespace);
         self.states(&pod.namespace).forget(&pod.name);
         let params = DeleteParams::background();
         let _ = calls
@@ -330,8 +337,8 @@ impl KubernetesExecutor {
         let runner = job.runner.clone();
         let (namespace, pod_name) = (pod.namespace.clone(), pod.name.clone());
         let (namespace, pod_name) = (namespace.as_str(), pod_name.as_str());
-        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let secrets_api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let pods_api: Api<Pod> = Api::namespaced(pod.writer.client.clone(), namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(pod.writer.client.clone(), namespace);
         let mut provisioned = None;
         let outcome = self
             .follow(&runner, job.payload.job.id, pod, abort, &mut provisioned)

@@ -10,6 +10,7 @@ use podrunner_config::Quantity;
 use podrunner_config::kubernetes::{ContainerRole, KubernetesConfig, ResourceKind};
 
 use super::{JobVariables, PlanError, kube_quantity, names, sanitize_label_value};
+use crate::job_client::JobBearerToken;
 
 /// The resources of a role, with the job's `KUBERNETES_*` overwrites applied within
 /// `*_overwrite_max_allowed`: an overwrite must be a positive quantity, and every request at
@@ -207,28 +208,23 @@ pub(super) fn in_runner_label_namespace(key: &str) -> bool {
 }
 
 /// `KUBERNETES_BEARER_TOKEN` (`BearerTokenOverwriteVariableValue` of gitlab-runner's
-/// `overwrites.go`): gitlab-runner creates the job's pod with that token when
-/// `bearer_token_overwrite_allowed` is set. podrunner creates every pod, and watches it, with
-/// the manager's own credentials, so it refuses such a job rather than run it with more
-/// rights than the token gives; without the setting the variable is ignored, as there. The
-/// token is never written anywhere.
+/// `overwrites.go`): with `bearer_token_overwrite_allowed` set, a non-empty value is the token
+/// the job's own writes (its Secrets, Pod and PodDisruptionBudget, and their deletion) are
+/// made with ([`crate::job_client`]); without the setting the variable is ignored with a
+/// warning (gitlab-runner ignores it at debug level). The value is taken from the expanded
+/// variables, as gitlab-runner's `createOverwrites` does, and is never written anywhere.
 pub(super) fn bearer_token(
     config: &KubernetesConfig,
     variables: &JobVariables,
     warnings: &mut Vec<String>,
-) -> Result<(), PlanError> {
+) -> Option<JobBearerToken> {
     const VARIABLE: &str = "KUBERNETES_BEARER_TOKEN";
-    if variables.get(VARIABLE).is_none_or(str::is_empty) {
-        return Ok(());
-    }
+    let value = variables.get(VARIABLE).filter(|v| !v.is_empty())?;
     if !config.bearer_token_overwrite_allowed {
         warnings.push(format!(
             "{VARIABLE} is ignored: bearer_token_overwrite_allowed is not set"
         ));
-        return Ok(());
+        return None;
     }
-    Err(PlanError::Overwrite {
-        variable: VARIABLE.into(),
-        reason: "podrunner creates every job's pod with the manager's own credentials and does not use a job's token: remove the variable, or give the manager's service account access to the job's namespace".into(),
-    })
+    Some(JobBearerToken::new(value))
 }

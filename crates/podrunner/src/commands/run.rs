@@ -194,12 +194,12 @@ pub(crate) async fn run(args: &RunArgs) -> Result<ExitCode> {
                 info: runner_info("shell"),
             })),
             Some(ExecutorKind::Kubernetes) => {
-                let client = podrunner_kube::connect(runner)
+                let connection = podrunner_kube::connect(runner)
                     .await
                     .with_context(|| format!("runners[{index}] in {}", path.display()))?;
                 let executor = Arc::new(
                     podrunner_kube::KubernetesExecutor::new(
-                        client,
+                        connection,
                         args.init_image.clone(),
                         env!("CARGO_PKG_VERSION").to_owned(),
                         runner_info("kubernetes"),
