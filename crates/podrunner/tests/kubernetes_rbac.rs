@@ -4,6 +4,7 @@
 //! has exactly the permissions a user installs. `scripts/test` sets `PODRUNNER_CHART_PYTHON`
 //! and `PODRUNNER_STATIC_BINARY`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
