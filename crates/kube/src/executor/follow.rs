@@ -47,7 +47,7 @@ impl KubernetesExecutor {
         }
         // Told at once when this manager loses the Lease its pod is owned through.
         let mut lapses = match job_pod.leased {
-            true => self.leases.lapses(&job_pod.namespace).await,
+            true => Box::pin(self.leases.lapses(&job_pod.namespace)).await,
             false => None,
         };
         let leased = job_pod.leased;
@@ -102,12 +102,14 @@ impl KubernetesExecutor {
                     }
                     if let Some(open) = log.as_mut() {
                         // The job's log is its owner's to write.
-                        if self.lost_lease(namespace, leased).await {
+                        if Box::pin(self.lost_lease(namespace, leased)).await {
                             return Followed::HandedOver;
                         }
                         let warnings = self.states(namespace).warnings_of(pod_name);
+                        // Boxed, as every call here: the follower's own future, alive for
+                        // the whole job, stays small.
                         if let Heard::Stop(stop) =
-                            open.observe(&pods_api, pod, &warnings, runner).await
+                            Box::pin(open.observe(&pods_api, pod, &warnings, runner)).await
                         {
                             return Outcome::Stopped(stop).into();
                         }
@@ -146,11 +148,11 @@ impl KubernetesExecutor {
                 }
                 Some(()) = lapsed(&mut lapses) => return Followed::HandedOver,
                 () = tokio::time::sleep_until(contact_at.unwrap_or_else(tokio::time::Instant::now)), if contact_at.is_some() => {
-                    if self.lost_lease(namespace, leased).await {
+                    if Box::pin(self.lost_lease(namespace, leased)).await {
                         return Followed::HandedOver;
                     }
                     if let Some(open) = log.as_mut()
-                        && let Heard::Stop(stop) = open.contact().await
+                        && let Heard::Stop(stop) = Box::pin(open.contact()).await
                     {
                         return Outcome::Stopped(stop).into();
                     }

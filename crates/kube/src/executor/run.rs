@@ -61,7 +61,9 @@ impl KubernetesExecutor {
                 .await;
         }
         let poll_timeout = Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs());
-        if let Err(why) = crate::namespaces::prepare(
+        // The start's calls are boxed, as the follower below: each lives only while it runs,
+        // not in the job's task for the job's life (docs/benchmarks.md, scale).
+        if let Err(why) = Box::pin(crate::namespaces::prepare(
             &self.client,
             &self.calls(&runner),
             &runner,
@@ -70,14 +72,14 @@ impl KubernetesExecutor {
             job.payload.job.id,
             &namespace,
             poll_timeout,
-        )
+        ))
         .await
         {
             return self.fail(&job, &why, Some(0)).await;
         }
         // Owned through this manager's Lease, made (in a namespace that exists now) before
         // its first pod there.
-        let owner = self.ownership(&namespace).await;
+        let owner = Box::pin(self.ownership(&namespace)).await;
         owner.mark(&mut planned.pod.metadata);
         let leased = owner.leased();
         let mut notes: Vec<Note> = planned.warnings.iter().map(Note::warning).collect();
@@ -100,14 +102,14 @@ impl KubernetesExecutor {
             });
             notes.extend(prediction.warnings.iter().map(Note::warning));
         }
-        let mut spec = agent_spec(
+        let mut spec = Box::pin(agent_spec(
             &job,
             podrunner_config::Executor::Kubernetes,
             PathBuf::from(runner.builds_dir()),
             PathBuf::from(runner.cache_dir()),
             None,
             PathBuf::from("/dev/termination-log"),
-        )
+        ))
         .await;
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
@@ -122,6 +124,10 @@ impl KubernetesExecutor {
                 .get_or_insert_default()
                 .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
         }
+        // The agent's spec as its Secret holds it; the typed spec (a copy of the payload) is
+        // not kept. The JSON stays only while a pull policy is left for another pod.
+        let mut spec_json = Some(super::secrets::spec_json(&spec));
+        drop(spec);
         let secrets = JobSecrets::new(
             &namespace,
             &self.system_id,
@@ -210,7 +216,15 @@ impl KubernetesExecutor {
                 block_owner_deletion: Some(true),
                 controller: None,
             };
-            let spec_secret = secrets.spec(&planned.spec_secret, &spec, pod_owner.clone());
+            let json = match may_retry(&planned.pull_policies) {
+                true => spec_json.clone(),
+                false => spec_json.take(),
+            };
+            let spec_secret = secrets.spec(
+                &planned.spec_secret,
+                json.unwrap_or_default(),
+                pod_owner.clone(),
+            );
             let created_secret = calls
                 .run("create Secret", || secrets_api.create(&post, &spec_secret))
                 .await;
@@ -220,9 +234,11 @@ impl KubernetesExecutor {
                     planned.spec_secret,
                     writer.error(&e)
                 )),
-                Ok(()) => crate::pdb::create(&runner, &writer, &calls, &created, &pod_owner)
-                    .await
-                    .err(),
+                Ok(()) => Box::pin(crate::pdb::create(
+                    &runner, &writer, &calls, &created, &pod_owner,
+                ))
+                .await
+                .err(),
             };
             if let Some(why) = refused {
                 let pod = JobPod {
@@ -236,17 +252,16 @@ impl KubernetesExecutor {
                     writer: writer.clone(),
                 };
                 // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
-                self.discard(&job, pod).await;
+                Box::pin(self.discard(&job, pod)).await;
                 return self.fail(&job, &why, Some(0)).await;
             }
             // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
             let mut heard = Heard::Running;
             if let Some(log) = &mut log {
-                heard = log.send().await;
+                heard = Box::pin(log.send()).await;
             }
-            let still_unowned = self
-                .own_secrets(&calls, &secrets_api, &pod_owner, unowned)
-                .await;
+            let still_unowned =
+                Box::pin(self.own_secrets(&calls, &secrets_api, &pod_owner, unowned)).await;
 
             let mut pod = JobPod {
                 namespace: namespace.clone(),
@@ -258,26 +273,29 @@ impl KubernetesExecutor {
                 leased,
                 writer: writer.clone(),
             };
-            drop((spec_secret, created));
-            let outcome = match self.follow_and_delete(&job, &mut pod, &abort).await {
+            // While the pod runs the job keeps only what follows it: not the plan (but its
+            // pull policies), the created objects or the calls' futures.
+            let pull_policies = std::mem::take(&mut planned.pull_policies);
+            drop((spec_secret, created, planned));
+            let outcome = match Box::pin(self.follow_and_delete(&job, &mut pod, &abort)).await {
                 Followed::Ended(outcome) => outcome,
                 Followed::HandedOver => return self.let_go(job.payload.job.id, &pod),
             };
             let Outcome::PullFailed(failure) = &outcome else {
-                return self.conclude(&job, pod, outcome).await;
+                return Box::pin(self.conclude(&job, pod, outcome)).await;
             };
-            match attempts.record_failure(failure, &planned.pull_policies) {
+            match attempts.record_failure(failure, &pull_policies) {
                 AfterFailure::GiveUp { warning } => {
                     if let Some(log) = pod.log.as_mut() {
-                        log.warning(&warning).await;
+                        Box::pin(log.warning(&warning)).await;
                     }
-                    return self.conclude(&job, pod, outcome).await;
+                    return Box::pin(self.conclude(&job, pod, outcome)).await;
                 }
                 AfterFailure::Retry { warning, info } => {
                     if let Some(open) = pod.log.as_mut()
-                        && let Heard::Stop(stop) = open.next_pod(&warning, &info).await
+                        && let Heard::Stop(stop) = Box::pin(open.next_pod(&warning, &info)).await
                     {
-                        return self.conclude(&job, pod, Outcome::Stopped(stop)).await;
+                        return Box::pin(self.conclude(&job, pod, Outcome::Stopped(stop))).await;
                     }
                     log = pod.log.take();
                 }
@@ -320,8 +338,8 @@ impl KubernetesExecutor {
         mut pod: JobPod,
         abort: &CancellationToken,
     ) -> JobEnd {
-        match self.follow_and_delete(job, &mut pod, abort).await {
-            Followed::Ended(outcome) => self.conclude(job, pod, outcome).await,
+        match Box::pin(self.follow_and_delete(job, &mut pod, abort)).await {
+            Followed::Ended(outcome) => Box::pin(self.conclude(job, pod, outcome)).await,
             Followed::HandedOver => self.let_go(job.payload.job.id, &pod),
         }
     }
@@ -340,9 +358,8 @@ impl KubernetesExecutor {
         let pods_api: Api<Pod> = Api::namespaced(pod.writer.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(pod.writer.client.clone(), namespace);
         let mut provisioned = None;
-        let outcome = self
-            .follow(&runner, job.payload.job.id, pod, abort, &mut provisioned)
-            .await;
+        let outcome =
+            Box::pin(self.follow(&runner, job.payload.job.id, pod, abort, &mut provisioned)).await;
         // Whatever the pod looked like from here, another manager may have it now: then
         // nothing of it is this manager's to delete or report.
         let outcome = match outcome {
@@ -419,7 +436,7 @@ impl KubernetesExecutor {
                 }
                 .emit();
                 let delivered = match pod.log.as_mut() {
-                    Some(log) => log.end_stopped(&stop).await,
+                    Some(log) => Box::pin(log.end_stopped(&stop)).await,
                     None => false,
                 };
                 JobEnd::failed(FailureReason::JobCanceled, delivered)
@@ -480,4 +497,12 @@ impl KubernetesExecutor {
         .await;
         JobEnd::failed(failure, delivered)
     }
+}
+
+/// Whether a pull failure can lead to another pod: some container has a policy after its
+/// first ([`PullAttempts::record_failure`] retries only then).
+fn may_retry(
+    policies: &std::collections::BTreeMap<String, Vec<crate::pull_policy::Policy>>,
+) -> bool {
+    policies.values().any(|list| list.len() > 1)
 }

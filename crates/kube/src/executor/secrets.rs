@@ -53,16 +53,10 @@ impl JobSecrets {
     }
 
     /// The spec Secret `name` (`job.json`, what the agent runs), born owned by its pod.
-    pub(super) fn spec(&self, name: &str, spec: &AgentSpec, owner: OwnerReference) -> Secret {
+    pub(super) fn spec(&self, name: &str, json: Vec<u8>, owner: OwnerReference) -> Secret {
         Secret {
             metadata: self.metadata(name, Some(owner)),
-            data: Some(
-                [(
-                    "job.json".to_owned(),
-                    ByteString(serde_json::to_vec(spec).unwrap_or_default()),
-                )]
-                .into(),
-            ),
+            data: Some([("job.json".to_owned(), ByteString(json))].into()),
             type_: Some("Opaque".into()),
             ..Default::default()
         }
@@ -100,6 +94,11 @@ fn docker_config(job: &AcceptedJob) -> Vec<u8> {
     crate::registry_auth::resolve(&job.payload, &job.runner.environment)
         .docker_config_json()
         .unwrap_or_default()
+}
+
+/// `spec` as the spec Secret's `job.json`.
+pub(super) fn spec_json(spec: &AgentSpec) -> Vec<u8> {
+    serde_json::to_vec(spec).unwrap_or_default()
 }
 
 impl KubernetesExecutor {
