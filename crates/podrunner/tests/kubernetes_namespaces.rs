@@ -33,12 +33,7 @@ impl Harness {
     }
 
     async fn finished(&self, id: i64) -> String {
-        let view = self
-            .gitlab
-            .wait_for_job(id, Duration::from_secs(90), |j| {
-                matches!(j.status.as_str(), "success" | "failed")
-            })
-            .await;
+        let view = self.ended(id, Duration::from_secs(90)).await;
         assert_eq!(
             view.status,
             "success",

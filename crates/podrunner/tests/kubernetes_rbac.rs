@@ -87,12 +87,7 @@ async fn the_chart_role_grants_exactly_what_the_executor_does_and_the_sweep_work
             json!([{"type": "registry", "url": "registry.example.com",
                     "username": "ci", "password": "registry-password"}]),
         ));
-    let view = h
-        .gitlab
-        .wait_for_job(first, Duration::from_secs(90), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(first, Duration::from_secs(90)).await;
     assert_eq!(
         view.status,
         "success",
@@ -125,12 +120,7 @@ async fn the_chart_role_grants_exactly_what_the_executor_does_and_the_sweep_work
     )
     .await;
     h.kill_and_restart().await;
-    let view = h
-        .gitlab
-        .wait_for_job(second, Duration::from_secs(90), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(second, Duration::from_secs(90)).await;
     assert_eq!(view.status, "success", "{}", h.manager_log());
     h.clean().await;
 
@@ -252,12 +242,7 @@ async fn a_job_in_a_non_root_image_runs() {
     let id = h
         .gitlab
         .enqueue(job("non-root", &["echo \"running as $(id -u):$(id -g)\""]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(90), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(90)).await;
     let pod_log: String = h
         .kube
         .authorizations()
@@ -286,12 +271,7 @@ async fn a_job_with_run_as_user_and_no_fs_group_runs() {
     let id = h
         .gitlab
         .enqueue(job("run-as-user", &["echo \"running as $(id -u)\""]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(90), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(90)).await;
     assert_eq!(
         view.status,
         "success",
@@ -348,12 +328,7 @@ async fn a_pod_deleted_during_a_watch_outage_fails_its_job() {
     assert!(h.kube.objects("Pod").is_empty());
     h.kube.compact_watch_history();
     drop(outage);
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed", "{}", h.manager_log());
     let log = h.manager_log();
     assert!(
@@ -390,12 +365,7 @@ async fn a_pod_fargate_does_not_support_fails_at_once_with_the_kaniko_hint() {
     let h = Harness::with_values(&values, |_| {}).await;
     let started = std::time::Instant::now();
     let id = h.gitlab.enqueue(job("dind", &["true"]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed", "{}", h.manager_log());
     assert!(started.elapsed() < Duration::from_secs(60));
     let log = h.manager_log();
@@ -421,12 +391,7 @@ async fn a_fargate_capacity_shortage_is_logged_and_fails_at_poll_timeout() {
     })
     .await;
     let id = h.gitlab.enqueue(job("waits", &["true"]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed", "{}", h.manager_log());
     let log = h.manager_log();
     let reason = format!(
@@ -472,12 +437,7 @@ async fn a_patching_eviction_is_reported_as_such() {
         .unwrap()
         .status();
     assert_eq!(status.as_u16(), 201);
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed", "{}", h.manager_log());
     let log = h.manager_log();
     assert!(
@@ -511,12 +471,7 @@ async fn a_pod_no_declared_profile_selects_is_warned_about() {
     let stderr = String::from_utf8_lossy(&plan.stderr);
     assert!(stderr.contains(warning), "{stderr}");
     let id = h.gitlab.enqueue(job("ec2", &["true"]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     let trace = String::from_utf8_lossy(&view.trace);
     assert!(trace.contains(warning), "{trace}");
     // The log quotes its values, escaping the namespace's quotes.
@@ -561,12 +516,7 @@ async fn a_job_in_a_restricted_namespace() {
     let h = Harness::with_values(&values_with(30, ""), restricted).await;
     assert_eq!(planned_level(&h.values), "# pod security: meets baseline");
     let id = h.gitlab.enqueue(job("refused", &["true"]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed");
     let log = h.manager_log();
     assert!(
@@ -582,12 +532,7 @@ async fn a_job_in_a_restricted_namespace() {
     let id = h
         .gitlab
         .enqueue(job("admitted", &["echo \"admitted as $(id -u)\""]));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "success", "{}", h.manager_log());
     let trace = String::from_utf8_lossy(&view.trace);
     assert!(trace.contains("admitted as 1000"), "{trace}");
@@ -668,12 +613,7 @@ async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
         "Cannot evict pod as it would violate the pod's disruption budget."
     );
     assert_eq!(status["reason"], "TooManyRequests");
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(
         view.status,
         "success",
@@ -740,12 +680,7 @@ async fn a_job_bearer_token_makes_the_job_writes_when_the_overwrite_is_allowed()
             &deployer,
             false,
         ));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(90), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(90)).await;
     assert_eq!(
         view.status,
         "success",
@@ -785,12 +720,7 @@ async fn a_job_bearer_token_makes_the_job_writes_when_the_overwrite_is_allowed()
         &nobody,
         false,
     ));
-    let view = h
-        .gitlab
-        .wait_for_job(id, Duration::from_secs(60), |j| {
-            matches!(j.status.as_str(), "success" | "failed")
-        })
-        .await;
+    let view = h.ended(id, Duration::from_secs(60)).await;
     let trace = String::from_utf8_lossy(&view.trace);
     assert_eq!(view.status, "failed", "{trace}\n{}", h.manager_log());
     assert!(

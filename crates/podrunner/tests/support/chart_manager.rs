@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use podrunner_testkit::{GitlabStandIn, Image, KubernetesStandIn};
+use podrunner_testkit::{GitlabStandIn, Image, JobView, KubernetesStandIn};
 use serde_json::Value;
 
 pub const INIT_IMAGE: &str = "registry.example.com/podrunner:e2e";
@@ -174,6 +174,15 @@ impl ChartManager {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("no system ID in {}", file.display());
+    }
+
+    /// Job `id` once it succeeded or failed, waiting up to `within`.
+    pub async fn ended(&self, id: i64, within: Duration) -> JobView {
+        self.gitlab
+            .wait_for_job(id, within, |j| {
+                matches!(j.status.as_str(), "success" | "failed")
+            })
+            .await
     }
 
     /// SIGKILL, and a new manager with the same configuration.
