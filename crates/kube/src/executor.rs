@@ -328,10 +328,13 @@ impl Executor for KubernetesExecutor {
         abort: CancellationToken,
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
         let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
+        // Boxed apart: the job's task holds the job's future, not also the job or the
+        // after-job's future.
+        let work = Box::pin(self.run_job(job, abort));
         Box::pin(async move {
-            let end = self.run_job(job, abort).await;
+            let end = work.await;
             if !self.was_handed_over(job_id) {
-                self.after_job(&runner, job_id).await;
+                Box::pin(self.after_job(&runner, job_id)).await;
             }
             end
         })
@@ -350,10 +353,13 @@ impl Executor for KubernetesExecutor {
         abort: CancellationToken,
     ) -> Pin<Box<dyn std::future::Future<Output = podrunner_manager::JobEnd> + Send + 'a>> {
         let (runner, job_id) = (job.runner.clone(), job.payload.job.id);
+        // Boxed apart: the job's task holds the job's future, not also the job or the
+        // after-job's future.
+        let work = Box::pin(self.resume_job(job, abort));
         Box::pin(async move {
-            let end = self.resume_job(job, abort).await;
+            let end = work.await;
             if !self.was_handed_over(job_id) {
-                self.after_job(&runner, job_id).await;
+                Box::pin(self.after_job(&runner, job_id)).await;
             }
             end
         })
@@ -377,11 +383,13 @@ struct JobPod {
     namespace: String,
     name: String,
     /// The pod as the shared watch last saw it.
-    state: watch::Receiver<Option<Pod>>,
+    /// (shared: the follower reads it without a copy).
+    state: watch::Receiver<Option<Arc<Pod>>>,
     /// Secrets the pod does not own (making it their owner failed): deleted with it.
     orphan_secrets: Vec<Secret>,
-    /// The log while the pod starts, and the manager's contact with GitLab meanwhile.
-    log: Option<PodLog>,
+    /// The log while the pod starts, and the manager's contact with GitLab meanwhile (boxed:
+    /// gone once the agent has the log, it takes no room in the job's task then).
+    log: Option<Box<PodLog>>,
     /// What GitLab said to the manager's first patch, before `follow` took over.
     heard: Heard,
     /// Owned through this manager's Lease (marked with it): another manager may take it.

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::prelude::build_started;
@@ -50,8 +50,27 @@ pub(crate) fn followed(pod: Pod) -> Pod {
             scheduler_name: spec.scheduler_name,
             ..PodSpec::default()
         }),
-        status,
+        status: status.map(tight),
     }
+}
+
+/// `status` with its lists in no more room than they take (deserializing grows a list of two
+/// container statuses to room for four, each status near a kilobyte).
+fn tight(mut status: PodStatus) -> PodStatus {
+    for list in [
+        &mut status.container_statuses,
+        &mut status.init_container_statuses,
+        &mut status.ephemeral_container_statuses,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        list.shrink_to_fit();
+    }
+    if let Some(conditions) = &mut status.conditions {
+        conditions.shrink_to_fit();
+    }
+    status
 }
 
 #[cfg(test)]

@@ -98,7 +98,8 @@ impl KubernetesExecutor {
                         client,
                         self.calls(&runner),
                         self.info.clone(),
-                    );
+                    )
+                    .map(Box::new);
                 }
                 self.finish(&job, pod, &abort).await
             }

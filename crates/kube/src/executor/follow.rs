@@ -26,7 +26,7 @@ impl From<Outcome> for Followed {
     }
 }
 use crate::judge::{capacity_provisioned, has_run, judge, not_running, on_fargate};
-use crate::prelude::{Heard, PodLog, build_started};
+use crate::prelude::{Heard, build_started};
 
 /// After asking the agent to stop (pod deletion), how long it gets to report.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
@@ -56,8 +56,8 @@ impl KubernetesExecutor {
         let log = &mut job_pod.log;
         // The job's writes (the prelude's patches, the delete on abort): the job's client.
         let pods_api: Api<Pod> = Api::namespaced(job_pod.writer.client.clone(), namespace);
-        let settings = runner.kubernetes.clone().unwrap_or_default();
-        let poll_timeout = Duration::from_secs(settings.poll_timeout_secs().max(1));
+        let poll_timeout =
+            Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs().max(1));
         let started = tokio::time::Instant::now();
         let mut seen = false;
         // Pod start latency is reported once, for pods this run saw before they ran.
@@ -139,7 +139,7 @@ impl KubernetesExecutor {
                 return Outcome::Failed("the job was interrupted by the runner's shutdown".into())
                     .into();
             }
-            let contact_at = log.as_ref().and_then(PodLog::next_contact);
+            let contact_at = log.as_ref().and_then(|log| log.next_contact());
             tokio::select! {
                 changed = state.changed() => {
                     if changed.is_err() {
@@ -164,7 +164,8 @@ impl KubernetesExecutor {
                     // Deleting the pod sends the agent SIGTERM; it reports runner_interrupted.
                     stopping = Some(tokio::time::Instant::now());
                     let params = DeleteParams { grace_period_seconds: Some(AGENT_STOP_GRACE.as_secs() as u32), ..Default::default() };
-                    let _ = self.calls(runner).run("delete Pod", || pods_api.delete(pod_name, &params)).await;
+                    let calls = self.calls(runner);
+                    let _ = Box::pin(calls.run("delete Pod", || pods_api.delete(pod_name, &params))).await;
                 }
             }
         }

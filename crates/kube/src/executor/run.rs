@@ -1,6 +1,7 @@
 //! One job of this run, from plan to final state: create the pod and its Secrets, hand the
 //! trace prelude over, follow the pod, delete it, and make sure GitLab has the job's end.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,30 +15,96 @@ use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job_as};
 use tokio_util::sync::CancellationToken;
 
 use super::follow::Followed;
+use super::ownership::Ownership;
 use super::secrets::JobSecrets;
-use super::{JobPod, KubernetesExecutor, Outcome, already_exists, is_conflict};
+use super::{JobPod, JobWriter, KubernetesExecutor, Outcome, already_exists, is_conflict};
 use crate::calls::ApiCalls;
-use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, plan, plan_attempt};
+use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, PodPlan, plan, plan_attempt};
 use crate::prelude::{Heard, PodLog};
-use crate::pull_policy::{AfterFailure, PullAttempts};
+use crate::pull_policy::{AfterFailure, Policy, PullAttempts};
+
+/// What a job's pods are made from, kept from its first pod to its last (a pull failure with a
+/// policy left makes another pod).
+struct Launch {
+    /// The next pod's plan, when made already (the first pod's, by [`KubernetesExecutor::prepare`]).
+    planned: Option<Box<PodPlan>>,
+    /// Whose credentials the job's writes use.
+    writer: JobWriter,
+    namespace: String,
+    /// How this manager marks the job's objects.
+    owner: Ownership,
+    secrets: JobSecrets,
+    /// The agent's spec as its Secret holds it; kept only while a pull policy is left.
+    spec_json: Option<Vec<u8>>,
+    /// The log while the pod starts, carried from one pod to the next.
+    log: Option<Box<PodLog>>,
+}
+
+/// A pod made for the job, and what it needs to know after it failed to pull.
+struct Started {
+    pod: JobPod,
+    pull_policies: BTreeMap<String, Vec<Policy>>,
+}
 
 impl KubernetesExecutor {
+    /// Runs `job` to its end. What the start needs lives only while it runs (boxed, as every
+    /// call here): the job's task keeps, while its pod runs, only what follows it
+    /// (docs/benchmarks.md, scale).
     pub(super) async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
-        let runner = job.runner.clone();
-        let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
-        let context = PlanContext {
-            system_id: &self.system_id,
-            init_image: &self.init_image,
-            runner_short_token: &short,
+        let mut launch = match Box::pin(self.prepare(&job)).await {
+            Ok(launch) => launch,
+            Err(end) => return end,
         };
-        let mut planned = match plan(&runner, &job.payload, &context) {
+        let mut attempts = PullAttempts::default();
+        // One pod per attempt: a pull failure with a policy left deletes it (and what it owns)
+        // and creates the next, as gitlab-runner's `Run` does.
+        loop {
+            let Started {
+                mut pod,
+                pull_policies,
+            } = match Box::pin(self.start_pod(&job, &mut launch, &attempts)).await {
+                Ok(started) => started,
+                Err(end) => return end,
+            };
+            let outcome = match Box::pin(self.follow_and_delete(&job, &mut pod, &abort)).await {
+                Followed::Ended(outcome) => outcome,
+                Followed::HandedOver => return self.let_go(job.payload.job.id, &pod),
+            };
+            let Outcome::PullFailed(failure) = &outcome else {
+                return Box::pin(self.conclude(&job, pod, outcome)).await;
+            };
+            match attempts.record_failure(failure, &pull_policies) {
+                AfterFailure::GiveUp { warning } => {
+                    if let Some(log) = pod.log.as_mut() {
+                        Box::pin(log.warning(&warning)).await;
+                    }
+                    return Box::pin(self.conclude(&job, pod, outcome)).await;
+                }
+                AfterFailure::Retry { warning, info } => {
+                    if let Some(open) = pod.log.as_mut()
+                        && let Heard::Stop(stop) = Box::pin(open.next_pod(&warning, &info)).await
+                    {
+                        return Box::pin(self.conclude(&job, pod, Outcome::Stopped(stop))).await;
+                    }
+                    launch.log = pod.log.take();
+                }
+            }
+        }
+    }
+
+    /// Plans the job's first pod and prepares what every pod of it needs: the namespace, the
+    /// Lease, the agent's spec and the log; or fails the job before anything was created.
+    async fn prepare(&self, job: &AcceptedJob) -> Result<Launch, JobEnd> {
+        let runner = &job.runner;
+        let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
+        let planned = match plan(runner, &job.payload, &self.plan_context(&short)) {
             Ok(planned) => planned,
-            Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
+            Err(e) => return Err(self.fail(job, &e.to_string(), Some(0)).await),
         };
         // The job's own writes: with the manager's client, or with the job's token.
         let writer = match self.writer(planned.bearer_token.as_ref()) {
             Ok(writer) => writer,
-            Err(e) => return self.fail(&job, &e.to_string(), Some(0)).await,
+            Err(e) => return Err(self.fail(job, &e.to_string(), Some(0)).await),
         };
         let namespace = planned.namespace.clone();
         // Fargate: refuse before creating anything when a declared profile takes the pod and
@@ -48,25 +115,18 @@ impl KubernetesExecutor {
             && config.reject_unsupported
             && !prediction.problems.is_empty()
         {
-            return self
-                .fail(
-                    &job,
-                    &format!(
-                        "Fargate profile {} takes this job's pod, but Fargate cannot run it: {} (nothing was created; set reject_unsupported = false in [runners.kubernetes.fargate] to try anyway)",
-                        prediction.profile.as_deref().unwrap_or("(assumed)"),
-                        prediction.problems.join("; ")
-                    ),
-                    Some(0),
-                )
-                .await;
+            let why = format!(
+                "Fargate profile {} takes this job's pod, but Fargate cannot run it: {} (nothing was created; set reject_unsupported = false in [runners.kubernetes.fargate] to try anyway)",
+                prediction.profile.as_deref().unwrap_or("(assumed)"),
+                prediction.problems.join("; ")
+            );
+            return Err(self.fail(job, &why, Some(0)).await);
         }
         let poll_timeout = Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs());
-        // The start's calls are boxed, as the follower below: each lives only while it runs,
-        // not in the job's task for the job's life (docs/benchmarks.md, scale).
         if let Err(why) = Box::pin(crate::namespaces::prepare(
             &self.client,
-            &self.calls(&runner),
-            &runner,
+            &self.calls(runner),
+            runner,
             &self.namespaces,
             &self.system_id,
             job.payload.job.id,
@@ -75,13 +135,11 @@ impl KubernetesExecutor {
         ))
         .await
         {
-            return self.fail(&job, &why, Some(0)).await;
+            return Err(self.fail(job, &why, Some(0)).await);
         }
         // Owned through this manager's Lease, made (in a namespace that exists now) before
         // its first pod there.
         let owner = Box::pin(self.ownership(&namespace)).await;
-        owner.mark(&mut planned.pod.metadata);
-        let leased = owner.leased();
         let mut notes: Vec<Note> = planned.warnings.iter().map(Note::warning).collect();
         if let Some(warning) = crate::fargate::unmatched_profile_warning(&planned.pod, fargate) {
             Event::KubernetesProblem {
@@ -103,7 +161,7 @@ impl KubernetesExecutor {
             notes.extend(prediction.warnings.iter().map(Note::warning));
         }
         let mut spec = Box::pin(agent_spec(
-            &job,
+            job,
             podrunner_config::Executor::Kubernetes,
             PathBuf::from(runner.builds_dir()),
             PathBuf::from(runner.cache_dir()),
@@ -113,10 +171,58 @@ impl KubernetesExecutor {
         .await;
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
-        let mut log = self.gitlab_client(&job).and_then(|client| {
-            PodLog::open(&job, &spec, client, self.calls(&runner), self.info.clone())
+        let log = self.gitlab_client(job).and_then(|client| {
+            PodLog::open(job, &spec, client, self.calls(runner), self.info.clone()).map(Box::new)
         });
-        if let Some(log) = &log {
+        let secrets = JobSecrets::new(
+            &namespace,
+            &self.system_id,
+            job.payload.job.id,
+            owner.annotations(),
+        );
+        Ok(Launch {
+            // The typed spec (a copy of the payload) is not kept, only its JSON.
+            spec_json: Some(super::secrets::spec_json(&spec)),
+            planned: Some(Box::new(planned)),
+            writer,
+            namespace,
+            owner,
+            secrets,
+            log,
+        })
+    }
+
+    /// What [`plan`] needs of this manager.
+    fn plan_context<'a>(&'a self, runner_short_token: &'a str) -> PlanContext<'a> {
+        PlanContext {
+            system_id: &self.system_id,
+            init_image: &self.init_image,
+            runner_short_token,
+        }
+    }
+
+    /// Creates the job's next pod, after `attempts`' pull failures, with its Secrets and
+    /// budget, and hands the log's start to it; or deletes what it made and fails the job.
+    async fn start_pod(
+        &self,
+        job: &AcceptedJob,
+        launch: &mut Launch,
+        attempts: &PullAttempts,
+    ) -> Result<Started, JobEnd> {
+        let runner = &job.runner;
+        let mut planned = match launch.planned.take() {
+            Some(planned) => *planned,
+            None => {
+                let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
+                let context = self.plan_context(&short);
+                match plan_attempt(runner, &job.payload, &context, attempts) {
+                    Ok(planned) => planned,
+                    Err(e) => return Err(self.fail(job, &e.to_string(), None).await),
+                }
+            }
+        };
+        launch.owner.mark(&mut planned.pod.metadata);
+        if let Some(log) = &launch.log {
             planned
                 .pod
                 .metadata
@@ -124,196 +230,142 @@ impl KubernetesExecutor {
                 .get_or_insert_default()
                 .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
         }
-        // The agent's spec as its Secret holds it; the typed spec (a copy of the payload) is
-        // not kept. The JSON stays only while a pull policy is left for another pod.
-        let mut spec_json = Some(super::secrets::spec_json(&spec));
-        drop(spec);
-        let secrets = JobSecrets::new(
-            &namespace,
-            &self.system_id,
-            job.payload.job.id,
-            owner.annotations(),
-        );
-        let secrets_api: Api<Secret> = Api::namespaced(writer.client.clone(), &namespace);
-        let pods_api: Api<Pod> = Api::namespaced(writer.client.clone(), &namespace);
-        let calls = self.calls(&runner);
-        let states = self.states(&namespace);
+        let Launch {
+            writer,
+            namespace,
+            owner,
+            secrets,
+            spec_json,
+            log: launch_log,
+            ..
+        } = launch;
+        let secrets_api: Api<Secret> = Api::namespaced(writer.client.clone(), namespace);
+        let pods_api: Api<Pod> = Api::namespaced(writer.client.clone(), namespace);
+        let calls = self.calls(runner);
+        let states = self.states(namespace);
         let post = PostParams::default();
-        let mut attempts = PullAttempts::default();
-        // One pod per attempt: a pull failure with a policy left deletes it (and what it owns)
-        // and creates the next, as gitlab-runner's `Run` does.
-        loop {
-            let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
-            let registry_secret = planned
-                .registry_secret
-                .as_ref()
-                .map(|name| secrets.registry(name, &job));
-            let pod_state = states.subscribe(&pod_name);
+        let pod_name = planned.pod.metadata.name.clone().unwrap_or_default();
+        let registry_secret = planned
+            .registry_secret
+            .as_ref()
+            .map(|name| secrets.registry(name, job));
+        let pod_state = states.subscribe(&pod_name);
 
-            // The registry Secret first: the kubelet needs it as soon as it pulls the image.
-            let unowned: Vec<Secret> = registry_secret.into_iter().collect();
-            for secret in &unowned {
-                let created = calls
-                    .run("create Secret", || secrets_api.create(&post, secret))
-                    .await;
-                // 409 after a retry: the lost answer's create went through (names are per job).
-                if let Err(e) = created.map(|_| ()).or_else(already_exists) {
-                    states.forget(&pod_name);
-                    return self
-                        .fail(
-                            &job,
-                            &format!(
-                                "cannot create Secret {namespace}/{}: {}",
-                                secret.metadata.name.as_deref().unwrap_or_default(),
-                                writer.error(&e)
-                            ),
-                            Some(0),
-                        )
-                        .await;
-                }
-            }
-            let created = match calls
-                .run("create Pod", || pods_api.create(&post, &planned.pod))
-                .await
-            {
-                Ok(pod) => Ok(pod),
-                // 409 after a retry: the lost answer's create went through; find that pod.
-                Err(e) if is_conflict(&e) => {
-                    self.find_job_pod(&calls, &pods_api, &job).await.ok_or(e)
-                }
-                Err(e) => Err(e),
-            };
-            let created = match created {
-                Ok(pod) => pod,
-                Err(e) => {
-                    self.delete_secrets(&calls, &secrets_api, &unowned).await;
-                    states.forget(&pod_name);
-                    return self
-                        .fail(
-                            &job,
-                            &format!(
-                                "cannot create pod {namespace}/{pod_name}: {}",
-                                writer.error(&e)
-                            ),
-                            Some(0),
-                        )
-                        .await;
-                }
-            };
-            Event::PodCreated {
-                job_id: job.payload.job.id,
-                namespace: namespace.clone(),
-                pod: pod_name.clone(),
-            }
-            .emit();
-            // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
-            // kubelet mounts it once it exists.
-            let pod_owner = OwnerReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod_name.clone(),
-                uid: created.metadata.uid.clone().unwrap_or_default(),
-                block_owner_deletion: Some(true),
-                controller: None,
-            };
-            let json = match may_retry(&planned.pull_policies) {
-                true => spec_json.clone(),
-                false => spec_json.take(),
-            };
-            let spec_secret = secrets.spec(
-                &planned.spec_secret,
-                json.unwrap_or_default(),
-                pod_owner.clone(),
-            );
-            let created_secret = calls
-                .run("create Secret", || secrets_api.create(&post, &spec_secret))
+        // The registry Secret first: the kubelet needs it as soon as it pulls the image.
+        let unowned: Vec<Secret> = registry_secret.into_iter().collect();
+        for secret in &unowned {
+            let created = calls
+                .run("create Secret", || secrets_api.create(&post, secret))
                 .await;
-            let refused = match created_secret.map(|_| ()).or_else(already_exists) {
-                Err(e) => Some(format!(
+            // 409 after a retry: the lost answer's create went through (names are per job).
+            if let Err(e) = created.map(|_| ()).or_else(already_exists) {
+                states.forget(&pod_name);
+                let why = format!(
                     "cannot create Secret {namespace}/{}: {}",
-                    planned.spec_secret,
+                    secret.metadata.name.as_deref().unwrap_or_default(),
                     writer.error(&e)
-                )),
-                Ok(()) => Box::pin(crate::pdb::create(
-                    &runner, &writer, &calls, &created, &pod_owner,
-                ))
-                .await
-                .err(),
-            };
-            if let Some(why) = refused {
-                let pod = JobPod {
-                    namespace: namespace.clone(),
-                    name: pod_name.clone(),
-                    state: pod_state,
-                    orphan_secrets: unowned,
-                    log: None,
-                    heard: Heard::Running,
-                    leased,
-                    writer: writer.clone(),
-                };
-                // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
-                Box::pin(self.discard(&job, pod)).await;
-                return self.fail(&job, &why, Some(0)).await;
+                );
+                return Err(self.fail(job, &why, Some(0)).await);
             }
-            // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
-            let mut heard = Heard::Running;
-            if let Some(log) = &mut log {
-                heard = Box::pin(log.send()).await;
+        }
+        let created = match calls
+            .run("create Pod", || pods_api.create(&post, &planned.pod))
+            .await
+        {
+            Ok(pod) => Ok(pod),
+            // 409 after a retry: the lost answer's create went through; find that pod.
+            Err(e) if is_conflict(&e) => self.find_job_pod(&calls, &pods_api, job).await.ok_or(e),
+            Err(e) => Err(e),
+        };
+        let created = match created {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.delete_secrets(&calls, &secrets_api, &unowned).await;
+                states.forget(&pod_name);
+                let why = format!(
+                    "cannot create pod {namespace}/{pod_name}: {}",
+                    writer.error(&e)
+                );
+                return Err(self.fail(job, &why, Some(0)).await);
             }
-            let still_unowned =
-                Box::pin(self.own_secrets(&calls, &secrets_api, &pod_owner, unowned)).await;
-
-            let mut pod = JobPod {
+        };
+        Event::PodCreated {
+            job_id: job.payload.job.id,
+            namespace: namespace.clone(),
+            pod: pod_name.clone(),
+        }
+        .emit();
+        // The spec Secret is born owned by the pod (whoever deletes the pod collects it); the
+        // kubelet mounts it once it exists.
+        let pod_owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod_name.clone(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+            block_owner_deletion: Some(true),
+            controller: None,
+        };
+        let json = match may_retry(&planned.pull_policies) {
+            true => spec_json.clone(),
+            false => spec_json.take(),
+        };
+        let spec_secret = secrets.spec(
+            &planned.spec_secret,
+            json.unwrap_or_default(),
+            pod_owner.clone(),
+        );
+        let created_secret = calls
+            .run("create Secret", || secrets_api.create(&post, &spec_secret))
+            .await;
+        let refused = match created_secret.map(|_| ()).or_else(already_exists) {
+            Err(e) => Some(format!(
+                "cannot create Secret {namespace}/{}: {}",
+                planned.spec_secret,
+                writer.error(&e)
+            )),
+            Ok(()) => Box::pin(crate::pdb::create(
+                runner, writer, &calls, &created, &pod_owner,
+            ))
+            .await
+            .err(),
+        };
+        let leased = owner.leased();
+        if let Some(why) = refused {
+            let pod = JobPod {
                 namespace: namespace.clone(),
                 name: pod_name,
                 state: pod_state,
-                orphan_secrets: still_unowned,
+                orphan_secrets: unowned,
+                log: None,
+                heard: Heard::Running,
+                leased,
+                writer: writer.clone(),
+            };
+            // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
+            Box::pin(self.discard(job, pod)).await;
+            return Err(self.fail(job, &why, Some(0)).await);
+        }
+        // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
+        let mut log = launch_log.take();
+        let mut heard = Heard::Running;
+        if let Some(log) = &mut log {
+            heard = Box::pin(log.send()).await;
+        }
+        let orphan_secrets =
+            Box::pin(self.own_secrets(&calls, &secrets_api, &pod_owner, unowned)).await;
+        Ok(Started {
+            pod: JobPod {
+                namespace: namespace.clone(),
+                name: pod_name,
+                state: pod_state,
+                orphan_secrets,
                 log,
                 heard,
                 leased,
                 writer: writer.clone(),
-            };
-            // While the pod runs the job keeps only what follows it: not the plan (but its
-            // pull policies), the created objects or the calls' futures.
-            let pull_policies = std::mem::take(&mut planned.pull_policies);
-            drop((spec_secret, created, planned));
-            let outcome = match Box::pin(self.follow_and_delete(&job, &mut pod, &abort)).await {
-                Followed::Ended(outcome) => outcome,
-                Followed::HandedOver => return self.let_go(job.payload.job.id, &pod),
-            };
-            let Outcome::PullFailed(failure) = &outcome else {
-                return Box::pin(self.conclude(&job, pod, outcome)).await;
-            };
-            match attempts.record_failure(failure, &pull_policies) {
-                AfterFailure::GiveUp { warning } => {
-                    if let Some(log) = pod.log.as_mut() {
-                        Box::pin(log.warning(&warning)).await;
-                    }
-                    return Box::pin(self.conclude(&job, pod, outcome)).await;
-                }
-                AfterFailure::Retry { warning, info } => {
-                    if let Some(open) = pod.log.as_mut()
-                        && let Heard::Stop(stop) = Box::pin(open.next_pod(&warning, &info)).await
-                    {
-                        return Box::pin(self.conclude(&job, pod, Outcome::Stopped(stop))).await;
-                    }
-                    log = pod.log.take();
-                }
-            }
-            planned = match plan_attempt(&runner, &job.payload, &context, &attempts) {
-                Ok(planned) => planned,
-                Err(e) => return self.fail(&job, &e.to_string(), None).await,
-            };
-            owner.mark(&mut planned.pod.metadata);
-            if let Some(log) = &log {
-                planned
-                    .pod
-                    .metadata
-                    .annotations
-                    .get_or_insert_default()
-                    .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
-            }
-        }
+            },
+            pull_policies: planned.pull_policies,
+        })
     }
 
     /// Deletes a pod that never ran its job, and the Secrets it does not own.
@@ -363,7 +415,7 @@ impl KubernetesExecutor {
         // Whatever the pod looked like from here, another manager may have it now: then
         // nothing of it is this manager's to delete or report.
         let outcome = match outcome {
-            Followed::Ended(outcome) if !self.taken_from_me(pod).await => outcome,
+            Followed::Ended(outcome) if !Box::pin(self.taken_from_me(pod)).await => outcome,
             _ => return Followed::HandedOver,
         };
         if let Some((capacity, since)) = provisioned
@@ -398,11 +450,8 @@ impl KubernetesExecutor {
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
         };
-        let _ = calls
-            .run("delete Pod", || pods_api.delete(pod_name, &delete))
-            .await;
-        self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)
-            .await;
+        let _ = Box::pin(calls.run("delete Pod", || pods_api.delete(pod_name, &delete))).await;
+        Box::pin(self.delete_secrets(&calls, &secrets_api, &pod.orphan_secrets)).await;
         Followed::Ended(outcome)
     }
 
@@ -501,8 +550,6 @@ impl KubernetesExecutor {
 
 /// Whether a pull failure can lead to another pod: some container has a policy after its
 /// first ([`PullAttempts::record_failure`] retries only then).
-fn may_retry(
-    policies: &std::collections::BTreeMap<String, Vec<crate::pull_policy::Policy>>,
-) -> bool {
+fn may_retry(policies: &BTreeMap<String, Vec<Policy>>) -> bool {
     policies.values().any(|list| list.len() > 1)
 }

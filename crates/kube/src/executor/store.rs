@@ -20,7 +20,7 @@ use crate::plan::MANAGER_LABEL;
 #[derive(Default)]
 pub(super) struct PodStates {
     /// Subscribers by pod name; `None` once the pod is gone.
-    pods: Mutex<HashMap<String, watch::Sender<Option<Pod>>>>,
+    pods: Mutex<HashMap<String, watch::Sender<Option<Arc<Pod>>>>>,
     /// Messages of the Warning events of followed pods, by pod name, in order, once each.
     warnings: Mutex<HashMap<String, Vec<String>>>,
     /// What the Fargate scheduler's events said about followed pods, by pod name.
@@ -28,7 +28,7 @@ pub(super) struct PodStates {
 }
 
 impl PodStates {
-    pub(super) fn subscribe(&self, name: &str) -> watch::Receiver<Option<Pod>> {
+    pub(super) fn subscribe(&self, name: &str) -> watch::Receiver<Option<Arc<Pod>>> {
         let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
         pods.entry(name.to_owned())
             .or_insert_with(|| watch::channel(None).0)
@@ -126,7 +126,7 @@ impl PodStates {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
         {
-            sender.send_replace(pod.map(crate::pod_view::followed));
+            sender.send_replace(pod.map(|pod| Arc::new(crate::pod_view::followed(pod))));
         }
     }
 }
