@@ -2,7 +2,10 @@
 //! typed for every field podrunner uses, tolerant of unknown and `null` fields, and keeping
 //! the raw JSON so nothing is lost when the payload is passed on to the agent.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 use crate::secret::Secret;
 
@@ -31,8 +34,9 @@ where
 pub struct JobPayload {
     /// The typed view.
     pub job: JobResponse,
-    /// The JSON exactly as received.
-    pub raw: serde_json::Value,
+    /// The JSON exactly as received: its text, not a parsed tree (a tree of a payload takes
+    /// several times its size, for each job a manager runs), shared by the payload's clones.
+    pub raw: Arc<RawValue>,
 }
 
 impl std::fmt::Debug for JobPayload {
@@ -47,22 +51,33 @@ impl std::fmt::Debug for JobPayload {
 impl JobPayload {
     /// Parses a payload.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, PayloadError> {
-        let raw: serde_json::Value = serde_json::from_slice(bytes)?;
-        let job = JobResponse::deserialize(&raw)?;
-        Ok(JobPayload { job, raw })
+        let raw: Box<RawValue> = serde_json::from_slice(bytes)?;
+        JobPayload::from_raw(raw).map_err(PayloadError::from)
     }
 
     /// Reads a payload from JSON already parsed.
     pub fn from_value(raw: serde_json::Value) -> Result<Self, serde_json::Error> {
-        let job = JobResponse::deserialize(&raw)?;
-        Ok(JobPayload { job, raw })
+        JobPayload::from_raw(serde_json::value::to_raw_value(&raw)?)
+    }
+
+    /// Reads a payload from its JSON text.
+    fn from_raw(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
+        let job: JobResponse = serde_json::from_str(raw.get())?;
+        Ok(JobPayload {
+            job,
+            raw: Arc::from(raw),
+        })
     }
 
     /// The payload of `job`, its raw JSON made from the typed view (for payloads built in
     /// code: tests, `podrunner exec`).
     pub fn from_typed(job: JobResponse) -> Self {
-        let raw = serde_json::to_value(&job).unwrap_or(serde_json::Value::Null);
-        JobPayload { job, raw }
+        let raw = serde_json::value::to_raw_value(&job)
+            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+        JobPayload {
+            job,
+            raw: Arc::from(raw),
+        }
     }
 
     /// The job timeout in seconds: `runner_info.timeout`, or 7200 when not positive.
@@ -77,14 +92,14 @@ impl JobPayload {
 
 impl Serialize for JobPayload {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(serializer)
+        (*self.raw).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for JobPayload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = serde_json::Value::deserialize(deserializer)?;
-        JobPayload::from_value(raw).map_err(serde::de::Error::custom)
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        JobPayload::from_raw(raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -474,7 +489,8 @@ mod tests {
         assert!(payload.job.git_info.refspecs.is_empty());
         assert_eq!(payload.timeout_secs(), 7200);
         assert!(payload.job.features.trace_sections);
-        assert_eq!(payload.raw["future"]["x"], 1);
+        let raw: serde_json::Value = serde_json::from_str(payload.raw.get()).unwrap();
+        assert_eq!(raw["future"]["x"], 1);
         let debug = format!("{:?}", payload.job);
         assert!(
             !debug.contains("glcbt-abc") && !debug.contains("hidden"),

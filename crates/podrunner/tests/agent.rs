@@ -57,7 +57,7 @@ async fn take(gitlab: &GitlabStandIn) -> serde_json::Value {
         client.update_job(job.job.id, &ack).await.0,
         UpdateOutcome::Succeeded
     );
-    job.raw
+    serde_json::from_str(job.raw.get()).unwrap()
 }
 
 async fn run_agent(

@@ -344,7 +344,7 @@ async fn run_agent(
     client.update_job(job.job.id, &ack).await;
     let spec = json!({
         "gitlab": {"url": gitlab.url()},
-        "job": job.raw,
+        "job": job,
         "builds_dir": dir.join("builds"),
         "cache_dir": dir.join("cache"),
         "runner_short_token": "cachetes",

@@ -164,7 +164,7 @@ async fn the_agent_runs_a_job_in_an_image_with_only_a_shell() {
         for applet in ["sh", "cat"] {
             std::fs::copy(&busybox, root.join("bin").join(applet)).unwrap();
         }
-        let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job.raw, "builds_dir": "/builds", "executor": "kubernetes"});
+        let spec = serde_json::json!({"gitlab": {"url": gitlab.url()}, "job": job, "builds_dir": "/builds", "executor": "kubernetes"});
         std::fs::write(root.join("spec.json"), spec_file(spec)).unwrap();
     });
     let path = root.path().to_owned();
