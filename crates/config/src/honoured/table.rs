@@ -494,7 +494,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     honoured(
         "runners.kubernetes.poll_timeout",
-        "settings.poll_timeout_secs()",
+        "kubernetes_or_default().poll_timeout_secs()",
     ),
     ignored(
         "runners.kubernetes.resource_availability_check_max_attempts",
