@@ -3,7 +3,8 @@
 //! A call is retried only when its error text names a network failure gitlab-runner retries
 //! on (or a key of `retry_limits`), at most `retry_limit` tries (or that key's value), with a
 //! back-off from 500 ms doubling up to `retry_backoff_max`. Every call first takes a token
-//! from one bucket per executor, so a burst of jobs cannot flood the API server.
+//! from one bucket per executor, so a burst of jobs cannot flood the API server, and at most
+//! [`CALLS_IN_FLIGHT`] of an executor's calls are under way at once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use podrunner_config::KubernetesConfig;
 use podrunner_manager::Event;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 /// Error texts gitlab-runner retries Kubernetes API calls on (Go's wording), followed by the
@@ -45,6 +46,13 @@ pub const CALLS_PER_SECOND: f64 = 50.0;
 
 /// Calls the bucket allows at once after a quiet spell.
 pub const CALLS_BURST: f64 = 100.0;
+
+/// An executor's calls under way at once. Each holds an HTTP/1.1 connection of the client's
+/// pool, and the pool keeps an idle connection (with its read and write buffers, some 30 KB)
+/// for 90 s: without a bound, a hundred jobs starting together left some fifty connections
+/// behind (dhat, docs/benchmarks.md, scale). Sixteen calls of a few milliseconds each still
+/// pass far more than [`CALLS_PER_SECOND`]. Lease renewals do not queue here.
+pub const CALLS_IN_FLIGHT: usize = 16;
 
 /// How often and how patiently a runner's calls are retried.
 #[derive(Debug, Clone)]
@@ -101,12 +109,13 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A token bucket shared by all of an executor's calls.
+/// A token bucket shared by all of an executor's calls, and the bound on those under way.
 #[derive(Debug)]
 pub struct RateLimit {
     per_second: f64,
     burst: f64,
     state: Mutex<(f64, Instant)>,
+    in_flight: Semaphore,
 }
 
 impl RateLimit {
@@ -116,7 +125,17 @@ impl RateLimit {
             per_second,
             burst,
             state: Mutex::new((burst, Instant::now())),
+            in_flight: Semaphore::new(CALLS_IN_FLIGHT),
         }
+    }
+
+    /// Waits until fewer than [`CALLS_IN_FLIGHT`] calls are under way; the call holds the
+    /// permit while it runs.
+    async fn under_way(&self) -> SemaphorePermit<'_> {
+        self.in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Waits for a token.
@@ -195,7 +214,10 @@ where
     let mut attempt = 1;
     loop {
         limit.acquire().await;
-        match call().await {
+        let permit = limit.under_way().await;
+        let result = call().await;
+        drop(permit);
+        match result {
             Ok(value) => return Ok(value),
             Err(error) => {
                 let text = match &error {
@@ -291,6 +313,29 @@ mod tests {
         }
         let paced = start.elapsed().as_secs_f64();
         assert!((0.99..=1.01).contains(&paced), "{paced}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_the_bound_of_calls_are_under_way_at_once() {
+        let limit = RateLimit::new(1000.0, 1000.0);
+        let p = policy(&[], 1, 2000);
+        let (running, most) = (
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::atomic::AtomicUsize::new(0),
+        );
+        let calls = (0..3 * CALLS_IN_FLIGHT).map(|_| {
+            call(&limit, &p, "test", || async {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = running.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                running.fetch_sub(1, SeqCst);
+                Ok::<(), kube::Error>(())
+            })
+        });
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(most.into_inner(), CALLS_IN_FLIGHT);
     }
 
     #[tokio::test(start_paused = true)]
