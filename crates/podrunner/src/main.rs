@@ -1,5 +1,6 @@
 //! `podrunner`: a GitLab Runner whose Kubernetes executor runs every CI job in its own pod.
 
+mod allocator;
 mod commands;
 mod heap_profile;
 
