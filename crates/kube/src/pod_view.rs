@@ -94,6 +94,17 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_pods_status_lists_take_no_more_room_than_they_need() {
+        // Deserializing grows a list past its length, as this does.
+        let mut running = pod("Running", json!({"running": {}}));
+        let status = running.status.as_mut().unwrap();
+        status.container_statuses.as_mut().unwrap().reserve(8);
+        let kept = followed(running);
+        let statuses = kept.status.unwrap().container_statuses.unwrap();
+        assert_eq!((statuses.len(), statuses.capacity()), (1, 1));
+    }
+
+    #[test]
     fn a_waiting_pod_is_kept_whole() {
         let waiting = pod(
             "Pending",
