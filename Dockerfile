@@ -10,7 +10,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN target="$(uname -m)-unknown-linux-gnu" \
- && RUSTFLAGS="-C target-feature=+crt-static" \
+ && RUSTFLAGS="$(scripts/static-rustflags)" \
     cargo build --release --locked -p podrunner --target "$target" \
  && cp "target/$target/release/podrunner" /podrunner \
  && /podrunner --version
