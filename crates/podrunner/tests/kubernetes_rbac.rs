@@ -547,13 +547,7 @@ async fn a_job_in_a_restricted_namespace() {
 /// is denied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
-    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
-    let values = seed.replacen(
-        "      [runners.kubernetes]\n",
-        "      [runners.kubernetes]\n        pod_disruption_budget = true\n",
-        1,
-    );
-    assert_ne!(values, seed);
+    let values = seed_with_kubernetes_key("pod_disruption_budget = true");
     let h = Harness::with_values(&values, |_| {}).await;
     assert!(
         granted(&h.role).contains(&("create".to_owned(), "poddisruptionbudgets".to_owned())),
@@ -640,13 +634,7 @@ async fn a_job_pod_gets_a_disruption_budget_that_refuses_evictions() {
 /// variable, and nothing is left behind. Neither token reaches the manager's log.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_bearer_token_makes_the_job_writes_when_the_overwrite_is_allowed() {
-    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
-    let values = seed.replacen(
-        "      [runners.kubernetes]\n",
-        "      [runners.kubernetes]\n        bearer_token_overwrite_allowed = true\n",
-        1,
-    );
-    assert_ne!(values, seed);
+    let values = seed_with_kubernetes_key("bearer_token_overwrite_allowed = true");
     let h = Harness::with_values(&values, |kube| {
         for object in [
             json!({"kind": "Role", "metadata": {"name": "deployer", "namespace": JOB_NAMESPACE},
@@ -733,4 +721,16 @@ async fn a_job_bearer_token_makes_the_job_writes_when_the_overwrite_is_allowed()
     let log = h.manager_log();
     assert!(!log.contains(&deployer) && !log.contains(&nobody), "{log}");
     h.stop().await;
+}
+
+/// The seed deployment's values with `key` added to their `[runners.kubernetes]` section.
+fn seed_with_kubernetes_key(key: &str) -> String {
+    let seed = std::fs::read_to_string(repo_root().join("examples/seed-values.yaml")).unwrap();
+    let section = "      [runners.kubernetes]\n";
+    let values = seed.replacen(section, &format!("{section}        {key}\n"), 1);
+    assert_ne!(
+        values, seed,
+        "the seed values have no [runners.kubernetes] section"
+    );
+    values
 }
