@@ -236,9 +236,8 @@ impl KubernetesExecutor {
         self
     }
 
-    /// The GitLab client for `job`'s runner, made once per URL and TLS settings.
-    fn gitlab_client(&self, job: &AcceptedJob) -> Option<podrunner_gitlab::GitlabClient> {
-        let runner = &job.runner;
+    /// The GitLab client for the jobs of `runner`, made once per URL and TLS settings.
+    fn gitlab_client(&self, runner: &RunnerConfig) -> Option<podrunner_gitlab::GitlabClient> {
         let key = format!(
             "{:?}|{:?}|{:?}|{:?}",
             runner.url, runner.tls_ca_file, runner.tls_cert_file, runner.tls_key_file
@@ -250,7 +249,7 @@ impl KubernetesExecutor {
         if let Some(client) = clients.get(&key) {
             return Some(client.clone());
         }
-        let client = podrunner_manager::job_client(job, &self.podrunner_version)?;
+        let client = podrunner_manager::job_client(runner, &self.podrunner_version)?;
         clients.insert(key, client.clone());
         Some(client)
     }

@@ -21,7 +21,7 @@ use podrunner_gitlab::{
     FailureReason, GitlabClient, JobSignals, JobState, PatchOutcome, RemoteJobStatus, RunnerInfo,
     UpdateJobRequest, UpdateOutcome,
 };
-use podrunner_manager::AcceptedJob;
+use podrunner_manager::JobContact;
 use tokio::time::Instant;
 
 use crate::calls::ApiCalls;
@@ -84,7 +84,7 @@ pub(crate) struct PodLog {
     prelude: Prelude,
     calls: ApiCalls,
     client: GitlabClient,
-    job: AcceptedJob,
+    job: JobContact,
     info: RunnerInfo,
     /// Bytes GitLab acknowledged.
     sent: u64,
@@ -110,7 +110,7 @@ pub(crate) struct PodLog {
 impl PodLog {
     /// Opens the log of `job`, whose agent gets `spec`.
     pub(crate) fn open(
-        job: &AcceptedJob,
+        job: &JobContact,
         spec: &podrunner_agent::AgentSpec,
         client: GitlabClient,
         calls: ApiCalls,
@@ -124,7 +124,7 @@ impl PodLog {
     /// annotation. Whether GitLab has all of it is unknown; the next patch says (a 416 ends
     /// the writing, and the agent sends what GitLab lacks).
     pub(crate) fn resume(
-        job: &AcceptedJob,
+        job: &JobContact,
         spec: &podrunner_agent::AgentSpec,
         pod: &Pod,
         client: GitlabClient,
@@ -151,7 +151,7 @@ impl PodLog {
 
     fn new(
         prelude: Prelude,
-        job: &AcceptedJob,
+        job: &JobContact,
         client: GitlabClient,
         calls: ApiCalls,
         info: RunnerInfo,
@@ -209,14 +209,13 @@ impl PodLog {
         if unsent.is_empty() {
             return Heard::Running;
         }
-        let payload = &self.job.payload.job;
+        let job = &self.job;
         // Boxed, like every GitLab call here: the request's future lives only while it runs.
-        let (outcome, signals) =
-            Box::pin(
-                self.client
-                    .patch_trace(payload.id, &payload.token, self.sent, unsent, false),
-            )
-            .await;
+        let (outcome, signals) = Box::pin(
+            self.client
+                .patch_trace(job.id, &job.token, self.sent, unsent, false),
+        )
+        .await;
         let said = self.contacted(&signals);
         match outcome {
             PatchOutcome::Accepted { offset } => self.sent = offset,
@@ -244,17 +243,17 @@ impl PodLog {
         if self.writing && unsent {
             return self.send().await;
         }
-        let payload = &self.job.payload.job;
+        let job = &self.job;
         let request = UpdateJobRequest {
             info: self.info.clone(),
-            token: payload.token.clone(),
+            token: job.token.clone(),
             state: JobState::Running,
             failure_reason: None,
             checksum: None,
             output: None,
             exit_code: None,
         };
-        let (outcome, signals) = Box::pin(self.client.update_job(payload.id, &request)).await;
+        let (outcome, signals) = Box::pin(self.client.update_job(job.id, &request)).await;
         let said = self.contacted(&signals);
         if outcome == UpdateOutcome::Abort && said == Heard::Running {
             return Heard::Stop(Stop::Gone);
@@ -270,22 +269,18 @@ impl PodLog {
         if *stop != Stop::Canceling {
             return false;
         }
-        let payload = &self.job.payload.job;
+        let job = &self.job;
         let request = UpdateJobRequest {
             info: self.info.clone(),
-            token: payload.token.clone(),
+            token: job.token.clone(),
             state: JobState::Failed,
-            failure_reason: Some(
-                FailureReason::JobCanceled.for_gitlab(&payload.features.failure_reasons),
-            ),
+            failure_reason: Some(FailureReason::JobCanceled.for_gitlab(&job.failure_reasons)),
             checksum: None,
             output: None,
             exit_code: None,
         };
         matches!(
-            Box::pin(self.client.update_job(payload.id, &request))
-                .await
-                .0,
+            Box::pin(self.client.update_job(job.id, &request)).await.0,
             UpdateOutcome::Succeeded
         )
     }

@@ -8,15 +8,17 @@ use podrunner_gitlab::api::{FailureReason, JobState, UpdateJobRequest};
 use podrunner_gitlab::client::PatchOutcome;
 use podrunner_gitlab::{ClientOptions, GitlabClient, RunnerInfo, UpdateOutcome};
 
-use crate::AcceptedJob;
+use podrunner_config::RunnerConfig;
 
-/// A GitLab client for one job's requests, with the runner's TLS settings.
-pub fn job_client(job: &AcceptedJob, version: &str) -> Option<GitlabClient> {
+use crate::JobContact;
+
+/// A GitLab client for the requests of `runner`'s jobs, with its TLS settings.
+pub fn job_client(runner: &RunnerConfig, version: &str) -> Option<GitlabClient> {
     GitlabClient::new(&ClientOptions {
-        url: job.runner.url.clone().unwrap_or_default(),
-        tls_ca_file: job.runner.tls_ca_file.clone().map(PathBuf::from),
-        tls_cert_file: job.runner.tls_cert_file.clone().map(PathBuf::from),
-        tls_key_file: job.runner.tls_key_file.clone().map(PathBuf::from),
+        url: runner.url.clone().unwrap_or_default(),
+        tls_ca_file: runner.tls_ca_file.clone().map(PathBuf::from),
+        tls_cert_file: runner.tls_cert_file.clone().map(PathBuf::from),
+        tls_key_file: runner.tls_key_file.clone().map(PathBuf::from),
         podrunner_version: version.to_owned(),
     })
     .ok()
@@ -29,7 +31,7 @@ pub fn job_client(job: &AcceptedJob, version: &str) -> Option<GitlabClient> {
 /// prelude) and GitLab's 416 tells where the log ends (GitLab appends only at the exact end).
 /// A 200 to the final update is delivery, whatever its `Job-Status`.
 pub async fn fail_job(
-    job: &AcceptedJob,
+    job: &JobContact,
     info: &RunnerInfo,
     version: &str,
     reason: &str,
@@ -48,14 +50,14 @@ pub async fn fail_job(
 
 /// [`fail_job`] with `failure` as the failure reason (as GitLab supports it).
 pub async fn fail_job_as(
-    job: &AcceptedJob,
+    job: &JobContact,
     info: &RunnerInfo,
     version: &str,
     reason: &str,
     trace_end: Option<u64>,
     failure: FailureReason,
 ) -> bool {
-    let Some(client) = job_client(job, version) else {
+    let Some(client) = job_client(&job.runner, version) else {
         return false;
     };
     let limit_kib = if job.runner.output_limit > 0 {
@@ -64,20 +66,13 @@ pub async fn fail_job_as(
         podrunner_config::DEFAULT_OUTPUT_LIMIT_KIB as u64
     };
     let mut offset = trace_end.unwrap_or(limit_kib * 1024 + 128 * 1024);
-    let payload = &job.payload.job;
     let message = format!(
         "\n{}",
         podrunner_gitlab::log::error_line(&format!("Job failed (system failure): {reason}"))
     );
     for _ in 0..4 {
         match client
-            .patch_trace(
-                payload.id,
-                &payload.token,
-                offset,
-                message.as_bytes(),
-                false,
-            )
+            .patch_trace(job.id, &job.token, offset, message.as_bytes(), false)
             .await
             .0
         {
@@ -93,15 +88,15 @@ pub async fn fail_job_as(
     }
     let request = UpdateJobRequest {
         info: info.clone(),
-        token: payload.token.clone(),
+        token: job.token.clone(),
         state: JobState::Failed,
-        failure_reason: Some(failure.for_gitlab(&payload.features.failure_reasons)),
+        failure_reason: Some(failure.for_gitlab(&job.failure_reasons)),
         checksum: None,
         output: None,
         exit_code: None,
     };
     for attempt in 0..5u32 {
-        let (outcome, signals) = client.update_job(payload.id, &request).await;
+        let (outcome, signals) = client.update_job(job.id, &request).await;
         if final_update_delivered(&outcome, signals.http_status) {
             return true;
         }

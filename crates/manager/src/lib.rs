@@ -4,6 +4,7 @@
 //! reaches GitLab.
 
 mod agent_spec;
+mod contact;
 mod events;
 mod fail;
 mod log;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use agent_spec::agent_spec;
+pub use contact::JobContact;
 pub use events::Event;
 pub use fail::{fail_job, fail_job_as, job_client};
 pub use log::init as init_logging;

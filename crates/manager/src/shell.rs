@@ -165,7 +165,7 @@ impl ShellExecutor {
         }
         .emit();
         let delivered = fail_job(
-            job,
+            &job.contact(),
             &self.info,
             &self.podrunner_version,
             reason,

@@ -1234,7 +1234,14 @@ async fn fail_job_counts_a_200_with_job_status_failed_as_delivered() {
         concurrent_id: 0,
     };
     assert!(
-        podrunner_manager::fail_job(&job, &info, "0.1.0", "the agent vanished", Some(0)).await,
+        podrunner_manager::fail_job(
+            &job.contact(),
+            &info,
+            "0.1.0",
+            "the agent vanished",
+            Some(0)
+        )
+        .await,
         "a 200 with Job-Status: failed is delivery"
     );
     let view = gitlab.job(id).unwrap();

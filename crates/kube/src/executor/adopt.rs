@@ -10,7 +10,7 @@ use podrunner_config::RunnerConfig;
 use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec};
 use tokio_util::sync::CancellationToken;
 
-use super::{KubernetesExecutor, api_error};
+use super::{JobPod, KubernetesExecutor, api_error};
 use crate::plan::MANAGER_LABEL;
 use crate::prelude::{PodLog, build_started};
 
@@ -69,44 +69,53 @@ impl KubernetesExecutor {
 
     /// Follows an adopted job's pod to its end.
     pub(super) async fn resume_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
-        let pod = self
+        let contact = job.contact();
+        match Box::pin(self.reopen(job)).await {
+            Some(pod) => self.finish(&contact, pod, &abort).await,
+            None => {
+                self.fail(
+                    &contact,
+                    "the job's pod was not adopted by this executor",
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The adopted pod of `job`, with its log open again when it still waits (the manager
+    /// writes the log and listens again). The job itself is not kept: its follower needs
+    /// only its contact.
+    async fn reopen(&self, job: AcceptedJob) -> Option<JobPod> {
+        let mut pod = self
             .adopted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.payload.job.id);
-        match pod {
-            Some(mut pod) => {
-                // A pod that still waits: the manager writes its log and listens again.
-                let waiting = pod.state.borrow().clone().filter(|p| !build_started(p));
-                if let Some(waiting) = waiting
-                    && let Some(client) = self.gitlab_client(&job)
-                {
-                    let runner = job.runner.clone();
-                    let spec = agent_spec(
-                        &job,
-                        podrunner_config::Executor::Kubernetes,
-                        PathBuf::from(runner.builds_dir()),
-                        PathBuf::from(runner.cache_dir()),
-                        None,
-                        PathBuf::from("/dev/termination-log"),
-                    )
-                    .await;
-                    pod.log = PodLog::resume(
-                        &job,
-                        &spec,
-                        &waiting,
-                        client,
-                        self.calls(&runner),
-                        self.info.clone(),
-                    )
-                    .map(Box::new);
-                }
-                self.finish(&job, pod, &abort).await
-            }
-            None => {
-                self.fail(&job, "the job's pod was not adopted by this executor", None)
-                    .await
-            }
+            .remove(&job.payload.job.id)?;
+        let waiting = pod.state.borrow().clone().filter(|p| !build_started(p));
+        if let Some(waiting) = waiting
+            && let Some(client) = self.gitlab_client(&job.runner)
+        {
+            let runner = job.runner.clone();
+            let spec = agent_spec(
+                &job,
+                podrunner_config::Executor::Kubernetes,
+                PathBuf::from(runner.builds_dir()),
+                PathBuf::from(runner.cache_dir()),
+                None,
+                PathBuf::from("/dev/termination-log"),
+            )
+            .await;
+            pod.log = PodLog::resume(
+                &job.contact(),
+                &spec,
+                &waiting,
+                client,
+                self.calls(&runner),
+                self.info.clone(),
+            )
+            .map(Box::new);
         }
+        Some(pod)
     }
 }

@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use podrunner_agent::Note;
 use podrunner_agent::TRACE_PRELUDE_ANNOTATION;
 use podrunner_gitlab::api::FailureReason;
-use podrunner_manager::{AcceptedJob, Event, JobEnd, agent_spec, fail_job_as};
+use podrunner_manager::{AcceptedJob, Event, JobContact, JobEnd, agent_spec, fail_job_as};
 use tokio_util::sync::CancellationToken;
 
 use super::follow::Followed;
@@ -23,9 +23,11 @@ use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, PodPlan, plan, plan_att
 use crate::prelude::{Heard, PodLog};
 use crate::pull_policy::{AfterFailure, Policy, PullAttempts};
 
-/// What a job's pods are made from, kept from its first pod to its last (a pull failure with a
-/// policy left makes another pod).
+/// What a job's pods are made from, kept from its first pod while another may follow it (a
+/// pull failure with a policy left makes another pod).
 struct Launch {
+    /// The whole job: its payload plans the next pod and its registry Secret.
+    job: AcceptedJob,
     /// The next pod's plan, when made already (the first pod's, by [`KubernetesExecutor::prepare`]).
     planned: Option<Box<PodPlan>>,
     /// Whose credentials the job's writes use.
@@ -34,8 +36,8 @@ struct Launch {
     /// How this manager marks the job's objects.
     owner: Ownership,
     secrets: JobSecrets,
-    /// The agent's spec as its Secret holds it; kept only while a pull policy is left.
-    spec_json: Option<Vec<u8>>,
+    /// The agent's spec as its Secret holds it.
+    spec_json: Vec<u8>,
     /// The log while the pod starts, carried from one pod to the next.
     log: Option<Box<PodLog>>,
 }
@@ -48,10 +50,12 @@ struct Started {
 
 impl KubernetesExecutor {
     /// Runs `job` to its end. What the start needs lives only while it runs (boxed, as every
-    /// call here): the job's task keeps, while its pod runs, only what follows it
+    /// call here), and the whole job only while another pod of it may be made: the job's
+    /// task keeps, while its pod runs, only what follows it and the job's [`JobContact`]
     /// (docs/benchmarks.md, scale).
     pub(super) async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
-        let mut launch = match Box::pin(self.prepare(&job)).await {
+        let contact = job.contact();
+        let mut launch = match Box::pin(self.prepare(job, &contact)).await {
             Ok(launch) => launch,
             Err(end) => return end,
         };
@@ -62,31 +66,39 @@ impl KubernetesExecutor {
             let Started {
                 mut pod,
                 pull_policies,
-            } = match Box::pin(self.start_pod(&job, &mut launch, &attempts)).await {
+            } = match Box::pin(self.start_pod(&contact, &mut launch, &attempts)).await {
                 Ok(started) => started,
                 Err(end) => return end,
             };
-            let outcome = match Box::pin(self.follow_and_delete(&job, &mut pod, &abort)).await {
+            // No policy left to try after this pod's: nothing more is made from the job.
+            let next = may_retry(&pull_policies).then_some(launch);
+            let outcome = match Box::pin(self.follow_and_delete(&contact, &mut pod, &abort)).await {
                 Followed::Ended(outcome) => outcome,
-                Followed::HandedOver => return self.let_go(job.payload.job.id, &pod),
+                Followed::HandedOver => return self.let_go(contact.id, &pod),
             };
             let Outcome::PullFailed(failure) = &outcome else {
-                return Box::pin(self.conclude(&job, pod, outcome)).await;
+                return Box::pin(self.conclude(&contact, pod, outcome)).await;
             };
-            match attempts.record_failure(failure, &pull_policies) {
-                AfterFailure::GiveUp { warning } => {
-                    if let Some(log) = pod.log.as_mut() {
-                        Box::pin(log.warning(&warning)).await;
-                    }
-                    return Box::pin(self.conclude(&job, pod, outcome)).await;
-                }
-                AfterFailure::Retry { warning, info } => {
+            match (attempts.record_failure(failure, &pull_policies), next) {
+                (AfterFailure::Retry { warning, info }, Some(next)) => {
                     if let Some(open) = pod.log.as_mut()
                         && let Heard::Stop(stop) = Box::pin(open.next_pod(&warning, &info)).await
                     {
-                        return Box::pin(self.conclude(&job, pod, Outcome::Stopped(stop))).await;
+                        return Box::pin(self.conclude(&contact, pod, Outcome::Stopped(stop)))
+                            .await;
                     }
+                    launch = next;
                     launch.log = pod.log.take();
+                }
+                // A retry needs a policy left, and then `next` was kept.
+                (AfterFailure::Retry { .. }, None) => {
+                    return Box::pin(self.conclude(&contact, pod, outcome)).await;
+                }
+                (AfterFailure::GiveUp { warning }, _) => {
+                    if let Some(log) = pod.log.as_mut() {
+                        Box::pin(log.warning(&warning)).await;
+                    }
+                    return Box::pin(self.conclude(&contact, pod, outcome)).await;
                 }
             }
         }
@@ -94,17 +106,18 @@ impl KubernetesExecutor {
 
     /// Plans the job's first pod and prepares what every pod of it needs: the namespace, the
     /// Lease, the agent's spec and the log; or fails the job before anything was created.
-    async fn prepare(&self, job: &AcceptedJob) -> Result<Launch, JobEnd> {
+    /// The launch is boxed: the job's task keeps a pointer to it while its pod runs, or none.
+    async fn prepare(&self, job: AcceptedJob, contact: &JobContact) -> Result<Box<Launch>, JobEnd> {
         let runner = &job.runner;
         let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
         let planned = match plan(runner, &job.payload, &self.plan_context(&short)) {
             Ok(planned) => planned,
-            Err(e) => return Err(self.fail(job, &e.to_string(), Some(0)).await),
+            Err(e) => return Err(self.fail(contact, &e.to_string(), Some(0)).await),
         };
         // The job's own writes: with the manager's client, or with the job's token.
         let writer = match self.writer(planned.bearer_token.as_ref()) {
             Ok(writer) => writer,
-            Err(e) => return Err(self.fail(job, &e.to_string(), Some(0)).await),
+            Err(e) => return Err(self.fail(contact, &e.to_string(), Some(0)).await),
         };
         let namespace = planned.namespace.clone();
         // Fargate: refuse before creating anything when a declared profile takes the pod and
@@ -120,7 +133,7 @@ impl KubernetesExecutor {
                 prediction.profile.as_deref().unwrap_or("(assumed)"),
                 prediction.problems.join("; ")
             );
-            return Err(self.fail(job, &why, Some(0)).await);
+            return Err(self.fail(contact, &why, Some(0)).await);
         }
         let poll_timeout = Duration::from_secs(runner.kubernetes_or_default().poll_timeout_secs());
         if let Err(why) = Box::pin(crate::namespaces::prepare(
@@ -135,7 +148,7 @@ impl KubernetesExecutor {
         ))
         .await
         {
-            return Err(self.fail(job, &why, Some(0)).await);
+            return Err(self.fail(contact, &why, Some(0)).await);
         }
         // Owned through this manager's Lease, made (in a namespace that exists now) before
         // its first pod there.
@@ -161,7 +174,7 @@ impl KubernetesExecutor {
             notes.extend(prediction.warnings.iter().map(Note::warning));
         }
         let mut spec = Box::pin(agent_spec(
-            job,
+            &job,
             podrunner_config::Executor::Kubernetes,
             PathBuf::from(runner.builds_dir()),
             PathBuf::from(runner.cache_dir()),
@@ -171,8 +184,15 @@ impl KubernetesExecutor {
         .await;
         spec.notes = notes;
         // The log starts here, written by the manager until the agent takes it over.
-        let log = self.gitlab_client(job).and_then(|client| {
-            PodLog::open(job, &spec, client, self.calls(runner), self.info.clone()).map(Box::new)
+        let log = self.gitlab_client(runner).and_then(|client| {
+            PodLog::open(
+                contact,
+                &spec,
+                client,
+                self.calls(runner),
+                self.info.clone(),
+            )
+            .map(Box::new)
         });
         let secrets = JobSecrets::new(
             &namespace,
@@ -180,16 +200,17 @@ impl KubernetesExecutor {
             job.payload.job.id,
             owner.annotations(),
         );
-        Ok(Launch {
+        Ok(Box::new(Launch {
             // The typed spec (a copy of the payload) is not kept, only its JSON.
-            spec_json: Some(super::secrets::spec_json(&spec)),
+            spec_json: super::secrets::spec_json(&spec),
             planned: Some(Box::new(planned)),
             writer,
             namespace,
             owner,
             secrets,
             log,
-        })
+            job,
+        }))
     }
 
     /// What [`plan`] needs of this manager.
@@ -205,24 +226,34 @@ impl KubernetesExecutor {
     /// budget, and hands the log's start to it; or deletes what it made and fails the job.
     async fn start_pod(
         &self,
-        job: &AcceptedJob,
+        contact: &JobContact,
         launch: &mut Launch,
         attempts: &PullAttempts,
     ) -> Result<Started, JobEnd> {
-        let runner = &job.runner;
-        let mut planned = match launch.planned.take() {
+        let Launch {
+            job,
+            planned,
+            writer,
+            namespace,
+            owner,
+            secrets,
+            spec_json,
+            log: launch_log,
+        } = launch;
+        let (job, runner) = (&*job, &job.runner);
+        let mut planned = match planned.take() {
             Some(planned) => *planned,
             None => {
                 let short = podrunner_manager::short_token(runner.token.as_deref().unwrap_or(""));
                 let context = self.plan_context(&short);
                 match plan_attempt(runner, &job.payload, &context, attempts) {
                     Ok(planned) => planned,
-                    Err(e) => return Err(self.fail(job, &e.to_string(), None).await),
+                    Err(e) => return Err(self.fail(contact, &e.to_string(), None).await),
                 }
             }
         };
-        launch.owner.mark(&mut planned.pod.metadata);
-        if let Some(log) = &launch.log {
+        owner.mark(&mut planned.pod.metadata);
+        if let Some(log) = launch_log {
             planned
                 .pod
                 .metadata
@@ -230,15 +261,6 @@ impl KubernetesExecutor {
                 .get_or_insert_default()
                 .insert(TRACE_PRELUDE_ANNOTATION.to_owned(), log.encoded());
         }
-        let Launch {
-            writer,
-            namespace,
-            owner,
-            secrets,
-            spec_json,
-            log: launch_log,
-            ..
-        } = launch;
         let secrets_api: Api<Secret> = Api::namespaced(writer.client.clone(), namespace);
         let pods_api: Api<Pod> = Api::namespaced(writer.client.clone(), namespace);
         let calls = self.calls(runner);
@@ -265,7 +287,7 @@ impl KubernetesExecutor {
                     secret.metadata.name.as_deref().unwrap_or_default(),
                     writer.error(&e)
                 );
-                return Err(self.fail(job, &why, Some(0)).await);
+                return Err(self.fail(contact, &why, Some(0)).await);
             }
         }
         let created = match calls
@@ -274,7 +296,10 @@ impl KubernetesExecutor {
         {
             Ok(pod) => Ok(pod),
             // 409 after a retry: the lost answer's create went through; find that pod.
-            Err(e) if is_conflict(&e) => self.find_job_pod(&calls, &pods_api, job).await.ok_or(e),
+            Err(e) if is_conflict(&e) => self
+                .find_job_pod(&calls, &pods_api, contact.id)
+                .await
+                .ok_or(e),
             Err(e) => Err(e),
         };
         let created = match created {
@@ -286,11 +311,11 @@ impl KubernetesExecutor {
                     "cannot create pod {namespace}/{pod_name}: {}",
                     writer.error(&e)
                 );
-                return Err(self.fail(job, &why, Some(0)).await);
+                return Err(self.fail(contact, &why, Some(0)).await);
             }
         };
         Event::PodCreated {
-            job_id: job.payload.job.id,
+            job_id: contact.id,
             namespace: namespace.clone(),
             pod: pod_name.clone(),
         }
@@ -305,15 +330,12 @@ impl KubernetesExecutor {
             block_owner_deletion: Some(true),
             controller: None,
         };
+        // The last pod of the job takes the JSON; one that may be followed by another, a copy.
         let json = match may_retry(&planned.pull_policies) {
             true => spec_json.clone(),
-            false => spec_json.take(),
+            false => std::mem::take(spec_json),
         };
-        let spec_secret = secrets.spec(
-            &planned.spec_secret,
-            json.unwrap_or_default(),
-            pod_owner.clone(),
-        );
+        let spec_secret = secrets.spec(&planned.spec_secret, json, pod_owner.clone());
         let created_secret = calls
             .run("create Secret", || secrets_api.create(&post, &spec_secret))
             .await;
@@ -342,8 +364,8 @@ impl KubernetesExecutor {
                 writer: writer.clone(),
             };
             // Nothing ran: the pod cannot start without its spec (or its budget). Delete it.
-            Box::pin(self.discard(job, pod)).await;
-            return Err(self.fail(job, &why, Some(0)).await);
+            Box::pin(self.discard(contact, pod)).await;
+            return Err(self.fail(contact, &why, Some(0)).await);
         }
         // What GitLab answers is heard by `follow`, which acts on it with the pod in view.
         let mut log = launch_log.take();
@@ -369,7 +391,7 @@ impl KubernetesExecutor {
     }
 
     /// Deletes a pod that never ran its job, and the Secrets it does not own.
-    pub(super) async fn discard(&self, job: &AcceptedJob, pod: JobPod) {
+    pub(super) async fn discard(&self, job: &JobContact, pod: JobPod) {
         let calls = self.calls(&job.runner);
         let pods_api: Api<Pod> = Api::namespaced(pod.writer.client.clone(), &pod.namespace);
         let secrets_api: Api<Secret> = Api::namespaced(pod.writer.client.clone(), &pod.namespace);
@@ -386,13 +408,13 @@ impl KubernetesExecutor {
     /// makes sure GitLab has the job's final state.
     pub(super) async fn finish(
         &self,
-        job: &AcceptedJob,
+        job: &JobContact,
         mut pod: JobPod,
         abort: &CancellationToken,
     ) -> JobEnd {
         match Box::pin(self.follow_and_delete(job, &mut pod, abort)).await {
             Followed::Ended(outcome) => Box::pin(self.conclude(job, pod, outcome)).await,
-            Followed::HandedOver => self.let_go(job.payload.job.id, &pod),
+            Followed::HandedOver => self.let_go(job.id, &pod),
         }
     }
 
@@ -400,7 +422,7 @@ impl KubernetesExecutor {
     /// or touches nothing when another manager took the pod over.
     async fn follow_and_delete(
         &self,
-        job: &AcceptedJob,
+        job: &JobContact,
         pod: &mut JobPod,
         abort: &CancellationToken,
     ) -> Followed {
@@ -410,8 +432,7 @@ impl KubernetesExecutor {
         let pods_api: Api<Pod> = Api::namespaced(pod.writer.client.clone(), namespace);
         let secrets_api: Api<Secret> = Api::namespaced(pod.writer.client.clone(), namespace);
         let mut provisioned = None;
-        let outcome =
-            Box::pin(self.follow(&runner, job.payload.job.id, pod, abort, &mut provisioned)).await;
+        let outcome = Box::pin(self.follow(&runner, job.id, pod, abort, &mut provisioned)).await;
         // Whatever the pod looked like from here, another manager may have it now: then
         // nothing of it is this manager's to delete or report.
         let outcome = match outcome {
@@ -430,7 +451,7 @@ impl KubernetesExecutor {
             };
             let cost = crate::fargate::job_cost(&billing, report, since.elapsed().as_secs_f64());
             Event::FargateCost {
-                job_id: job.payload.job.id,
+                job_id: job.id,
                 capacity: cost.capacity,
                 seconds: cost.seconds,
                 usd_per_hour: cost.usd_per_hour,
@@ -456,7 +477,7 @@ impl KubernetesExecutor {
     }
 
     /// Makes sure GitLab has the job's final state after `outcome` of its (deleted) pod.
-    async fn conclude(&self, job: &AcceptedJob, mut pod: JobPod, outcome: Outcome) -> JobEnd {
+    async fn conclude(&self, job: &JobContact, mut pod: JobPod, outcome: Outcome) -> JobEnd {
         match outcome {
             Outcome::BuildEnded {
                 report: Some(report),
@@ -480,7 +501,7 @@ impl KubernetesExecutor {
             }
             Outcome::Stopped(stop) => {
                 Event::JobFailedByManager {
-                    job_id: job.payload.job.id,
+                    job_id: job.id,
                     reason: format!("{} while its pod waited to start", stop.describe()),
                 }
                 .emit();
@@ -498,12 +519,9 @@ impl KubernetesExecutor {
         &self,
         calls: &ApiCalls,
         api: &Api<Pod>,
-        job: &AcceptedJob,
+        job_id: i64,
     ) -> Option<Pod> {
-        let selector = format!(
-            "{MANAGER_LABEL}={},{JOB_LABEL}={}",
-            self.system_id, job.payload.job.id
-        );
+        let selector = format!("{MANAGER_LABEL}={},{JOB_LABEL}={job_id}", self.system_id);
         let params = kube::api::ListParams::default().labels(&selector);
         let list = calls
             .run("find the job's Pod", || api.list(&params))
@@ -514,7 +532,7 @@ impl KubernetesExecutor {
 
     pub(super) async fn fail(
         &self,
-        job: &AcceptedJob,
+        job: &JobContact,
         reason: &str,
         trace_end: Option<u64>,
     ) -> JobEnd {
@@ -525,13 +543,13 @@ impl KubernetesExecutor {
     /// Fails the job with `reason` in its log and `failure` as its failure reason.
     async fn fail_as(
         &self,
-        job: &AcceptedJob,
+        job: &JobContact,
         reason: &str,
         trace_end: Option<u64>,
         failure: FailureReason,
     ) -> JobEnd {
         Event::JobFailedByManager {
-            job_id: job.payload.job.id,
+            job_id: job.id,
             reason: reason.to_owned(),
         }
         .emit();
