@@ -580,6 +580,8 @@ impl Feeder {
         let job_id = job.payload.job.id;
         let queued_seconds = slot.map(|_| job.payload.job.job_info.time_in_queue_seconds);
         let runner = runner_label(&self.runner);
+        // Boxed: the task keeps a pointer, not the job, for as long as the job runs.
+        let job = Box::new(job);
         self.tracker.spawn(async move {
             counters.lock().await.jobs_running += 1;
             let started = tokio::time::Instant::now();
@@ -590,6 +592,11 @@ impl Feeder {
                 queued_seconds,
             }
             .emit();
+            // Out of its box, which goes now: the executor keeps what it needs of the job.
+            let job = {
+                let boxed = job;
+                *boxed
+            };
             let end = match slot {
                 Some(_) => executor.run(job, abort).await,
                 None => executor.resume(job, abort).await,
