@@ -260,6 +260,13 @@ impl KubernetesStandIn {
         self.shared.lock().fargate_boot = boot;
     }
 
+    /// Makes every request but watches wait `delay` before it is handled, as calls to a
+    /// distant API server take their round trip (an EKS endpoint is some milliseconds to tens
+    /// of them away; none by default). Not a behaviour of the API server: a test's knob.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.shared.lock().answer_delay = delay;
+    }
+
     /// Makes the next `method` request whose path contains `path_contains` suffer `fault`
     /// (faults queue up and are used once each).
     pub fn fault(&self, method: &str, path_contains: &str, fault: ConnectionFault) {

@@ -73,13 +73,22 @@ pub(super) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Carries out queued [`ConnectionFault`]s: the connection's task unwinds, so the client sees
-/// the connection close without an answer.
+/// Carries out queued [`ConnectionFault`]s (the connection's task unwinds, so the client sees
+/// the connection close without an answer), after the answer delay of every request but
+/// watches ([`super::KubernetesStandIn::set_answer_delay`]).
 async fn connection_faults(
     State(shared): State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let delay = shared.lock().answer_delay;
+    let watch = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    if !delay.is_zero() && !watch {
+        tokio::time::sleep(delay).await;
+    }
     let fault = {
         let mut inner = shared.lock();
         let method = request.method().as_str();

@@ -60,6 +60,8 @@ pub(super) struct Change {
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) faults: Vec<QueuedFault>,
+    /// How long every request that is not a watch waits before it is handled.
+    pub(super) answer_delay: Duration,
     /// How long a Fargate node takes to start after the pod is scheduled.
     pub(super) fargate_boot: Duration,
     pub(super) resource_version: u64,
