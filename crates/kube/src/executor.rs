@@ -40,6 +40,7 @@ mod adopt;
 mod follow;
 mod ownership;
 mod run;
+pub use run::STARTS_UNDER_WAY;
 mod secrets;
 mod store;
 mod sweep;
@@ -80,6 +81,8 @@ pub struct KubernetesExecutor {
     watches: Mutex<HashMap<String, Arc<PodStates>>>,
     /// One bucket for every API call of this executor.
     limit: Arc<RateLimit>,
+    /// The jobs whose pods are being made ([`STARTS_UNDER_WAY`] at most).
+    starts: tokio::sync::Semaphore,
     /// Pods of an earlier run, by job ID, until their job is resumed.
     adopted: Mutex<HashMap<i64, JobPod>>,
     /// GitLab clients for the prelude, one per runner URL (a client holds the TLS roots).
@@ -217,6 +220,7 @@ impl KubernetesExecutor {
             system_id,
             watches: Mutex::new(HashMap::new()),
             limit: Arc::new(RateLimit::default()),
+            starts: tokio::sync::Semaphore::new(STARTS_UNDER_WAY),
             adopted: Mutex::new(HashMap::new()),
             handed_over: Mutex::default(),
             gitlab_clients: Mutex::new(HashMap::new()),

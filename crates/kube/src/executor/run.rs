@@ -23,6 +23,14 @@ use crate::plan::{JOB_LABEL, MANAGER_LABEL, PlanContext, PodPlan, plan, plan_att
 use crate::prelude::{Heard, PodLog};
 use crate::pull_policy::{AfterFailure, Policy, PullAttempts};
 
+/// Jobs whose pods are being made at once, per executor: a job waits for its turn before it
+/// plans its pod, writes its spec and opens its log, rather than with them made, while the
+/// calls it needs wait their turn ([`crate::calls::CALLS_IN_FLIGHT`]). A hundred jobs
+/// arriving together had all of that made at once (docs/benchmarks.md, scale: the peak).
+/// Each start makes a handful of calls in a row, so as many starts as calls under way keep
+/// the calls' bound busy.
+pub const STARTS_UNDER_WAY: usize = crate::calls::CALLS_IN_FLIGHT;
+
 /// What a job's pods are made from, kept from its first pod while another may follow it (a
 /// pull failure with a policy left makes another pod).
 struct Launch {
@@ -55,6 +63,8 @@ impl KubernetesExecutor {
     /// (docs/benchmarks.md, scale).
     pub(super) async fn run_job(&self, job: AcceptedJob, abort: CancellationToken) -> JobEnd {
         let contact = job.contact();
+        // The semaphore is never closed: no permit only means no bound.
+        let mut first_turn = self.starts.acquire().await.ok();
         let mut launch = match Box::pin(self.prepare(job, &contact)).await {
             Ok(launch) => launch,
             Err(end) => return end,
@@ -63,10 +73,17 @@ impl KubernetesExecutor {
         // One pod per attempt: a pull failure with a policy left deletes it (and what it owns)
         // and creates the next, as gitlab-runner's `Run` does.
         loop {
+            let turn = match first_turn.take() {
+                Some(turn) => Some(turn),
+                None => self.starts.acquire().await.ok(),
+            };
+            let started = Box::pin(self.start_pod(&contact, &mut launch, &attempts)).await;
+            // The pod is made (or the job failed): the next job's turn.
+            drop(turn);
             let Started {
                 mut pod,
                 pull_policies,
-            } = match Box::pin(self.start_pod(&contact, &mut launch, &attempts)).await {
+            } = match started {
                 Ok(started) => started,
                 Err(end) => return end,
             };
