@@ -439,13 +439,11 @@ async fn a_patching_eviction_is_reported_as_such() {
     assert_eq!(status.as_u16(), 201);
     let view = h.ended(id, Duration::from_secs(60)).await;
     assert_eq!(view.status, "failed", "{}", h.manager_log());
-    let log = h.manager_log();
-    assert!(
-        log.contains(&format!(
-            "pod {JOB_NAMESPACE}/{pod} was evicted by Fargate (patching); retry the job"
-        )),
-        "{log}"
-    );
+    // The agent, stopped by the eviction, may report before the manager logs the eviction.
+    let evicted =
+        format!("pod {JOB_NAMESPACE}/{pod} was evicted by Fargate (patching); retry the job");
+    let log = h.manager_log_once_it_has(&evicted).await;
+    assert!(log.contains(&evicted), "{log}");
     h.clean().await;
     h.stop().await;
 }

@@ -163,6 +163,19 @@ impl ChartManager {
         std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
     }
 
+    /// The manager's log once it contains `text` (at most 30 s): a job may end in GitLab
+    /// before the manager logs why (its agent's own final update can get there first).
+    pub async fn manager_log_once_it_has(&self, text: &str) -> String {
+        for _ in 0..300 {
+            let log = self.manager_log();
+            if log.contains(text) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.manager_log()
+    }
+
     pub async fn system_id(&self) -> String {
         let file = self.dir.path().join(".runner_system_id");
         for _ in 0..200 {
