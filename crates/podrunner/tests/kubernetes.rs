@@ -841,7 +841,16 @@ async fn docker_auth_config_fills_the_pull_secret() {
         config["auths"]["quay.io"].is_null(),
         "the job's DOCKER_AUTH_CONFIG hides the runner's, as in gitlab-runner: {config}"
     );
-    let pod = h.kube.objects("Pod").remove(0);
+    // The pull Secret is made before the pod: wait for the pod too.
+    let mut pods = h.kube.objects("Pod");
+    for _ in 0..500 {
+        if !pods.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pods = h.kube.objects("Pod");
+    }
+    let pod = pods.remove(0);
     assert_eq!(
         pod["spec"]["imagePullSecrets"][0]["name"],
         secret["metadata"]["name"]
